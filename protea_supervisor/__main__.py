@@ -1,0 +1,3 @@
+from protea_supervisor.cli import main
+
+main()

@@ -1,0 +1,515 @@
+"""The operator CLI. The only place that reads the environment, prints, and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from protea_supervisor import __version__
+from protea_supervisor.control import Supervisor, start_daemon, wait_gone
+from protea_supervisor.env import check_required, load_env_files, merged_environment
+from protea_supervisor.errors import (
+    CommandNotFound,
+    EnvError,
+    LockContention,
+    ProteaError,
+    StackError,
+    StackFailed,
+    UsageError,
+)
+from protea_supervisor.files import load_stack, write_atomic
+from protea_supervisor.lock import (
+    FREE,
+    LockFile,
+    export_holder,
+    resolve_path,
+    resolve_timeout,
+)
+from protea_supervisor.overrides import apply_counts, batch_counts, load_counts, save_counts
+from protea_supervisor.render import check_config, render
+from protea_supervisor.stack import HostFacts, Stack
+from protea_supervisor.startup import assess, needs_start, stages
+from protea_supervisor.status import group_rss_kb, read_tail, rows, spawn_counts, table
+
+POLL = 0.2
+
+
+@dataclass
+class Settings:
+    stack_choice: str | None
+
+
+def exe_argv() -> list[str]:
+    """How rendered programs call back into protea-supervisor: the console script beside this Python."""
+    script = Path(sys.executable).parent / "protea-supervisor"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-P", "-m", "protea_supervisor"]
+
+
+def host_facts() -> HostFacts:
+    return HostFacts(home=Path.home(), python=sys.executable)
+
+
+def load(ctx: click.Context, with_overrides: bool = True) -> Stack:
+    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
+    stack = load_stack(settings.stack_choice, host_facts())
+    if with_overrides:
+        stack = apply_counts(stack, load_counts(stack.paths.run))
+    return stack
+
+
+def prepare_dirs(stack: Stack) -> None:
+    if not stack.paths.root.is_dir():
+        if not stack.paths.create_root:
+            raise StackError(
+                f"{stack.sources[-1]}: paths.root {stack.paths.root} does not exist "
+                "(create the deploy worktree first, or set paths.create_root = true)."
+            )
+        stack.paths.root.mkdir(parents=True, exist_ok=True)
+    stack.paths.logs.mkdir(parents=True, exist_ok=True)
+    stack.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def rendered(stack: Stack) -> str:
+    text = render(stack, exe_argv())
+    check_config(text)
+    return text
+
+
+def secret_values(stack: Stack) -> list[str]:
+    """Every value from the env files: none of them may reach our output, even through a program's log."""
+    try:
+        values = load_env_files(stack.env.files)
+    except EnvError:
+        return []
+    return sorted({v for v in values.values() if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
+
+
+def last_lines(path: Path, count: int) -> list[str]:
+    return read_tail(path, 64 * 1024).splitlines()[-count:]
+
+
+def process_log(stack: Stack, process_name: str) -> Path:
+    return stack.paths.logs / f"{process_name}.log"
+
+
+# --- the group ------------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--stack",
+    "stack_choice",
+    envvar="PROTEA_STACK",
+    metavar="PATH|demo",
+    help="Host stack file layered over the PROTEA defaults, or `demo`. Env: PROTEA_STACK.",
+)
+@click.version_option(__version__, prog_name="protea-supervisor")
+@click.pass_context
+def cli(ctx: click.Context, stack_choice: str | None) -> None:
+    """Run the PROTEA stack under supervisord.
+
+    \b
+    Exit codes: 0 ok; 1 bad input (arguments, stack file); 2 lock held by another
+    owner; 3 lock release by a non-holder; 4 lock flock timeout; 5 corrupt lock file;
+    6 supervisord not running; 7 a program failed to start or stop; 78 env/config
+    error (exec); 127 command not found (exec).
+    """
+    ctx.obj = Settings(stack_choice=stack_choice)
+
+
+@cli.command("render")
+@click.option("--check", is_flag=True, help="Validate with supervisord's parser; write nothing.")
+@click.option(
+    "--diff", "show_diff", is_flag=True, help="Show the change against the config on disk; write nothing."
+)
+@click.pass_context
+def render_cmd(ctx: click.Context, check: bool, show_diff: bool) -> None:
+    """Render the supervisord config into the run dir (atomically, only if supervisord would accept it)."""
+    stack = load(ctx)
+    prepare_dirs(stack)
+    text = rendered(stack)
+    path = stack.config_path
+    if show_diff:
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        diff = "".join(
+            difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(path), f"{path} (rendered)")
+        )
+        click.echo(diff.rstrip("\n") if diff else f"{path} is up to date.")
+        return
+    processes = sum(len(q.process_names()) for q in stack.queues)
+    if check:
+        click.echo(f"ok: the rendered config is valid ({processes} worker processes); nothing written.")
+        return
+    write_atomic(path, text, mode=0o600)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("up")
+@click.argument("count", required=False, type=click.IntRange(min=1))
+@click.pass_context
+def up_cmd(ctx: click.Context, count: int | None) -> None:
+    """Render, start supervisord if needed, start the stack in order; COUNT sizes the batch queues."""
+    stack = load(ctx)
+    if count is not None:
+        counts = load_counts(stack.paths.run) | batch_counts(stack, count)
+        stack = apply_counts(stack, counts)
+    prepare_dirs(stack)
+    # Before anything starts: a missing variable is named now, not as a crash loop later.
+    env = merged_environment(os.environ, stack.env.files)
+    check_required(env, stack.env.required, stack.env.require_jwt_secret, stack.env.files)
+    text = rendered(stack)
+    if count is not None:
+        save_counts(stack.paths.run, counts)
+    write_atomic(stack.config_path, text, mode=0o600)
+
+    supervisor = Supervisor(stack.socket_path)
+    if supervisor.is_running():
+        added, changed, _removed = supervisor.reload_config()
+        for group in added:
+            supervisor.add_group(group)
+        if changed:
+            click.echo(
+                f"note: config changed for {', '.join(changed)}; `up` leaves running programs as they are."
+            )
+    else:
+        click.echo(f"starting supervisord ({stack.config_path})")
+        start_daemon(stack.config_path, supervisor)
+    run_stages(stack, supervisor, secret_values(stack))
+    click.echo(
+        f"stack is up. status: protea-supervisor{_stack_flag(ctx)} status; "
+        f"or supervisorctl -c {stack.config_path} status"
+    )
+
+
+def _stack_flag(ctx: click.Context) -> str:
+    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
+    return f" --stack {shlex.quote(settings.stack_choice)}" if settings.stack_choice else ""
+
+
+def run_stages(stack: Stack, supervisor: Supervisor, secrets: Sequence[str]) -> None:
+    for stage in stages(stack):
+        began = time.monotonic()
+        click.echo(f"  {stage.label:<8} starting {', '.join(stage.groups)}")
+        started = False
+        while True:
+            infos = supervisor.all_process_info()
+            if not started:
+                for name in needs_start(stage, infos):
+                    supervisor.start(name)
+                started = True
+                infos = supervisor.all_process_info()
+            verdict = assess(stage, infos)
+            if verdict.done:
+                click.echo(f"  {stage.label:<8} ready in {time.monotonic() - began:.1f} s")
+                break
+            if verdict.failed:
+                raise StackFailed(
+                    _failure(stack, stage.label, verdict.failed_process, verdict.reason, secrets)
+                )
+            if time.monotonic() - began > stage.deadline:
+                raise StackFailed(
+                    f"{stage.label}: still waiting on {', '.join(verdict.waiting_on)} after "
+                    f"{stage.deadline:g} s; nothing after it was started."
+                )
+            time.sleep(POLL)
+
+
+def _failure(stack: Stack, label: str, process: str, reason: str, secrets: Sequence[str]) -> str:
+    name = process.split(":", 1)[-1]
+    log = process_log(stack, name)
+    tail = "\n".join("    " + line for line in last_lines(log, 8))
+    message = f"{label}: {name} {reason}; nothing after it was started. Last lines of {log}:\n{tail}"
+    return redact(message, secrets)
+
+
+@cli.command("down")
+@click.option("--force", is_flag=True, help="Stop even while an export holds the stack-owner lock.")
+@click.pass_context
+def down_cmd(ctx: click.Context, force: bool) -> None:
+    """Stop every program at once (workers drain in parallel, each within its grace), then supervisord."""
+    stack = load(ctx)
+    refuse_during_export(stack, "down", force)
+    supervisor = Supervisor(stack.socket_path)
+    if not supervisor.is_running():
+        click.echo("supervisord is not running; nothing to stop.")
+        return
+    pid = supervisor.pid()
+    began = time.monotonic()
+    supervisor.stop_all()
+    grace = max([q.stop_grace for q in stack.queues] + [p.stop_grace for p in stack.programs]) + 30
+    reported: tuple[str, ...] = ()
+    while True:
+        busy = tuple(
+            sorted(
+                i["name"]
+                for i in supervisor.all_process_info()
+                if i["statename"] in ("STOPPING", "STARTING", "RUNNING", "BACKOFF")
+            )
+        )
+        if not busy:
+            break
+        if busy != reported:
+            click.echo(f"  waiting for {len(busy)} to stop: {', '.join(busy)}")
+            reported = busy
+        if time.monotonic() - began > grace:
+            raise StackFailed(f"{', '.join(busy)} did not stop within {grace} s.")
+        time.sleep(POLL)
+    click.echo(f"  all programs stopped in {time.monotonic() - began:.1f} s; shutting down supervisord")
+    supervisor.shutdown()
+    if not wait_gone(pid, 30):
+        raise StackFailed(f"supervisord (pid {pid}) did not exit within 30 s.")
+    click.echo("stack is down.")
+
+
+def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
+    lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
+    holder = export_holder(lock)
+    if holder and not force:
+        raise LockContention(
+            f"refusing to {what}: export task {holder.task_id} holds the stack-owner lock since "
+            f"{holder.acquired_at} ({holder.reason}); use --force to interrupt it."
+        )
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Every process: state, pid, RSS (whole process group), uptime, restarts."""
+    stack = load(ctx)
+    supervisor = Supervisor(stack.socket_path)
+    infos = supervisor.all_process_info()
+    rss = group_rss_kb(int(i["pid"]) for i in infos if i["pid"])
+    spawns = spawn_counts(read_tail(stack.paths.run / "supervisord.log"))
+    status_rows = rows(infos, rss, spawns)
+    lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
+    try:
+        owner = lock.read()
+    except ProteaError as why:
+        owner = FREE
+        click.echo(f"warning: {why}", err=True)
+    if as_json:
+        payload = {
+            "processes": [r.as_dict() for r in status_rows],
+            "lock": {"owner": owner.owner, "task_id": owner.task_id, "acquired_at": owner.acquired_at},
+            "config": str(stack.config_path),
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(table(status_rows))
+    holder = f" ({owner.task_id} since {owner.acquired_at})" if not owner.is_free else ""
+    click.echo(f"\nstack-owner lock: {owner.owner}{holder}")
+
+
+@cli.command("logs")
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (tail -F).")
+@click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(min=0))
+@click.pass_context
+def logs_cmd(ctx: click.Context, name: str | None, follow: bool, lines: int) -> None:
+    """Show program logs; NAME is a fragment of a log name (case-insensitive), all logs without it."""
+    stack = load(ctx)
+    logs = sorted(stack.paths.logs.glob("*.log"))
+    chosen = [p for p in logs if name is None or name.lower() in p.name.lower()]
+    if not chosen:
+        available = ", ".join(p.stem for p in logs) or "none yet"
+        raise UsageError(f"no log in {stack.paths.logs} matches {name!r}; available: {available}.")
+    secrets = secret_values(stack)
+    if follow:
+        # tail -F follows rotation; it replaces this process, so the operator's Ctrl-C goes straight to it.
+        os.execvp("tail", ["tail", "-n", str(lines), "-F", *map(str, chosen)])
+    for path in chosen:
+        if len(chosen) > 1:
+            click.echo(f"==> {path} <==")
+        for line in last_lines(path, lines) if lines else []:
+            click.echo(redact(line, secrets))
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option(
+    "--env-file",
+    "env_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Dotenv file to load (repeatable; later files win; missing files are skipped).",
+)
+@click.option("--require", "required", multiple=True, help="Variable that must be set (repeatable).")
+@click.option(
+    "--require-jwt-secret",
+    is_flag=True,
+    help="Require PROTEA_JWT_SECRET unless PROTEA_AUTHN_REQUIRED is false.",
+)
+@click.option(
+    "--requires-file", help="Run --fallback instead when this file (relative to the cwd) is missing."
+)
+@click.option("--fallback", help="Command line used when --requires-file is missing.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(
+    env_files: tuple[Path, ...],
+    required: tuple[str, ...],
+    require_jwt_secret: bool,
+    requires_file: str | None,
+    fallback: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
+    env = merged_environment(os.environ, env_files)
+    check_required(env, required, require_jwt_secret, env_files)
+    argv = list(command)
+    if requires_file and not Path(requires_file).exists():
+        if not fallback:
+            raise EnvError(f"{requires_file} is missing and no --fallback was given.")
+        click.echo(
+            f"protea-supervisor exec: {requires_file} is missing; starting the fallback: {fallback}", err=True
+        )
+        argv = shlex.split(fallback)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        raise CommandNotFound(f"command not found: {argv[0]}.") from None
+    except PermissionError:
+        raise CommandNotFound(f"command is not executable: {argv[0]}.") from None
+
+
+# --- lock -----------------------------------------------------------------------------------------------
+
+
+@cli.group("lock")
+@click.option("--file", "lock_file", help="Lock file; else $STACK_OWNER_FILE, else the stack's lock.file.")
+@click.option(
+    "--timeout", type=float, help="flock timeout in seconds; else $STACK_OWNER_FLOCK_TIMEOUT_SEC, else 5."
+)
+@click.pass_context
+def lock_group(ctx: click.Context, lock_file: str | None, timeout: float | None) -> None:
+    """The stack-owner lock (file-compatible with stack_owner.sh)."""
+    environ = dict(os.environ)
+    if lock_file or environ.get("STACK_OWNER_FILE"):
+        default_path, default_timeout = Path("/nonexistent"), 5.0
+    else:
+        stack = load(ctx, with_overrides=False)
+        default_path, default_timeout = stack.lock.file, stack.lock.flock_timeout
+    path = resolve_path(lock_file, environ, default_path)
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be greater than 0, got {timeout:g}.")
+    ctx.obj = LockFile(path, resolve_timeout(timeout, environ, default_timeout))
+
+
+@lock_group.command("acquire")
+@click.argument("owner", type=click.Choice(["deploy", "export"]))
+@click.argument("task_id")
+@click.argument("reason")
+@click.pass_obj
+def lock_acquire(lock: LockFile, owner: str, task_id: str, reason: str) -> None:
+    """Take the lock for OWNER/TASK_ID (idempotent for the same pair)."""
+    record = lock.acquire(owner, task_id, reason)
+    click.echo(f"acquired: owner={record.owner} task_id={record.task_id}")
+
+
+@lock_group.command("release")
+@click.argument("task_id")
+@click.pass_obj
+def lock_release(lock: LockFile, task_id: str) -> None:
+    """Release the lock held by TASK_ID (a free lock is fine)."""
+    lock.release(task_id)
+    click.echo("released")
+
+
+@lock_group.command("current")
+@click.pass_obj
+def lock_current(lock: LockFile) -> None:
+    """Print the owner: free, deploy or export."""
+    click.echo(lock.read().owner)
+
+
+@lock_group.command("status")
+@click.pass_obj
+def lock_status(lock: LockFile) -> None:
+    """Print the lock record as JSON (the free record when the file is missing)."""
+    click.echo(lock.read().to_json(), nl=False)
+
+
+@lock_group.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("task_id")
+@click.argument("reason")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def lock_run(lock: LockFile, task_id: str, reason: str, command: tuple[str, ...]) -> int:
+    """Hold the lock as `export` while COMMAND runs; release it however COMMAND ends; exit with its code."""
+    lock.acquire("export", task_id, reason)
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        try:
+            child = subprocess.Popen(list(command))
+        except OSError as why:
+            raise CommandNotFound(f"cannot run {command[0]}: {why.strerror}.") from None
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.release(task_id)
+    return 128 - code if code < 0 else code
+
+
+# --- entry point ----------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: every error becomes one line on stderr and its documented exit code."""
+    try:
+        result: Any = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="protea-supervisor",
+            standalone_mode=False,
+        )
+    except click.exceptions.UsageError as why:
+        # click's own usage errors exit 2, which the lock contract reserves for contention.
+        message = why.format_message()
+        hint = f" (see: {why.ctx.command_path} --help)" if why.ctx is not None else ""
+        click.echo(f"error: {message}{hint}", err=True)
+        sys.exit(UsageError.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except ProteaError as why:
+        click.echo(f"error: {why}", err=True)
+        sys.exit(why.exit_code)
+    except click.ClickException as why:
+        click.echo(f"error: {why.format_message()}", err=True)
+        sys.exit(1)
+    except Exception as bug:
+        if os.environ.get("PROTEA_DEBUG"):
+            raise
+        click.echo(
+            f"internal error: {type(bug).__name__}: {bug} (set PROTEA_DEBUG=1 for the traceback)", err=True
+        )
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,115 @@
+"""The one module that talks to supervisord: XML-RPC over the unix socket, and starting the daemon."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from protea_supervisor.errors import StackFailed, SupervisorDown
+
+ProcessInfo = dict[str, Any]
+
+
+class Supervisor:
+    """A thin typed facade over supervisord's XML-RPC namespace."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def _proxy(self) -> Any:
+        # A fresh transport per call: the unix transport's connection is unusable after a failed request.
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket_path}")
+        # The host part is ignored by the unix transport.
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True).supervisor
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._proxy(), method)(*args)
+        except PermissionError:
+            raise SupervisorDown(
+                f"permission denied on {self.socket_path}; run as the stack's user."
+            ) from None
+        except (OSError, http.client.HTTPException):
+            raise SupervisorDown(f"supervisord is not running (no answer on {self.socket_path}).") from None
+        except xmlrpc.client.Fault as fault:
+            raise StackFailed(f"supervisord refused {method}: {fault.faultString}.") from None
+
+    def is_running(self) -> bool:
+        try:
+            return self._call("getState")["statename"] == "RUNNING"  # type: ignore[no-any-return]
+        except SupervisorDown:
+            return False
+
+    def pid(self) -> int:
+        return cast(int, self._call("getPID"))
+
+    def all_process_info(self) -> list[ProcessInfo]:
+        return cast(list[ProcessInfo], self._call("getAllProcessInfo"))
+
+    def start(self, name: str) -> None:
+        try:
+            self._call("startProcess", name, False)
+        except StackFailed as failed:
+            if "ALREADY_STARTED" not in str(failed):
+                raise
+
+    def stop_all(self) -> None:
+        """Signal every process at once (wait=False), so workers drain in parallel."""
+        self._call("stopAllProcesses", False)
+
+    def shutdown(self) -> None:
+        self._call("shutdown")
+
+    def reload_config(self) -> tuple[list[str], list[str], list[str]]:
+        added, changed, removed = self._call("reloadConfig")[0]
+        return added, changed, removed
+
+    def add_group(self, name: str) -> None:
+        self._call("addProcessGroup", name)
+
+
+def supervisord_command(config: Path) -> list[str]:
+    """supervisord from this interpreter's environment, so the pinned version runs."""
+    return [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)]
+
+
+def start_daemon(
+    config: Path, supervisor: Supervisor, deadline: float = 30.0, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Start supervisord (it daemonizes itself) and wait until its socket answers."""
+    result = subprocess.run(
+        supervisord_command(config), capture_output=True, text=True, check=False, cwd=config.parent
+    )
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise StackFailed(
+            f"supervisord did not start: {message[-1] if message else 'exit ' + str(result.returncode)}."
+        )
+    end = clock() + deadline
+    while clock() < end:
+        if supervisor.is_running():
+            return
+        time.sleep(0.1)
+    raise StackFailed(
+        f"supervisord started but its socket {supervisor.socket_path} did not answer in {deadline:g} s."
+    )
+
+
+def wait_gone(pid: int, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
+    end = clock() + deadline
+    while clock() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,51 @@
+"""What the stand-ins share: line-buffered logging to stdout and a quiet HTTP server."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", flush=True)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.reply(404, b"not found\n")
+
+
+def serve(name: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+    """Serve on loopback until TERM or INT, then exit 0."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log(f"{name}: got signal {signum}, stopping")
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log(f"{name}: listening on 127.0.0.1:{port}")
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    log(f"{name}: stopped")
+    sys.exit(0)

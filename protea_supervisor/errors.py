@@ -1,0 +1,69 @@
+"""Domain errors. Each carries the exit code the CLI turns it into; nothing below the CLI exits."""
+
+from __future__ import annotations
+
+
+class ProteaError(Exception):
+    """An expected failure with a one-sentence message for the operator."""
+
+    exit_code = 1
+
+
+class UsageError(ProteaError):
+    """Bad arguments on the command line."""
+
+
+class StackError(ProteaError):
+    """The stack description is invalid: names the file, the key and what was expected."""
+
+
+class RenderError(ProteaError):
+    """The rendered configuration would be refused by supervisord."""
+
+
+class EnvError(ProteaError):
+    """An env file or a required variable is wrong. Exit 78 is "configuration error: do not restart"."""
+
+    exit_code = 78
+
+
+class LockContention(ProteaError):
+    """Another owner or task holds the stack-owner lock."""
+
+    exit_code = 2
+
+
+class LockMismatch(ProteaError):
+    """A task tried to release a lock it does not hold."""
+
+    exit_code = 3
+
+
+class LockTimeout(ProteaError):
+    """The flock guarding the lock file was not obtained in time."""
+
+    exit_code = 4
+
+
+class LockCorrupt(ProteaError):
+    """The lock file exists but is not a valid record; never read as free."""
+
+    exit_code = 5
+
+
+class SupervisorDown(ProteaError):
+    """supervisord is not running (or its socket does not answer)."""
+
+    exit_code = 6
+
+
+class StackFailed(ProteaError):
+    """A program of the stack failed to start or stop as asked."""
+
+    exit_code = 7
+
+
+class CommandNotFound(ProteaError):
+    """The command given to `exec` or `lock run` does not exist or cannot be executed (shell's 127)."""
+
+    exit_code = 127

@@ -1,0 +1,91 @@
+"""File I/O at the edge: loading stack files and writing files atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from protea_supervisor.errors import StackError
+from protea_supervisor.stack import HostFacts, Stack, parse_stack
+
+BUILTIN_STACKS = ("protea", "demo")
+
+
+def builtin_stack_text(name: str) -> str:
+    return resources.files("protea_supervisor.stacks").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as why:
+        raise StackError(f"{source}: not valid TOML ({why}).") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StackError(f"{path}: stack file not found.") from None
+    except (OSError, UnicodeDecodeError) as why:
+        raise StackError(f"{path}: cannot read the stack file ({why}).") from None
+    return parse_toml(text, str(path))
+
+
+def stack_layers(choice: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+    """The shipped PROTEA defaults, then the chosen host file (a path, or the built-in `demo`)."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("built-in protea stack", parse_toml(builtin_stack_text("protea"), "built-in protea stack"))
+    ]
+    if choice in (None, "", "protea"):
+        return layers
+    if choice == "demo":
+        layers.append(("built-in demo stack", parse_toml(builtin_stack_text("demo"), "built-in demo stack")))
+        return layers
+    path = Path(choice).expanduser().absolute()
+    data = read_toml(path)
+    # A host file's relative paths and {stack_dir} refer to the file's own directory.
+    layers.append((str(path), _with_stack_dir(data, path.parent)))
+    return layers
+
+
+def _with_stack_dir(data: Any, stack_dir: Path) -> Any:
+    if isinstance(data, dict):
+        return {k: _with_stack_dir(v, stack_dir) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_with_stack_dir(v, stack_dir) for v in data]
+    if isinstance(data, str):
+        return data.replace("{stack_dir}", str(stack_dir))
+    return data
+
+
+def load_stack(choice: str | None, host: HostFacts) -> Stack:
+    return parse_stack(stack_layers(choice), host)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

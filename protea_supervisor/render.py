@@ -1,0 +1,173 @@
+"""Rendering: stack -> supervisord config text. Pure; the CLI writes the result.
+
+Escaping for supervisord's syntax lives in named template filters (`pct`, `envpairs`). Every rendered text
+can be checked with supervisor's own parser (`check_config`) before anything writes it.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+
+from protea_supervisor.errors import RenderError
+from protea_supervisor.stack import Program, Queue, Stack
+
+PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900}
+TEMPLATE = "supervisord.conf.j2"
+LOG_MAXBYTES = "50MB"
+LOG_BACKUPS = 5
+
+
+@dataclass(frozen=True)
+class ProgramBlock:
+    """One [program:x] section, with values still unescaped; the template escapes them."""
+
+    name: str
+    command: str
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    priority: int
+    startsecs: int
+    autorestart: str
+    exitcodes: str
+    stopsignal: str
+    stopwaitsecs: int
+    log_dir: str
+    # Written as is: supervisord expands %(program_name)s and %(process_num)d in it.
+    log_name: str
+    numprocs: int
+    numbered: bool
+
+
+def pct(value: object) -> str:
+    """supervisord expands %(name)s in most values: a literal % must be written %%."""
+    return str(value).replace("%", "%%")
+
+
+def envpairs(pairs: Iterable[tuple[str, str]]) -> str:
+    """environment= value: supervisord splits it with non-POSIX shlex, with no escape character."""
+    rendered = []
+    for key, value in pairs:
+        quote = "'" if '"' in value else '"'
+        quoted_ends = bool(value) and (value[0] in "'\"" or value[-1] in "'\"")
+        if ('"' in value and "'" in value) or quoted_ends:
+            raise RenderError(
+                f"environment {key}: a value with quotes at its ends or of both kinds cannot be "
+                "written in environment=; put it in an env file."
+            )
+        if " ;" in value or " #" in value or "\t;" in value or "\t#" in value or "\n" in value:
+            raise RenderError(
+                f"environment {key}: supervisord would cut this value at ';' or '#'; put it in an env file."
+            )
+        rendered.append(f"{key}={quote}{value}{quote}")
+    return pct(",".join(rendered))
+
+
+def template_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("protea_supervisor.templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["pct"] = pct
+    env.filters["envpairs"] = envpairs
+    return env
+
+
+def wrapper_command(stack: Stack, exe: Sequence[str], command: str, program: Program | None = None) -> str:
+    """The exec wrapper loads the env files at each start and execs the command (same pid)."""
+    args = [*exe, "exec"]
+    for env_file in stack.env.files:
+        args += ["--env-file", str(env_file)]
+    for name in stack.env.required:
+        args += ["--require", name]
+    if stack.env.require_jwt_secret:
+        args.append("--require-jwt-secret")
+    if program is not None and program.requires_file:
+        args += ["--requires-file", program.requires_file, "--fallback", program.fallback_command]
+    return " ".join(shlex.quote(a) for a in args) + " -- " + command
+
+
+def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
+    logs = str(stack.paths.logs)
+    blocks = []
+    for program in stack.programs:
+        if not program.enabled:
+            continue
+        oneshot = program.role == "migrate"
+        blocks.append(
+            ProgramBlock(
+                name=program.role,
+                command=wrapper_command(stack, exe, program.command, program),
+                directory=str(program.directory),
+                environment=program.environment,
+                priority=PRIORITY[program.role],
+                startsecs=program.startsecs,
+                autorestart="false" if oneshot else "true",
+                exitcodes="0",
+                stopsignal=program.stop_signal,
+                stopwaitsecs=program.stop_grace,
+                log_dir=logs,
+                log_name=f"{program.role}.log",
+                numprocs=1,
+                numbered=False,
+            )
+        )
+    blocks.extend(_queue_block(stack, exe, queue) for queue in stack.queues if queue.processes)
+    return sorted(blocks, key=lambda b: b.priority)
+
+
+def _queue_block(stack: Stack, exe: Sequence[str], queue: Queue) -> ProgramBlock:
+    return ProgramBlock(
+        name=queue.program,
+        command=wrapper_command(stack, exe, queue.command),
+        directory=str(stack.workers.directory),
+        environment=(),
+        priority=PRIORITY["worker"],
+        startsecs=stack.workers.startsecs,
+        autorestart="true",
+        # 143: the worker ran out of shutdown grace, requeued its job and exited on purpose.
+        exitcodes="0,143",
+        stopsignal=stack.workers.stop_signal,
+        stopwaitsecs=queue.stop_grace,
+        log_dir=str(stack.paths.logs),
+        log_name="%(program_name)s-%(process_num)d.log" if queue.numbered else f"{queue.program}.log",
+        numprocs=queue.processes,
+        numbered=queue.numbered,
+    )
+
+
+def render(stack: Stack, exe: Sequence[str]) -> str:
+    """The supervisord config for `stack`; `exe` is the argv prefix that runs protea-supervisor."""
+    context = {
+        "stack": stack,
+        "programs": program_blocks(stack, exe),
+        "log_maxbytes": LOG_MAXBYTES,
+        "log_backups": LOG_BACKUPS,
+    }
+    try:
+        return template_env().get_template(TEMPLATE).render(**context)
+    except jinja2.TemplateError as why:
+        raise RenderError(f"template {TEMPLATE}: {why}") from None
+
+
+def check_config(text: str) -> None:
+    """Parse with supervisor's own ServerOptions; raise RenderError with supervisord's words if it refuses.
+
+    Log directories must exist for this check, as they must for supervisord.
+    """
+    from supervisor.options import ServerOptions
+
+    options = ServerOptions()
+    try:
+        options.read_config(io.StringIO(text))
+    except ValueError as why:
+        raise RenderError(f"supervisord would refuse the rendered config: {why}") from None
