@@ -49,6 +49,11 @@ def pct(value: object) -> str:
     return str(value).replace("%", "%%")
 
 
+def pct_logfile(value: object) -> str:
+    """A program's stdout_logfile is expanded twice by supervisord (4.3.0 options.py), so % becomes %%%%."""
+    return str(value).replace("%", "%%%%")
+
+
 def envpairs(pairs: Iterable[tuple[str, str]]) -> str:
     """environment= value: supervisord splits it with non-POSIX shlex, with no escape character."""
     rendered = []
@@ -78,6 +83,7 @@ def template_env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["pct"] = pct
+    env.filters["pct_logfile"] = pct_logfile
     env.filters["envpairs"] = envpairs
     return env
 

@@ -286,7 +286,7 @@ def _merge(
     base: dict[str, Any], layer: Mapping[str, Any], source: str, origin: dict[str, str], prefix: str = ""
 ) -> None:
     for key, value in layer.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{_quoted(key)}"
         if isinstance(value, dict):
             target = base.setdefault(key, {})
             _merge(target, value, source, origin, dotted + ".")
@@ -305,15 +305,17 @@ class _Reader:
         self.sources = sources
 
     def where(self, dotted: str) -> str:
-        parts = dotted.split(".")
+        """The last file that set `dotted` or anything under it (else the nearest enclosing table)."""
+        parts = _split_key(dotted)
         for end in range(len(parts), 0, -1):
-            found = self.origin.get(".".join(parts[:end]))
+            prefix = ".".join(_quoted(p) for p in parts[:end])
+            found = [src for key, src in self.origin.items() if key == prefix or key.startswith(prefix + ".")]
             if found:
-                return found
+                return max(found, key=self.sources.index)
         return self.sources[-1]
 
-    def fail(self, dotted: str, expected: str) -> StackError:
-        return StackError(f"{self.where(dotted)}: {dotted} {expected}.")
+    def fail(self, dotted: str, expected: str, blame: str = "") -> StackError:
+        return StackError(f"{self.where(blame or dotted)}: {dotted} {expected}.")
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.data
@@ -525,11 +527,12 @@ def _parse_control(reader: _Reader) -> Control:
         raise reader.fail("control.inet_port", f"must be 0 (off) or a port 1-65535, got {control.inet_port}")
     if control.inet_port:
         if not control.username:
-            raise reader.fail("control.username", "must be set when control.inet_port is on")
+            raise reader.fail("control.username", "must be set when control.inet_port is on", "control.inet_port")
         if not re.fullmatch(r"\{SHA\}[0-9a-f]{40}", control.password_sha):
             raise reader.fail(
                 "control.password_sha",
                 "must be '{SHA}' followed by the 40-hex SHA-1 of the password when control.inet_port is on",
+                "control.inet_port",
             )
     return control
 

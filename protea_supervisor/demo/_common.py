@@ -11,7 +11,9 @@ from types import FrameType
 
 
 def log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", flush=True)
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    print(f"{stamp} {message}", flush=True)
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -1,0 +1,136 @@
+"""The stack description: PROTEA defaults, host overrides, and one clear sentence per bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protea_supervisor.errors import StackError
+from protea_supervisor.files import builtin_stack_text, parse_toml
+from protea_supervisor.stack import HostFacts, Stack, parse_stack, queue_program_name
+
+HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")
+DEFAULTS = ("built-in protea stack", parse_toml(builtin_stack_text("protea"), "defaults"))
+
+
+def build(*layers: tuple[str, dict[str, Any]]) -> Stack:
+    return parse_stack([DEFAULTS, *layers], HOST)
+
+
+def host(text: str) -> tuple[str, dict[str, Any]]:
+    return ("/etc/protea/host.toml", parse_toml(text, "/etc/protea/host.toml"))
+
+
+def refused(text: str) -> str:
+    with pytest.raises(StackError) as caught:
+        build(host(text))
+    return str(caught.value)
+
+
+def test_protea_defaults_name_every_program_and_queue_like_manage_sh() -> None:
+    stack = build()
+    assert [q.name for q in stack.queues] == [
+        "protea.ping", "protea.jobs", "protea.training", "protea.embeddings", "protea.embeddings.batch",
+        "protea.embeddings.write", "protea.predictions", "protea.predictions.batch", "protea.predictions.write",
+        "protea.evaluations", "reaper",
+    ]  # fmt: skip
+    names = [name for q in stack.queues for name in q.process_names()]
+    assert names == [
+        "worker-ping", "worker-jobs", "worker-training", "worker-embeddings-coord", "worker-embeddings-batch-1",
+        "worker-embeddings-write", "worker-predictions-coord", "worker-predictions-batch-1",
+        "worker-predictions-write", "worker-evaluations", "worker-reaper",
+    ]  # fmt: skip
+    assert stack.queue("protea.ping").command == "/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/python " \
+        "scripts/worker.py --queue protea.ping"
+    assert stack.program("api").command.startswith("/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/uvicorn ")
+    assert "--root-path /api-proxy" in stack.program("api").command
+    assert stack.program("migrate").startsecs == 0
+    assert stack.paths.logs == Path("/home/op/Thesis2/worktrees/protea-deploy/logs")
+    assert stack.env.files == (Path("/home/op/.secrets/protea.env"),
+                               Path("/home/op/Thesis2/worktrees/protea-deploy/.env.local"))
+    assert stack.probes.api_ready_timeout == 120
+    assert stack.deploy.retry_ladder == (30, 120, 300)
+    assert min(q.stop_grace for q in stack.queues) >= 30
+
+
+def test_queue_names_follow_manage_sh_slugs() -> None:
+    assert queue_program_name("protea.predictions.batch") == "worker-predictions-batch"
+    assert queue_program_name("reaper") == "worker-reaper"
+
+
+def test_host_file_overrides_any_part_and_keeps_the_rest() -> None:
+    stack = build(host("""
+[paths]
+root = "/srv/protea"
+[queues."protea.predictions.batch"]
+processes = 4
+[queues."protea.export"]
+[programs.tunnel]
+enabled = false
+"""))
+    assert stack.paths.venv == Path("/srv/protea/.venv")
+    assert stack.queue("worker-predictions-batch").processes == 4
+    assert stack.queue("protea.export").program == "worker-export"
+    assert stack.program("tunnel").enabled is False
+    assert stack.program("api").stop_grace == 30
+    assert stack.sources == ("built-in protea stack", "/etc/protea/host.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[paths]\nroots = '/x'", "/etc/protea/host.toml: unknown key 'paths.roots'; expected one of:"),
+        ("colour = 'blue'", "unknown key 'colour'"),
+        ("[programs.frontend]\ncommand = 'x'", "unknown program 'programs.frontend'; expected one of migrate"),
+        ("[workers]\nstop_grace = '300'", "workers.stop_grace must be an integer, got '300'"),
+        ("[queues.\"protea.ping\"]\nprocesses = -1", "queues.\"protea.ping\".processes must be at least 0, got -1"),
+        ("[queues.\"protea.ping\"]\nprocesses = 2", "an unnumbered queue runs one process named worker-ping"),
+        ("[queues.\"protea.ping\"]\n[queues.\"protea.ping\"]", "not valid TOML"),
+        ("[queues.\"ping\"]", "'worker-ping' is already the program of queues.\"protea.ping\""),
+        ("[probes]\napi_ready_url = 'http://127.0.0.1:70000/jobs'", "probes.api_ready_url has a port out of range"),
+        ("[probes]\nweb_url = 'localhost:3000'", "probes.web_url must be an http(s) URL"),
+        ("[control]\ninet_port = 99999", "control.inet_port must be 0 (off) or a port 1-65535"),
+        ("[control]\ninet_port = 9001\nusername = 'ops'\npassword_sha = 'plain'", "control.password_sha must be"),
+        ("[control]\ninet_port = 9001", "control.username must be set"),
+        ("[workers]\ncommand = 'run {queeu}'", "workers.command uses unknown placeholder {queeu}"),
+        ("[workers]\nstop_signal = 'TERMINATE'", "workers.stop_signal must be one of TERM"),
+        ("[programs.api]\ncommand = \"uvicorn 'unbalanced\"", "programs.api.command is not a valid command line"),
+        ("[programs.api.environment]\nPROTEA_JWT_SECRET = 'x'", "looks like a secret; put it in an env file"),
+        ("[paths]\nrun = 'relative/run'", None),
+        ("[deploy]\nretry_ladder = [30, -1]", "deploy.retry_ladder must hold non-negative seconds"),
+        ("[lock]\nflock_timeout = 0", "lock.flock_timeout must be greater than 0"),
+        ("[programs.web]\nrequires_file = ''", "needs both requires_file and fallback_command"),
+    ],
+)
+def test_bad_input_names_file_key_and_expectation(text: str, expected: str | None) -> None:
+    if text.startswith("[queues.\"protea.ping\"]\n[queues"):
+        # tomllib refuses a table declared twice; the loader turns that into one sentence with the file.
+        with pytest.raises(StackError, match="not valid TOML"):
+            parse_toml(text, "/etc/protea/host.toml")
+        return
+    if expected is None:
+        # A relative run dir is taken relative to the root, not refused.
+        assert build(host(text)).paths.run == Path("/home/op/Thesis2/worktrees/protea-deploy/relative/run")
+        return
+    message = refused(text)
+    assert expected in message
+    assert "/etc/protea/host.toml" in message or "not valid TOML" in message
+    assert "\n" not in message
+
+
+def test_error_names_the_file_that_set_the_key_not_the_last_one() -> None:
+    first = ("/etc/protea/a.toml", parse_toml("[workers]\nstop_grace = 0", "a"))
+    second = ("/etc/protea/b.toml", parse_toml("[paths]\nroot = '/srv'", "b"))
+    with pytest.raises(StackError, match=r"^/etc/protea/a.toml: workers.stop_grace must be at least 1"):
+        build(first, second)
+
+
+def test_secret_looking_value_of_wrong_type_is_not_echoed() -> None:
+    message = refused("[programs.api.environment]\nAPI_TOKEN = 12345")
+    assert "12345" not in message
+
+
+def test_too_long_run_dir_is_refused_before_supervisord_fails_to_bind() -> None:
+    assert "too long for a unix socket path" in refused(f"[paths]\nrun = '/{'x' * 120}'")
