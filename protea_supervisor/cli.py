@@ -376,7 +376,9 @@ def exec_cmd(
     """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
     env = merged_environment(os.environ, env_files)
     check_required(env, required, require_jwt_secret, env_files)
-    argv = list(command)
+    argv = list(_after_double_dash(command))
+    if not argv:
+        raise UsageError("exec needs a command after --.")
     if requires_file and not Path(requires_file).exists():
         if not fallback:
             raise EnvError(f"{requires_file} is missing and no --fallback was given.")
@@ -390,6 +392,11 @@ def exec_cmd(
         raise CommandNotFound(f"command not found: {argv[0]}.") from None
     except PermissionError:
         raise CommandNotFound(f"command is not executable: {argv[0]}.") from None
+
+
+def _after_double_dash(command: tuple[str, ...]) -> tuple[str, ...]:
+    # click keeps a `--` that follows positional arguments; it only separates our arguments from the command.
+    return command[1:] if command[:1] == ("--",) else command
 
 
 # --- lock -----------------------------------------------------------------------------------------------
@@ -456,6 +463,9 @@ def lock_status(lock: LockFile) -> None:
 @click.pass_obj
 def lock_run(lock: LockFile, task_id: str, reason: str, command: tuple[str, ...]) -> int:
     """Hold the lock as `export` while COMMAND runs; release it however COMMAND ends; exit with its code."""
+    command = _after_double_dash(command)
+    if not command:
+        raise UsageError("lock run needs a command after --.")
     lock.acquire("export", task_id, reason)
     child: subprocess.Popen[bytes] | None = None
 

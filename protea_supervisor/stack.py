@@ -527,7 +527,9 @@ def _parse_control(reader: _Reader) -> Control:
         raise reader.fail("control.inet_port", f"must be 0 (off) or a port 1-65535, got {control.inet_port}")
     if control.inet_port:
         if not control.username:
-            raise reader.fail("control.username", "must be set when control.inet_port is on", "control.inet_port")
+            raise reader.fail(
+                "control.username", "must be set when control.inet_port is on", "control.inet_port"
+            )
         if not re.fullmatch(r"\{SHA\}[0-9a-f]{40}", control.password_sha):
             raise reader.fail(
                 "control.password_sha",

@@ -43,7 +43,9 @@ class Result:
         return self.out + self.err
 
 
-def ps(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> Result:
+def ps(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> Result:
     """Run the installed protea-supervisor script, as an operator would."""
     full_env = dict(os.environ)
     full_env.pop("PROTEA_STACK", None)

@@ -34,7 +34,9 @@ def test_default_protea_stack_matches_golden_file() -> None:
     text = render(stack(), EXE)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text(), "rendered config changed; rerun with UPDATE_GOLDEN=1 and review the diff"
+    assert text == GOLDEN.read_text(), (
+        "rendered config changed; rerun with UPDATE_GOLDEN=1 and review the diff"
+    )
 
 
 def rooted(root: Path, extra: str = "") -> Stack:
@@ -56,7 +58,10 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     processes = {p.name: p for g in options.process_group_configs for p in g.process_configs}
     assert "worker-ping" in processes
     assert "worker-embeddings-batch-1" in processes
-    assert processes["worker-embeddings-batch-1"].stdout_logfile == f"{tmp_path}/logs/worker-embeddings-batch-1.log"
+    assert (
+        processes["worker-embeddings-batch-1"].stdout_logfile
+        == f"{tmp_path}/logs/worker-embeddings-batch-1.log"
+    )
     assert processes["worker-ping"].stdout_logfile == f"{tmp_path}/logs/worker-ping.log"
     for config in processes.values():
         assert config.stopasgroup and config.killasgroup
@@ -72,7 +77,7 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
 
 
 def test_batch_queue_renders_numprocs_and_numbered_names(tmp_path: Path) -> None:
-    text = render(rooted(tmp_path, "[queues.\"protea.predictions.batch\"]\nprocesses = 3\n"), EXE)
+    text = render(rooted(tmp_path, '[queues."protea.predictions.batch"]\nprocesses = 3\n'), EXE)
     names = [p.name for g in loaded(text).process_group_configs for p in g.process_configs]
     assert [n for n in names if "predictions-batch" in n] == [
         "worker-predictions-batch-1", "worker-predictions-batch-2", "worker-predictions-batch-3",
@@ -81,7 +86,9 @@ def test_batch_queue_renders_numprocs_and_numbered_names(tmp_path: Path) -> None
 
 def test_inet_server_needs_user_and_sha_and_binds_where_told(tmp_path: Path) -> None:
     sha = "{SHA}" + "a" * 40
-    text = render(rooted(tmp_path, f"[control]\ninet_port = 19001\nusername = 'ops'\npassword_sha = '{sha}'\n"), EXE)
+    text = render(
+        rooted(tmp_path, f"[control]\ninet_port = 19001\nusername = 'ops'\npassword_sha = '{sha}'\n"), EXE
+    )
     inet = [s for s in loaded(text).server_configs if s["family"] != 1]
     assert inet[0]["host"] == "127.0.0.1" and inet[0]["port"] == 19001
     assert inet[0]["username"] == "ops" and inet[0]["password"] == sha
@@ -105,18 +112,28 @@ def test_programs_start_through_the_exec_wrapper_with_env_files_not_values() -> 
 
 def test_web_falls_back_to_next_start_through_the_wrapper() -> None:
     text = render(stack(), EXE)
-    assert "--requires-file .next/standalone/server.js --fallback 'npm run start' -- node .next/standalone/server.js" in text
+    assert (
+        "--requires-file .next/standalone/server.js --fallback 'npm run start' -- node .next/standalone/server.js"
+        in text
+    )
 
 
 def test_check_config_refuses_what_supervisord_refuses(tmp_path: Path) -> None:
-    with pytest.raises(RenderError, match="supervisord would refuse the rendered config: .*does not exist"):
+    with pytest.raises(RenderError, match=r"supervisord would refuse the rendered config: .*does not exist"):
         check_config(render(stack(f"[paths]\nroot = '{tmp_path}/missing'\n"), EXE))
 
 
 SAFE_VALUE = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=30
-).filter(lambda v: not (("'" in v and '"' in v) or v[:1] in "'\"" or v[-1:] in "'\"")
-         and " ;" not in v and " #" not in v and "\t" not in v and v == v.strip())
+).filter(
+    lambda v: (
+        not (("'" in v and '"' in v) or v[:1] in "'\"" or v[-1:] in "'\"")
+        and " ;" not in v
+        and " #" not in v
+        and "\t" not in v
+        and v == v.strip()
+    )
+)
 
 
 @given(st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True), SAFE_VALUE, max_size=4))
@@ -126,7 +143,7 @@ def test_envpairs_round_trips_through_supervisors_parser(env: dict[str, str]) ->
     assert parsed == env
 
 
-@pytest.mark.parametrize("value", ["it's \"x\"", "'quoted'", "a ;b", "tail\""])
+@pytest.mark.parametrize("value", ['it\'s "x"', "'quoted'", "a ;b", 'tail"'])
 def test_envpairs_refuses_values_supervisord_would_mangle(value: str) -> None:
     with pytest.raises(RenderError, match="env file"):
         envpairs([("K", value)])

@@ -42,14 +42,20 @@ def test_protea_defaults_name_every_program_and_queue_like_manage_sh() -> None:
         "worker-embeddings-write", "worker-predictions-coord", "worker-predictions-batch-1",
         "worker-predictions-write", "worker-evaluations", "worker-reaper",
     ]  # fmt: skip
-    assert stack.queue("protea.ping").command == "/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/python " \
+    assert (
+        stack.queue("protea.ping").command == "/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/python "
         "scripts/worker.py --queue protea.ping"
-    assert stack.program("api").command.startswith("/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/uvicorn ")
+    )
+    assert stack.program("api").command.startswith(
+        "/home/op/Thesis2/worktrees/protea-deploy/.venv/bin/uvicorn "
+    )
     assert "--root-path /api-proxy" in stack.program("api").command
     assert stack.program("migrate").startsecs == 0
     assert stack.paths.logs == Path("/home/op/Thesis2/worktrees/protea-deploy/logs")
-    assert stack.env.files == (Path("/home/op/.secrets/protea.env"),
-                               Path("/home/op/Thesis2/worktrees/protea-deploy/.env.local"))
+    assert stack.env.files == (
+        Path("/home/op/.secrets/protea.env"),
+        Path("/home/op/Thesis2/worktrees/protea-deploy/.env.local"),
+    )
     assert stack.probes.api_ready_timeout == 120
     assert stack.deploy.retry_ladder == (30, 120, 300)
     assert min(q.stop_grace for q in stack.queues) >= 30
@@ -61,7 +67,8 @@ def test_queue_names_follow_manage_sh_slugs() -> None:
 
 
 def test_host_file_overrides_any_part_and_keeps_the_rest() -> None:
-    stack = build(host("""
+    stack = build(
+        host("""
 [paths]
 root = "/srv/protea"
 [queues."protea.predictions.batch"]
@@ -69,7 +76,8 @@ processes = 4
 [queues."protea.export"]
 [programs.tunnel]
 enabled = false
-"""))
+""")
+    )
     assert stack.paths.venv == Path("/srv/protea/.venv")
     assert stack.queue("worker-predictions-batch").processes == 4
     assert stack.queue("protea.export").program == "worker-export"
@@ -83,20 +91,35 @@ enabled = false
     [
         ("[paths]\nroots = '/x'", "/etc/protea/host.toml: unknown key 'paths.roots'; expected one of:"),
         ("colour = 'blue'", "unknown key 'colour'"),
-        ("[programs.frontend]\ncommand = 'x'", "unknown program 'programs.frontend'; expected one of migrate"),
+        (
+            "[programs.frontend]\ncommand = 'x'",
+            "unknown program 'programs.frontend'; expected one of migrate",
+        ),
         ("[workers]\nstop_grace = '300'", "workers.stop_grace must be an integer, got '300'"),
-        ("[queues.\"protea.ping\"]\nprocesses = -1", "queues.\"protea.ping\".processes must be at least 0, got -1"),
-        ("[queues.\"protea.ping\"]\nprocesses = 2", "an unnumbered queue runs one process named worker-ping"),
-        ("[queues.\"protea.ping\"]\n[queues.\"protea.ping\"]", "not valid TOML"),
-        ("[queues.\"ping\"]", "'worker-ping' is already the program of queues.\"protea.ping\""),
-        ("[probes]\napi_ready_url = 'http://127.0.0.1:70000/jobs'", "probes.api_ready_url has a port out of range"),
+        (
+            '[queues."protea.ping"]\nprocesses = -1',
+            'queues."protea.ping".processes must be at least 0, got -1',
+        ),
+        ('[queues."protea.ping"]\nprocesses = 2', "an unnumbered queue runs one process named worker-ping"),
+        ('[queues."protea.ping"]\n[queues."protea.ping"]', "not valid TOML"),
+        ('[queues."ping"]', "'worker-ping' is already the program of queues.\"protea.ping\""),
+        (
+            "[probes]\napi_ready_url = 'http://127.0.0.1:70000/jobs'",
+            "probes.api_ready_url has a port out of range",
+        ),
         ("[probes]\nweb_url = 'localhost:3000'", "probes.web_url must be an http(s) URL"),
         ("[control]\ninet_port = 99999", "control.inet_port must be 0 (off) or a port 1-65535"),
-        ("[control]\ninet_port = 9001\nusername = 'ops'\npassword_sha = 'plain'", "control.password_sha must be"),
+        (
+            "[control]\ninet_port = 9001\nusername = 'ops'\npassword_sha = 'plain'",
+            "control.password_sha must be",
+        ),
         ("[control]\ninet_port = 9001", "control.username must be set"),
         ("[workers]\ncommand = 'run {queeu}'", "workers.command uses unknown placeholder {queeu}"),
         ("[workers]\nstop_signal = 'TERMINATE'", "workers.stop_signal must be one of TERM"),
-        ("[programs.api]\ncommand = \"uvicorn 'unbalanced\"", "programs.api.command is not a valid command line"),
+        (
+            '[programs.api]\ncommand = "uvicorn \'unbalanced"',
+            "programs.api.command is not a valid command line",
+        ),
         ("[programs.api.environment]\nPROTEA_JWT_SECRET = 'x'", "looks like a secret; put it in an env file"),
         ("[paths]\nrun = 'relative/run'", None),
         ("[deploy]\nretry_ladder = [30, -1]", "deploy.retry_ladder must hold non-negative seconds"),
@@ -105,7 +128,7 @@ enabled = false
     ],
 )
 def test_bad_input_names_file_key_and_expectation(text: str, expected: str | None) -> None:
-    if text.startswith("[queues.\"protea.ping\"]\n[queues"):
+    if text.startswith('[queues."protea.ping"]\n[queues'):
         # tomllib refuses a table declared twice; the loader turns that into one sentence with the file.
         with pytest.raises(StackError, match="not valid TOML"):
             parse_toml(text, "/etc/protea/host.toml")
