@@ -41,7 +41,7 @@ from protea_supervisor.lock import (
 from protea_supervisor.overrides import apply_counts, batch_counts, load_counts, save_counts
 from protea_supervisor.render import check_config, render
 from protea_supervisor.stack import HostFacts, Stack
-from protea_supervisor.startup import assess, needs_start, stages
+from protea_supervisor.startup import RUNNING_STATES, assess, needs_start, stages
 from protea_supervisor.status import group_rss_kb, read_tail, rows, spawn_counts, table
 
 POLL = 0.2
@@ -185,13 +185,7 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
 
     supervisor = Supervisor(stack.socket_path)
     if supervisor.is_running():
-        added, changed, _removed = supervisor.reload_config()
-        for group in added:
-            supervisor.add_group(group)
-        if changed:
-            click.echo(
-                f"note: config changed for {', '.join(changed)}; `up` leaves running programs as they are."
-            )
+        apply_idle_changes(supervisor)
     else:
         click.echo(f"starting supervisord ({stack.config_path})")
         start_daemon(stack.config_path, supervisor)
@@ -200,6 +194,22 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
         f"stack is up. status: protea-supervisor{_stack_flag(ctx)} status; "
         f"or supervisorctl -c {stack.config_path} status"
     )
+
+
+def apply_idle_changes(supervisor: Supervisor) -> None:
+    """Take in config changes that interrupt nothing: new groups, and changed groups with no process up.
+    A changed group with running processes is left alone; replacing it would restart them mid-job."""
+    added, changed, _removed = supervisor.reload_config()
+    for group in added:
+        supervisor.add_group(group)
+    busy = {i["group"] for i in supervisor.all_process_info() if i["statename"] in RUNNING_STATES}
+    for group in changed:
+        if group in busy:
+            click.echo(
+                f"note: {group} is running with its old config; `up` does not restart running programs."
+            )
+        else:
+            supervisor.replace_group(group)
 
 
 def _stack_flag(ctx: click.Context) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import subprocess
 import sys
 import time
@@ -76,6 +75,11 @@ class Supervisor:
     def add_group(self, name: str) -> None:
         self._call("addProcessGroup", name)
 
+    def replace_group(self, name: str) -> None:
+        """Drop a stopped group and add it back from the re-read config."""
+        self._call("removeProcessGroup", name)
+        self._call("addProcessGroup", name)
+
 
 def supervisord_command(config: Path) -> list[str]:
     """supervisord from this interpreter's environment, so the pinned version runs."""
@@ -107,9 +111,16 @@ def start_daemon(
 def wait_gone(pid: int, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
     end = clock() + deadline
     while clock() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return True
         time.sleep(0.1)
     return False
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -28,10 +28,10 @@ def apply_counts(stack: Stack, counts: Mapping[str, int]) -> Stack:
 
 
 def batch_counts(stack: Stack, count: int) -> dict[str, int]:
-    """manage.sh `start N`: N processes for every numbered queue (the two batch queues by default)."""
+    """manage.sh `start N`: N processes for every numbered queue in use (the two batch queues by default)."""
     if count < 1:
         raise StackError(f"the process count must be at least 1, got {count}.")
-    return {q.program: count for q in stack.queues if q.numbered}
+    return {q.program: count for q in stack.queues if q.numbered and q.processes}
 
 
 def load_counts(run_dir: Path) -> dict[str, int]:

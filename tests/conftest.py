@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,8 +86,36 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_dump(data: dict[str, Any], prefix: str = "") -> str:
+    """Enough TOML for test stack files: scalars first, then one [table] per nested dict."""
+    scalars = [f"{key} = {toml_value(v)}" for key, v in data.items() if not isinstance(v, dict)]
+    has_tables = any(isinstance(v, dict) for v in data.values())
+    out = ([f"[{prefix}]"] if prefix and (scalars or not has_tables) else []) + scalars
+    for key, value in data.items():
+        if isinstance(value, dict):
+            name = f'"{key}"' if "." in key else key
+            out.append(toml_dump(value, f"{prefix}.{name}" if prefix else name))
+    return "\n".join(line for line in out if line)
+
+
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def stack_file(
@@ -97,60 +126,49 @@ def stack_file(
     job_seconds: float = 2.0,
     worker_grace: int = 60,
     migrate_exit: int = 0,
-    extra: str = "",
+    extra: dict[str, Any] | None = None,
     env_files: list[str] | None = None,
     required: list[str] | None = None,
 ) -> Path:
     """A host stack file that runs the demo stand-ins on free ports, rooted in `root`."""
     queues = queues if queues is not None else {"protea.ping": {}, "protea.jobs": {}}
     api, web, agent = free_port(), free_port(), free_port()
-    lines = [
-        'name = "test"',
-        "[paths]",
-        'root = "{stack_dir}"',
-        'venv = "{root}"',
-        'logs = "{root}/logs"',
-        'run = "{root}/run"',
-        "[env]",
-        f"files = [{', '.join(toml_str(f) for f in (env_files or []))}]",
-        f"required = [{', '.join(toml_str(r) for r in (required or []))}]",
-        "require_jwt_secret = false",
-        "[programs.migrate]",
-        f'command = "{{python}} -P -m protea_supervisor.demo.migrate --seconds 0.2 --exit-code {migrate_exit}"',
-        "[programs.api]",
-        f'command = "{{python}} -P -m protea_supervisor.demo.api --port {api} --ready-after {api_ready_after}"',
-        "[programs.web]",
-        'command = "{python} -P -m protea_supervisor.demo.web"',
-        'directory = "{root}"',
-        'requires_file = ""',
-        'fallback_command = ""',
-        "[programs.web.environment]",
-        f'PORT = "{web}"',
-        "[programs.tunnel]",
-        f'command = "{{python}} -P -m protea_supervisor.demo.tunnel --agent-port {agent} '
-        f'--public-url http://127.0.0.1:{web}"',
-        "[workers]",
-        f'command = "{{python}} -P -m protea_supervisor.demo.worker --queue {{queue}} --job-seconds {job_seconds}"',
-        f"stop_grace = {worker_grace}",
-        "startsecs = 1",
-        "[probes]",
-        f'api_ready_url = "http://127.0.0.1:{api}/jobs"',
-        f'web_url = "http://127.0.0.1:{web}"',
-        'public_url = ""',
-        f'ngrok_api_url = "http://127.0.0.1:{agent}/api/tunnels"',
-        "infra_from_env = []",
-        "[lock]",
-        'file = "{root}/stack-owner.json"',
-        "flock_timeout = 1",
-    ]
-    for name in DEFAULT_QUEUES:
-        if name not in queues:
-            lines += [f'[queues."{name}"]', "processes = 0"]
-    for name, settings in queues.items():
-        lines.append(f'[queues."{name}"]')
-        for key, value in settings.items():
-            rendered = toml_str(value) if isinstance(value, str) else str(value).lower()
-            lines.append(f"{key} = {rendered}")
+    stand_in = "{python} -P -m protea_supervisor.demo."
+    data: dict[str, Any] = {
+        "name": "test",
+        "paths": {"root": "{stack_dir}", "venv": "{root}", "logs": "{root}/logs", "run": "{root}/run"},
+        "env": {"files": env_files or [], "required": required or [], "require_jwt_secret": False},
+        "programs": {
+            "migrate": {"command": f"{stand_in}migrate --seconds 0.2 --exit-code {migrate_exit}"},
+            "api": {"command": f"{stand_in}api --port {api} --ready-after {api_ready_after}"},
+            "web": {
+                "command": f"{stand_in}web",
+                "directory": "{root}",
+                "requires_file": "",
+                "fallback_command": "",
+                "environment": {"PORT": str(web)},
+            },
+            "tunnel": {
+                "command": f"{stand_in}tunnel --agent-port {agent} --public-url http://127.0.0.1:{web}"
+            },
+        },
+        "workers": {
+            "command": f"{stand_in}worker --queue {{queue}} --job-seconds {job_seconds}",
+            "stop_grace": worker_grace,
+            "startsecs": 1,
+        },
+        "queues": {name: {"processes": 0} for name in DEFAULT_QUEUES if name not in queues}
+        | {name: dict(settings) for name, settings in queues.items()},
+        "probes": {
+            "api_ready_url": f"http://127.0.0.1:{api}/jobs",
+            "web_url": f"http://127.0.0.1:{web}",
+            "public_url": "",
+            "ngrok_api_url": f"http://127.0.0.1:{agent}/api/tunnels",
+            "infra_from_env": [],
+        },
+        "lock": {"file": "{root}/stack-owner.json", "flock_timeout": 1},
+    }
+    deep_update(data, extra or {})
     path = root / "stack.toml"
-    path.write_text("\n".join(lines) + "\n" + extra)
+    path.write_text(toml_dump(data) + "\n")
     return path

@@ -157,3 +157,13 @@ def test_secret_looking_value_of_wrong_type_is_not_echoed() -> None:
 
 def test_too_long_run_dir_is_refused_before_supervisord_fails_to_bind() -> None:
     assert "too long for a unix socket path" in refused(f"[paths]\nrun = '/{'x' * 120}'")
+
+
+def test_shipped_example_host_file_parses() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "protea-host.example.toml"
+    stack = build((str(example), parse_toml(example.read_text(), str(example))))
+    assert stack.queue("protea.training.write").program == "worker-export-write"
+    assert stack.queue("protea.predictions.batch").process_names() == (
+        "worker-predictions-batch-1",
+        "worker-predictions-batch-2",
+    )
