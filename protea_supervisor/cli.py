@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from protea_supervisor import __version__
-from protea_supervisor.control import Supervisor, start_daemon, wait_gone
+from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
 from protea_supervisor.env import check_required, load_env_files, merged_environment
 from protea_supervisor.errors import (
     CommandNotFound,
@@ -31,6 +31,8 @@ from protea_supervisor.errors import (
     UsageError,
 )
 from protea_supervisor.files import load_stack, write_atomic
+from protea_supervisor.listeners.gate import COMM_TYPE, start_request
+from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.lock import (
     FREE,
     LockFile,
@@ -41,7 +43,6 @@ from protea_supervisor.lock import (
 from protea_supervisor.overrides import apply_counts, batch_counts, load_counts, save_counts
 from protea_supervisor.render import check_config, render
 from protea_supervisor.stack import HostFacts, Stack
-from protea_supervisor.startup import RUNNING_STATES, assess, needs_start, stages
 from protea_supervisor.status import group_rss_kb, read_tail, rows, spawn_counts, table
 
 POLL = 0.2
@@ -189,7 +190,7 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
     else:
         click.echo(f"starting supervisord ({stack.config_path})")
         start_daemon(stack.config_path, supervisor)
-    run_stages(stack, supervisor, secret_values(stack))
+    run_gate(stack, supervisor)
     click.echo(
         f"stack is up. status: protea-supervisor{_stack_flag(ctx)} status; "
         f"or supervisorctl -c {stack.config_path} status"
@@ -217,40 +218,43 @@ def _stack_flag(ctx: click.Context) -> str:
     return f" --stack {shlex.quote(settings.stack_choice)}" if settings.stack_choice else ""
 
 
-def run_stages(stack: Stack, supervisor: Supervisor, secrets: Sequence[str]) -> None:
-    for stage in stages(stack):
-        began = time.monotonic()
-        click.echo(f"  {stage.label:<8} starting {', '.join(stage.groups)}")
-        started = False
-        while True:
-            infos = supervisor.all_process_info()
-            if not started:
-                for name in needs_start(stage, infos):
-                    supervisor.start(name)
-                started = True
-                infos = supervisor.all_process_info()
-            verdict = assess(stage, infos)
-            if verdict.done:
-                click.echo(f"  {stage.label:<8} ready in {time.monotonic() - began:.1f} s")
-                break
-            if verdict.failed:
-                raise StackFailed(
-                    _failure(stack, stage.label, verdict.failed_process, verdict.reason, secrets)
-                )
-            if time.monotonic() - began > stage.deadline:
-                raise StackFailed(
-                    f"{stage.label}: still waiting on {', '.join(verdict.waiting_on)} after "
-                    f"{stage.deadline:g} s; nothing after it was started."
-                )
-            time.sleep(POLL)
-
-
-def _failure(stack: Stack, label: str, process: str, reason: str, secrets: Sequence[str]) -> str:
-    name = process.split(":", 1)[-1]
-    log = process_log(stack, name)
-    tail = "\n".join("    " + line for line in last_lines(log, 8))
-    message = f"{label}: {name} {reason}; nothing after it was started. Last lines of {log}:\n{tail}"
-    return redact(message, secrets)
+def run_gate(stack: Stack, supervisor: Supervisor, retry: bool = False) -> None:
+    """Ask the gate listener to run and follow its state file until it is done or has failed."""
+    request, payload = start_request(retry)
+    supervisor.send_comm(COMM_TYPE, payload)
+    began = time.monotonic()
+    deadline = stack.probes.infra_timeout + stack.probes.api_ready_timeout + stack.probes.web_timeout + 300
+    shown: set[str] = set()
+    current = ""
+    while True:
+        doc = read_gate_state(stack.paths.run) or {}
+        mine = request in doc.get("requests", [])
+        for step in doc.get("steps", []) if mine else []:
+            if step["finished_at"] and step["step"] not in shown:
+                shown.add(step["step"])
+                click.echo(f"  {step['step']:<8} ready in {step['finished_at'] - step['started_at']:.1f} s")
+        if mine and doc.get("step") != current and doc.get("phase") == "running":
+            current = doc["step"]
+            click.echo(f"  {current:<8} ...")
+        if mine and doc.get("phase") == "done":
+            return
+        if mine and doc.get("phase") == "failed":
+            tail = "".join(f"\n    {line}" for line in doc.get("log_tail", []))
+            where = (
+                f" Last lines of {stack.paths.logs}/{doc['failed_process'].split(':', 1)[-1]}.log:"
+                if tail
+                else ""
+            )
+            message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
+            raise StackFailed(redact(message + where + tail, secret_values(stack)))
+        gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
+        if gate and gate[0]["statename"] in ("FATAL", "EXITED", "STOPPED"):
+            raise StackFailed(
+                f"the gate listener is {gate[0]['statename']}; see {stack.paths.logs}/gate.log."
+            )
+        if time.monotonic() - began > deadline:
+            raise StackFailed(f"the gate did not finish within {deadline:g} s (step {doc.get('step', '?')}).")
+        time.sleep(POLL)
 
 
 @cli.command("down")
@@ -319,9 +323,11 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     except ProteaError as why:
         owner = FREE
         click.echo(f"warning: {why}", err=True)
+    gate = read_gate_state(stack.paths.run) or {}
     if as_json:
         payload = {
             "processes": [r.as_dict() for r in status_rows],
+            "gate": {key: gate.get(key) for key in ("phase", "step", "reason", "finished_at")},
             "lock": {"owner": owner.owner, "task_id": owner.task_id, "acquired_at": owner.acquired_at},
             "config": str(stack.config_path),
         }
@@ -330,6 +336,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     click.echo(table(status_rows))
     holder = f" ({owner.task_id} since {owner.acquired_at})" if not owner.is_free else ""
     click.echo(f"\nstack-owner lock: {owner.owner}{holder}")
+    phase = gate.get("phase", "unknown")
+    detail = f" at {gate.get('step')}: {gate.get('reason')}" if phase == "failed" else ""
+    detail = f" (step {gate.get('step')})" if phase == "running" else detail
+    click.echo(f"gate: {phase}{detail}")
 
 
 @cli.command("logs")
@@ -402,6 +412,28 @@ def exec_cmd(
         raise CommandNotFound(f"command not found: {argv[0]}.") from None
     except PermissionError:
         raise CommandNotFound(f"command is not executable: {argv[0]}.") from None
+
+
+@cli.group("gate")
+def gate_group() -> None:
+    """The readiness gate: infra ports, migrate, api, workers and web, web, tunnel."""
+
+
+@gate_group.command("retry")
+@click.pass_context
+def gate_retry(ctx: click.Context) -> None:
+    """Run the gate again from the first step that is not satisfied (a migration that passed is kept)."""
+    stack = load(ctx)
+    run_gate(stack, Supervisor(stack.socket_path), retry=True)
+    click.echo("gate: done.")
+
+
+@gate_group.command("status")
+@click.pass_context
+def gate_status(ctx: click.Context) -> None:
+    """Print the gate state file (JSON)."""
+    doc = read_gate_state(load(ctx).paths.run)
+    click.echo(json.dumps(doc or {"phase": "unknown"}, indent=2))
 
 
 def _after_double_dash(command: tuple[str, ...]) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from protea_supervisor.errors import StackFailed, SupervisorDown
 
 ProcessInfo = dict[str, Any]
+RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
 class Supervisor:
@@ -71,6 +72,10 @@ class Supervisor:
     def reload_config(self) -> tuple[list[str], list[str], list[str]]:
         added, changed, removed = self._call("reloadConfig")[0]
         return added, changed, removed
+
+    def send_comm(self, kind: str, data: str) -> None:
+        """A REMOTE_COMMUNICATION event, delivered to listeners subscribed to it."""
+        self._call("sendRemoteCommEvent", kind, data)
 
     def add_group(self, name: str) -> None:
         self._call("addProcessGroup", name)

@@ -7,6 +7,7 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,10 @@ def _with_stack_dir(data: Any, stack_dir: Path) -> Any:
 
 
 def load_stack(choice: str | None, host: HostFacts) -> Stack:
-    return parse_stack(stack_layers(choice), host)
+    stack = parse_stack(stack_layers(choice), host)
+    if choice in (None, "", "protea", "demo"):
+        return replace(stack, choice=choice or "")
+    return replace(stack, choice=str(Path(choice).expanduser().absolute()))
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

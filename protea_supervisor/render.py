@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import PurePosixPath
 
 import jinja2
 
@@ -18,6 +19,8 @@ from protea_supervisor.errors import RenderError
 from protea_supervisor.stack import Program, Queue, Stack
 
 PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900}
+# supervisord's default of 10 loses events at boot once a stack has ~10 programs (supervisor-facts Q2).
+LISTENER_BUFFER = 1024
 TEMPLATE = "supervisord.conf.j2"
 LOG_MAXBYTES = "50MB"
 LOG_BACKUPS = 5
@@ -42,6 +45,37 @@ class ProgramBlock:
     log_name: str
     numprocs: int
     numbered: bool
+
+
+@dataclass(frozen=True)
+class ListenerBlock:
+    """One [eventlistener:x] section."""
+
+    name: str
+    command: str
+    events: str
+    buffer_size: int
+    log_dir: str
+
+
+def listener_argv(exe: Sequence[str], name: str) -> list[str]:
+    """The listener's console script beside protea-supervisor's, or its module when run as `-m`."""
+    if len(exe) == 1:
+        return [str(PurePosixPath(exe[0]).parent / f"protea-supervisor-{name}")]
+    return [*exe[:-1], f"protea_supervisor.listeners.{name}"]
+
+
+def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
+    gate = [*listener_argv(exe, "gate"), *(["--stack", stack.choice] if stack.choice else [])]
+    return [
+        ListenerBlock(
+            name="gate",
+            command=wrapper_command(stack, exe, " ".join(shlex.quote(a) for a in gate)),
+            events="PROCESS_STATE,REMOTE_COMMUNICATION",
+            buffer_size=LISTENER_BUFFER,
+            log_dir=str(stack.paths.logs),
+        )
+    ]
 
 
 def pct(value: object) -> str:
@@ -156,6 +190,7 @@ def render(stack: Stack, exe: Sequence[str]) -> str:
     context = {
         "stack": stack,
         "programs": program_blocks(stack, exe),
+        "listeners": listener_blocks(stack, exe),
         "log_maxbytes": LOG_MAXBYTES,
         "log_backups": LOG_BACKUPS,
     }

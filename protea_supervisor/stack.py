@@ -147,6 +147,8 @@ class Stack:
     deploy: Deploy
     lock: LockSettings
     python: str = field(default="")
+    # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
+    choice: str = field(default="")
 
     def program(self, role: str) -> Program:
         for program in self.programs:

@@ -173,7 +173,10 @@ def test_failing_migration_stops_the_start_and_names_the_reason(
     supervisord(stack)
     up = stack.ps("up")
     assert up.code == 7
-    assert "migrate: migrate exited with status 3; nothing after it was started" in up.err
+    assert (
+        "gate failed at migrate: migrate exited with a non-zero status (exit status 3); nothing after it was "
+        "started" in up.err
+    )
     assert "migrate: FAILED with 3" in up.err  # the last lines of its log
     assert "Traceback" not in up.err
     status = stack.status()

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from supervisor.datatypes import dict_of_key_value_pairs
+from supervisor.events import EventTypes
 from supervisor.options import ServerOptions
 
 from protea_supervisor.errors import RenderError
@@ -55,7 +56,9 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     text = render(rooted(tmp_path), EXE)
     check_config(text)
     options = loaded(text)
-    processes = {p.name: p for g in options.process_group_configs for p in g.process_configs}
+    processes = {
+        p.name: p for g in options.process_group_configs for p in g.process_configs if p.name != "gate"
+    }
     assert "worker-ping" in processes
     assert "worker-embeddings-batch-1" in processes
     assert (
@@ -70,7 +73,10 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     assert processes["migrate"].autorestart is False
     assert processes["worker-ping"].stopwaitsecs == 300
     assert processes["worker-ping"].exitcodes == [0, 143]
-    assert not any(config.autostart for config in processes.values())
+    assert not any(config.autostart for config in processes.values())  # the gate starts them
+    (gate,) = [g for g in options.process_group_configs if g.name == "gate"]
+    assert gate.buffer_size >= 256 and gate.process_configs[0].autostart
+    assert gate.pool_events == [EventTypes.PROCESS_STATE, EventTypes.REMOTE_COMMUNICATION]
     servers = options.server_configs
     assert [s["family"] for s in servers] == [1]  # AF_UNIX only: no inet server unless asked for
     assert servers[0]["chmod"] == 0o700

@@ -1,0 +1,685 @@
+"""The readiness gate: infra ports -> migrate exits 0 -> api ready -> workers and web -> web ready -> tunnel.
+
+Three parts. `handle` is pure: (plan, state, event, now) -> (state, actions). `Executor` performs the actions
+(XML-RPC with wait=False, probes in threads, the state file). `main` wires them to the protocol loop.
+Probe results come back as REMOTE_COMMUNICATION events that the prober sends through supervisord, so every
+input reaches the handler through the same loop and the listener acknowledges each event at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+import xmlrpc.client
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .protocol import Event, run
+
+COMM_TYPE = "protea-gate"
+STATE_FILE = "gate.json"
+UP_STATES = ("STARTING", "RUNNING", "BACKOFF")
+STEPS = ("infra", "migrate", "api", "workers", "web", "tunnel")
+DEFAULT_SCHEME_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
+
+
+# --- records --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InfraTarget:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """What the gate waits for, from the stack description (and the env, for the infra ports)."""
+
+    infra: tuple[InfraTarget, ...]
+    infra_timeout: float
+    migrate: str | None
+    api: str | None
+    api_url: str
+    api_timeout: float
+    workers: tuple[str, ...]
+    web: str | None
+    web_url: str
+    web_timeout: float
+    tunnel: str | None
+
+    def groups(self, step: str) -> tuple[str, ...]:
+        by_step = {
+            "migrate": (self.migrate,),
+            "api": (self.api,),
+            "workers": self.workers,
+            "web": (self.web,),
+            "tunnel": (self.tunnel,),
+        }
+        return tuple(g for g in by_step.get(step, ()) if g)
+
+    def app_groups(self) -> set[str]:
+        return {g for step in STEPS for g in self.groups(step)}
+
+
+@dataclass(frozen=True)
+class Proc:
+    group: str
+    name: str
+    state: str
+    exited_ok: bool | None = None
+    stopped_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}:{self.name}"
+
+
+@dataclass(frozen=True)
+class GateState:
+    phase: str = "idle"  # idle | running | done | failed
+    generation: int = 0
+    since: float = 0.0
+    step: str = ""
+    reason: str = ""
+    failed_process: str = ""
+    processes: Mapping[str, Proc] = field(default_factory=dict)
+    probes: Mapping[str, bool] = field(default_factory=dict)
+    probe_detail: Mapping[str, str] = field(default_factory=dict)
+    pending: frozenset[str] = frozenset()
+    requested: frozenset[str] = frozenset()
+    steps: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    requests: tuple[str, ...] = ()
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Start:
+    namespec: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str  # infra | api | web
+    generation: int
+
+
+@dataclass(frozen=True)
+class Publish:
+    state: GateState
+
+
+@dataclass(frozen=True)
+class Log:
+    message: str
+
+
+Action = Start | Probe | Publish | Log
+
+
+# --- the pure handler -----------------------------------------------------------------------------------
+
+
+def snapshot(infos: Iterable[Mapping[str, Any]]) -> dict[str, Proc]:
+    """Processes from getAllProcessInfo (used at start, so a restarted listener loses nothing)."""
+    procs = {}
+    for info in infos:
+        exited_ok = info["exitstatus"] == 0 if info["statename"] == "EXITED" else None
+        proc = Proc(
+            str(info["group"]), str(info["name"]), str(info["statename"]), exited_ok, float(info["stop"])
+        )
+        procs[proc.key] = proc
+    return procs
+
+
+def begin(state: GateState, now: float, request: str = "", retry: bool = False) -> GateState:
+    """A new gate run. A retry keeps `since`, so a migration that already succeeded is not run again."""
+    requests = (*state.requests, request)[-20:] if request else state.requests
+    return replace(
+        state,
+        phase="running",
+        generation=state.generation + 1,
+        since=state.since if retry and state.since else now,
+        step="",
+        reason="",
+        failed_process="",
+        probes={},
+        probe_detail={},
+        pending=frozenset(),
+        requested=frozenset(),
+        steps={},
+        requests=requests,
+        finished_at=0.0,
+    )
+
+
+def resume(
+    plan: GatePlan, saved: GateState | None, procs: Mapping[str, Proc], now: float, same_supervisord: bool
+) -> tuple[GateState, list[Action]]:
+    """The listener (re)started. Same supervisord: carry on from the saved state; probes in flight were lost,
+    so they are asked again. A new supervisord (boot) with no app program up: the gate runs."""
+    state = replace(saved or GateState(), processes=dict(procs), pending=frozenset(), requested=frozenset())
+    if same_supervisord and saved is not None:
+        if state.phase == "running":
+            return advance(plan, replace(state, probes={k: v for k, v in state.probes.items() if v}), now)
+        return state, []
+    anything_up = any(
+        p.group in plan.app_groups() and p.state in (*UP_STATES, "STOPPING") for p in procs.values()
+    )
+    if anything_up:
+        return replace(state, phase="idle"), [
+            Log("gate: listener started with the stack already up; waiting")
+        ]
+    return advance(plan, begin(state, now), now, [Log("gate: supervisord started; running the gate")])
+
+
+def handle(plan: GatePlan, state: GateState, event: Event, now: float) -> tuple[GateState, list[Action]]:
+    if event.name.startswith("PROCESS_STATE_"):
+        state = _with_process_event(state, event, now)
+        return advance(plan, state, now) if state.phase == "running" else (state, [])
+    if event.name == "REMOTE_COMMUNICATION" and event.fields.get("type") == COMM_TYPE:
+        try:
+            message = json.loads(event.data)
+        except ValueError:
+            return state, [Log("gate: ignored a malformed message")]
+        return _message(plan, state, message, now)
+    return state, []
+
+
+def _with_process_event(state: GateState, event: Event, now: float) -> GateState:
+    key = event.process
+    old = state.processes.get(key)
+    exited_ok = event.fields.get("expected") == "1" if event.state == "EXITED" else None
+    stopped_at = now if event.state in ("EXITED", "STOPPED", "FATAL") else (old.stopped_at if old else 0.0)
+    proc = Proc(
+        event.fields.get("groupname", ""),
+        event.fields.get("processname", ""),
+        event.state,
+        exited_ok,
+        stopped_at,
+    )
+    return replace(state, processes={**state.processes, key: proc})
+
+
+def _message(
+    plan: GatePlan, state: GateState, message: Mapping[str, Any], now: float
+) -> tuple[GateState, list[Action]]:
+    command = message.get("command")
+    if command in ("start", "retry"):
+        request = str(message.get("request", ""))
+        if state.phase == "running":
+            requests = (*state.requests, request)[-20:] if request else state.requests
+            return replace(state, requests=requests), [Log(f"gate: already running (step {state.step})")]
+        state = begin(state, now, request, retry=command == "retry")
+        return advance(plan, state, now, [Log(f"gate: {command} (run {state.generation})")])
+    if message.get("kind") == "probe":
+        kind = str(message.get("probe"))
+        if message.get("generation") != state.generation or state.phase != "running":
+            return state, []
+        state = replace(
+            state,
+            probes={**state.probes, kind: bool(message.get("ok"))},
+            probe_detail={**state.probe_detail, kind: str(message.get("detail", ""))},
+            pending=state.pending - {kind},
+        )
+        return advance(plan, state, now)
+    return state, [Log("gate: ignored an unknown message")]
+
+
+def advance(
+    plan: GatePlan, state: GateState, now: float, actions: list[Action] | None = None
+) -> tuple[GateState, list[Action]]:
+    """Walk the steps in order and act on the first one not satisfied. Publishes when anything changed."""
+    actions = list(actions or [])
+    before = state
+    for step in STEPS:
+        if not (plan.infra if step == "infra" else plan.groups(step)):
+            continue  # nothing to wait for at this step in this stack
+        state = _enter(state, step, now)
+        outcome = _check(plan, state, step)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Failure):
+            state = replace(
+                state, phase="failed", reason=outcome.reason, failed_process=outcome.process, finished_at=now
+            )
+            actions.append(Log(f"gate: FAILED at {step}: {outcome.reason}"))
+        else:
+            state, more = _act(state, outcome)
+            actions += more
+        break
+    else:
+        state = replace(state, phase="done", step="done", finished_at=now)
+        actions.append(Log(f"gate: done (run {state.generation})"))
+    state = _finish_steps(state, now)
+    if _public(state) != _public(before) or any(not isinstance(a, Log) for a in actions):
+        actions.append(Publish(state))
+    return state, actions
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    process: str = ""
+
+
+Outcome = Failure | list[Action] | None  # None: satisfied; []: waiting; [actions]: do these, then wait
+
+
+def _check(plan: GatePlan, state: GateState, step: str) -> Outcome:
+    if step == "infra":
+        return _probe_step(state, "infra", bool(plan.infra), _infra_reason(plan, state))
+    groups = plan.groups(step)
+    if not groups:
+        return None
+    procs = [p for p in state.processes.values() if p.group in groups]
+    missing = set(groups) - {p.group for p in procs}
+    if missing:
+        return Failure(f"supervisord has no program {', '.join(sorted(missing))}; render and reload")
+    if step == "migrate":
+        return _oneshot(state, procs)
+    outcome = _services(state, procs)
+    if step == "workers" and not isinstance(outcome, Failure):
+        # web starts with the workers; its readiness is the next step.
+        web = [
+            Start(p.key)
+            for p in state.processes.values()
+            if p.group == plan.web
+            and p.state not in (*UP_STATES, "STOPPING")
+            and p.key not in state.requested
+        ]
+        if web:
+            return [*(outcome or []), *web]
+    if outcome is not None:
+        return outcome
+    if step == "api":
+        return _probe_step(
+            state,
+            "api",
+            bool(plan.api_url),
+            f"api did not answer {plan.api_url} with 2xx within {plan.api_timeout:g} s",
+        )
+    if step == "web":
+        return _probe_step(
+            state,
+            "web",
+            bool(plan.web_url),
+            f"web did not answer {plan.web_url} within {plan.web_timeout:g} s",
+        )
+    return None
+
+
+def _infra_reason(plan: GatePlan, state: GateState) -> str:
+    closed = state.probe_detail.get("infra", "")
+    return f"infrastructure port(s) {closed} not accepting connections within {plan.infra_timeout:g} s"
+
+
+def _probe_step(state: GateState, kind: str, wanted: bool, reason: str) -> Outcome:
+    if not wanted or state.probes.get(kind) is True:
+        return None
+    if state.probes.get(kind) is False:
+        return Failure(reason)
+    if kind in state.pending:
+        return []
+    return [Probe(kind, state.generation)]
+
+
+def _oneshot(state: GateState, procs: Sequence[Proc]) -> Outcome:
+    proc = procs[0]
+    if proc.state == "EXITED" and proc.stopped_at >= state.since:
+        return None if proc.exited_ok else Failure(f"{proc.name} exited with a non-zero status", proc.key)
+    if proc.state == "FATAL" and proc.key in state.requested:
+        return Failure(f"{proc.name} could not be started (FATAL)", proc.key)
+    if proc.state in ("STARTING", "RUNNING", "BACKOFF"):
+        return []
+    return [] if proc.key in state.requested else [Start(proc.key)]
+
+
+def _services(state: GateState, procs: Sequence[Proc]) -> Outcome:
+    """None when every process runs; a Failure when one is FATAL or exited; else starts to make, or []."""
+    starts: list[Action] = []
+    waiting = False
+    for proc in procs:
+        if proc.state == "RUNNING":
+            continue
+        if proc.state == "FATAL":
+            return Failure(f"{proc.name} could not be started (FATAL)", proc.key)
+        if proc.state == "EXITED" and proc.key in state.requested:
+            return Failure(f"{proc.name} exited during start-up", proc.key)
+        waiting = True
+        if proc.state not in (*UP_STATES, "STOPPING") and proc.key not in state.requested:
+            starts.append(Start(proc.key))
+    if not waiting:
+        return None
+    return starts
+
+
+def _act(state: GateState, actions: list[Action]) -> tuple[GateState, list[Action]]:
+    requested = state.requested | {a.namespec for a in actions if isinstance(a, Start)}
+    pending = state.pending | {a.kind for a in actions if isinstance(a, Probe)}
+    return replace(state, requested=requested, pending=pending), actions
+
+
+def _enter(state: GateState, step: str, now: float) -> GateState:
+    if state.step == step or step in state.steps:
+        return replace(state, step=step)
+    return replace(state, step=step, steps={**state.steps, step: (now, 0.0)})
+
+
+def _finish_steps(state: GateState, now: float) -> GateState:
+    """A step before the current one (or every step, when done) is finished."""
+    current = STEPS.index(state.step) if state.step in STEPS else len(STEPS)
+    steps = {}
+    for step, (started, finished) in state.steps.items():
+        if STEPS.index(step) < current and not finished:
+            finished = now
+        steps[step] = (started, finished)
+    return replace(state, steps=steps)
+
+
+def _public(state: GateState) -> tuple[Any, ...]:
+    return (
+        state.phase,
+        state.generation,
+        state.step,
+        state.reason,
+        tuple(sorted(state.steps.items())),
+        state.requests,
+    )
+
+
+# --- state file -----------------------------------------------------------------------------------------
+
+
+def state_document(state: GateState, supervisord_pid: int, log_tail: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "phase": state.phase,
+        "step": state.step,
+        "generation": state.generation,
+        "since": state.since,
+        "finished_at": state.finished_at,
+        "reason": state.reason,
+        "failed_process": state.failed_process,
+        "log_tail": list(log_tail),
+        "steps": [{"step": s, "started_at": a, "finished_at": b} for s, (a, b) in state.steps.items()],
+        "probes": dict(state.probes),
+        "requests": list(state.requests),
+        "supervisord_pid": supervisord_pid,
+    }
+
+
+def state_from_document(doc: Mapping[str, Any]) -> GateState:
+    return GateState(
+        phase=str(doc.get("phase", "idle")),
+        generation=int(doc.get("generation", 0)),
+        since=float(doc.get("since", 0.0)),
+        step=str(doc.get("step", "")),
+        reason=str(doc.get("reason", "")),
+        failed_process=str(doc.get("failed_process", "")),
+        probes={str(k): bool(v) for k, v in dict(doc.get("probes", {})).items()},
+        steps={
+            str(s["step"]): (float(s["started_at"]), float(s["finished_at"])) for s in doc.get("steps", [])
+        },
+        requests=tuple(str(r) for r in doc.get("requests", [])),
+        finished_at=float(doc.get("finished_at", 0.0)),
+    )
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+# --- the edge: executor and main ------------------------------------------------------------------------
+
+
+def parse_infra(names: Sequence[str], environ: Mapping[str, str]) -> tuple[list[InfraTarget], list[str]]:
+    """host:port of each URL variable; never keeps the URL itself (it holds a password)."""
+    targets, problems = [], []
+    for name in names:
+        url = environ.get(name, "")
+        if not url:
+            problems.append(f"{name} is not set; its port is not checked")
+            continue
+        parts = urlsplit(url)
+        scheme = parts.scheme.split("+", 1)[0]
+        try:
+            port = parts.port or DEFAULT_SCHEME_PORTS.get(scheme)
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
+            problems.append(f"{name} has no host and port this gate can check")
+            continue
+        targets.append(InfraTarget(name, parts.hostname, port))
+    return targets, problems
+
+
+def wait_ports(
+    targets: Sequence[InfraTarget], deadline: float, clock: Callable[[], float] = time.monotonic
+) -> list[str]:
+    """Poll until every port accepts a TCP connection; the ones still closed at the deadline."""
+    end = clock() + deadline
+    closed = list(targets)
+    while True:
+        still = []
+        for target in closed:
+            try:
+                socket.create_connection((target.host, target.port), timeout=1).close()
+            except OSError:
+                still.append(target)
+        closed = still
+        if not closed or clock() >= end:
+            return [f"{t.host}:{t.port} ({t.name})" for t in closed]
+        time.sleep(0.5)
+
+
+def wait_http(url: str, deadline: float, clock: Callable[[], float] = time.monotonic) -> str:
+    """Poll until `url` answers 2xx; '' on success, else the last problem seen."""
+    import requests
+
+    end = clock() + deadline
+    last = "no answer"
+    while True:
+        try:
+            response = requests.get(url, timeout=5, allow_redirects=False)
+            if 200 <= response.status_code < 300:
+                return ""
+            last = f"HTTP {response.status_code}"
+        except requests.RequestException as why:
+            last = type(why).__name__
+        if clock() >= end:
+            return last
+        time.sleep(0.5)
+
+
+class Executor:
+    """Turns actions into XML-RPC calls, probe threads and the state file."""
+
+    def __init__(
+        self,
+        rpc: Any,
+        plan: GatePlan,
+        run_dir: Path,
+        logs_dir: Path,
+        supervisord_pid: int,
+        secrets: Sequence[str],
+        stderr: Any,
+    ) -> None:
+        self.rpc = rpc
+        self.plan = plan
+        self.run_dir = run_dir
+        self.logs_dir = logs_dir
+        self.supervisord_pid = supervisord_pid
+        self.secrets = secrets
+        self.stderr = stderr
+
+    def log(self, message: str) -> None:
+        self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.redact(message)}\n")
+        self.stderr.flush()
+
+    def redact(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, "***")
+        return text
+
+    def execute(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            try:
+                self._one(action)
+            except Exception as why:  # one failed action must not stop the others, nor the listener
+                self.log(f"gate: {type(action).__name__} failed: {type(why).__name__}: {why}")
+
+    def _one(self, action: Action) -> None:
+        if isinstance(action, Log):
+            self.log(action.message)
+        elif isinstance(action, Start):
+            self.log(f"gate: starting {action.namespec}")
+            try:
+                self.rpc.supervisor.startProcess(action.namespec, False)
+            except xmlrpc.client.Fault as fault:
+                if "ALREADY_STARTED" not in fault.faultString:
+                    raise
+        elif isinstance(action, Probe):
+            threading.Thread(target=self._probe, args=(action,), daemon=True).start()
+        elif isinstance(action, Publish):
+            self.publish(action.state)
+
+    def publish(self, state: GateState) -> None:
+        from protea_supervisor.files import write_atomic
+
+        tail: list[str] = []
+        if state.phase == "failed" and state.failed_process:
+            log = self.logs_dir / f"{state.failed_process.split(':', 1)[1]}.log"
+            try:
+                tail = [self.redact(line) for line in log.read_text(errors="replace").splitlines()[-8:]]
+            except OSError:
+                tail = []
+        doc = state_document(state, self.supervisord_pid, tail)
+        if state.phase == "failed" and state.failed_process:
+            doc["reason"] += self._exit_detail(state.failed_process)
+        write_atomic(self.run_dir / STATE_FILE, json.dumps(doc, indent=2) + "\n", mode=0o600)
+
+    def _exit_detail(self, namespec: str) -> str:
+        """The exit status or spawn error, which the EXITED event does not carry."""
+        try:
+            info = self.rpc.supervisor.getProcessInfo(namespec)
+        except Exception:
+            return ""
+        if info.get("statename") == "EXITED":
+            return f" (exit status {info.get('exitstatus')})"
+        return f" ({info['spawnerr']})" if info.get("spawnerr") else ""
+
+    def _probe(self, probe: Probe) -> None:
+        try:
+            if probe.kind == "infra":
+                self.log("gate: waiting for " + ", ".join(f"{t.host}:{t.port}" for t in self.plan.infra))
+                closed = wait_ports(self.plan.infra, self.plan.infra_timeout)
+                ok, detail = not closed, ", ".join(closed)
+            else:
+                url = self.plan.api_url if probe.kind == "api" else self.plan.web_url
+                timeout = self.plan.api_timeout if probe.kind == "api" else self.plan.web_timeout
+                self.log(f"gate: waiting for {url}")
+                problem = wait_http(url, timeout)
+                ok, detail = not problem, problem
+        except Exception as why:
+            ok, detail = False, f"{type(why).__name__}"
+        message = {
+            "kind": "probe",
+            "probe": probe.kind,
+            "ok": ok,
+            "detail": detail,
+            "generation": probe.generation,
+        }
+        for _ in range(30):  # supervisord may be busy; the result must arrive
+            try:
+                self.rpc.supervisor.sendRemoteCommEvent(COMM_TYPE, json.dumps(message))
+                return
+            except Exception:
+                time.sleep(1)
+
+
+def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, list[str]]:
+    enabled = {p.role for p in stack.programs if p.enabled}
+    infra, problems = parse_infra(stack.probes.infra_from_env, environ)
+    plan = GatePlan(
+        infra=tuple(infra),
+        infra_timeout=float(stack.probes.infra_timeout),
+        migrate="migrate" if "migrate" in enabled else None,
+        api="api" if "api" in enabled else None,
+        api_url=stack.probes.api_ready_url,
+        api_timeout=float(stack.probes.api_ready_timeout),
+        workers=tuple(q.program for q in stack.queues if q.processes),
+        web="web" if "web" in enabled else None,
+        web_url=stack.probes.web_url,
+        web_timeout=float(stack.probes.web_timeout),
+        tunnel="tunnel" if "tunnel" in enabled else None,
+    )
+    return plan, problems
+
+
+def start_request(retry: bool = False) -> tuple[str, str]:
+    """The message `up` and `gate retry` send (as REMOTE_COMMUNICATION); returns (request id, payload)."""
+    request = uuid.uuid4().hex
+    return request, json.dumps({"command": "retry" if retry else "start", "request": request})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="protea-supervisor readiness gate (a supervisord event listener)"
+    )
+    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
+    args = parser.parse_args(argv)
+
+    from supervisor import childutils
+
+    from protea_supervisor.env import load_env_files
+    from protea_supervisor.files import load_stack
+    from protea_supervisor.overrides import apply_counts, load_counts
+    from protea_supervisor.stack import HostFacts
+
+    stderr = sys.stderr
+    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    stack = apply_counts(stack, load_counts(stack.paths.run))
+    plan, problems = plan_from_stack(stack, os.environ)
+    try:
+        secrets = sorted(
+            {v for v in load_env_files(stack.env.files).values() if len(v) >= 4}, key=len, reverse=True
+        )
+    except Exception:
+        secrets = []
+    rpc = childutils.getRPCInterface(os.environ)
+    pid = int(rpc.supervisor.getPID())
+    executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, secrets, stderr)
+    for problem in problems:
+        executor.log(f"gate: {problem}")
+
+    doc = read_state(stack.paths.run)
+    saved = state_from_document(doc) if doc else None
+    same = doc is not None and doc.get("supervisord_pid") == pid
+    state, actions = resume(plan, saved, snapshot(rpc.supervisor.getAllProcessInfo()), time.time(), same)
+    executor.execute(actions)
+    holder = {"state": state}
+
+    def on_event(event: Event) -> None:
+        new_state, actions = handle(plan, holder["state"], event, time.time())
+        holder["state"] = new_state
+        executor.execute(actions)
+
+    run(on_event, sys.stdin.buffer, sys.stdout.buffer, stderr)
+
+
+if __name__ == "__main__":
+    main()
