@@ -352,7 +352,7 @@ def _services(state: GateState, procs: Sequence[Proc]) -> Outcome:
     for proc in procs:
         if proc.state == "RUNNING":
             continue
-        if proc.state == "FATAL":
+        if proc.state == "FATAL" and proc.key in state.requested:
             return Failure(f"{proc.name} could not be started (FATAL)", proc.key)
         if proc.state == "EXITED" and proc.key in state.requested:
             return Failure(f"{proc.name} exited during start-up", proc.key)
@@ -510,7 +510,7 @@ class Executor:
 
     def __init__(
         self,
-        rpc: Any,
+        rpc: Callable[[], Any],
         plan: GatePlan,
         run_dir: Path,
         logs_dir: Path,
@@ -548,7 +548,7 @@ class Executor:
         elif isinstance(action, Start):
             self.log(f"gate: starting {action.namespec}")
             try:
-                self.rpc.supervisor.startProcess(action.namespec, False)
+                self.rpc().supervisor.startProcess(action.namespec, False)
             except xmlrpc.client.Fault as fault:
                 if "ALREADY_STARTED" not in fault.faultString:
                     raise
@@ -575,7 +575,7 @@ class Executor:
     def _exit_detail(self, namespec: str) -> str:
         """The exit status or spawn error, which the EXITED event does not carry."""
         try:
-            info = self.rpc.supervisor.getProcessInfo(namespec)
+            info = self.rpc().supervisor.getProcessInfo(namespec)
         except Exception:
             return ""
         if info.get("statename") == "EXITED":
@@ -605,7 +605,7 @@ class Executor:
         }
         for _ in range(30):  # supervisord may be busy; the result must arrive
             try:
-                self.rpc.supervisor.sendRemoteCommEvent(COMM_TYPE, json.dumps(message))
+                self.rpc().supervisor.sendRemoteCommEvent(COMM_TYPE, json.dumps(message))
                 return
             except Exception:
                 time.sleep(1)
@@ -660,8 +660,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except Exception:
         secrets = []
-    rpc = childutils.getRPCInterface(os.environ)
-    pid = int(rpc.supervisor.getPID())
+
+    def rpc() -> Any:
+        # One proxy per call: probe threads and the protocol loop must not share an HTTP connection.
+        return childutils.getRPCInterface(os.environ)
+
+    pid = int(rpc().supervisor.getPID())
     executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, secrets, stderr)
     for problem in problems:
         executor.log(f"gate: {problem}")
@@ -669,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = read_state(stack.paths.run)
     saved = state_from_document(doc) if doc else None
     same = doc is not None and doc.get("supervisord_pid") == pid
-    state, actions = resume(plan, saved, snapshot(rpc.supervisor.getAllProcessInfo()), time.time(), same)
+    state, actions = resume(plan, saved, snapshot(rpc().supervisor.getAllProcessInfo()), time.time(), same)
     executor.execute(actions)
     holder = {"state": state}
 

@@ -248,7 +248,8 @@ def run_gate(stack: Stack, supervisor: Supervisor, retry: bool = False) -> None:
             message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
             raise StackFailed(redact(message + where + tail, secret_values(stack)))
         gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
-        if gate and gate[0]["statename"] in ("FATAL", "EXITED", "STOPPED"):
+        # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
+        if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
             raise StackFailed(
                 f"the gate listener is {gate[0]['statename']}; see {stack.paths.logs}/gate.log."
             )

@@ -42,15 +42,15 @@ def rows(
 ) -> list[StatusRow]:
     result = []
     for info in infos:
-        pid = int(info["pid"])
+        pid = int(info["pid"])  # supervisord reports 0 when no process is alive
         running = info["statename"] in ("RUNNING", "STOPPING") and pid > 0
-        rss = rss_kb.get(pid) if running else None
+        rss = rss_kb.get(pid) if pid else None
         result.append(
             StatusRow(
                 name=str(info["name"]),
                 group=str(info["group"]),
                 state=str(info["statename"]),
-                pid=pid if running else 0,
+                pid=pid,
                 rss_mb=round(rss / 1024, 1) if rss is not None else None,
                 uptime_s=max(0, int(info["now"]) - int(info["start"])) if running else 0,
                 restarts=max(0, spawns.get(str(info["name"]), 0) - 1),

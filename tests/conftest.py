@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -9,12 +10,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from xprocess import ProcessStarter
 
 BIN = Path(sys.executable).parent
 PS = str(BIN / "protea-supervisor")
@@ -129,10 +133,11 @@ def stack_file(
     extra: dict[str, Any] | None = None,
     env_files: list[str] | None = None,
     required: list[str] | None = None,
+    api_port: int | None = None,
 ) -> Path:
     """A host stack file that runs the demo stand-ins on free ports, rooted in `root`."""
     queues = queues if queues is not None else {"protea.ping": {}, "protea.jobs": {}}
-    api, web, agent = free_port(), free_port(), free_port()
+    api, web, agent = api_port or free_port(), free_port(), free_port()
     stand_in = "{python} -P -m protea_supervisor.demo."
     data: dict[str, Any] = {
         "name": "test",
@@ -172,3 +177,52 @@ def stack_file(
     path = root / "stack.toml"
     path.write_text(toml_dump(data) + "\n")
     return path
+
+
+class Stack:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.root = file.parent
+        self.conf = self.root / "run" / "supervisord.conf"
+        self.logs = self.root / "logs"
+
+    def ps(self, *args: str, **kwargs: Any) -> Any:
+        return ps("--stack", str(self.file), *args, **kwargs)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        result = self.ps("status", "--json")
+        assert result.code == 0, result.both
+        return {p["name"]: p for p in json.loads(result.out)["processes"]}
+
+    @property
+    def api_port(self) -> int:
+        url = tomllib.loads(self.file.read_text())["probes"]["api_ready_url"]
+        return int(urlsplit(url).port or 0)
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Callable[[Stack], None]]:
+    """Start supervisord in the foreground under xprocess for a rendered stack; always torn down."""
+    names: list[str] = []
+
+    def start(stack: Stack) -> None:
+        rendered = stack.ps("render")
+        assert rendered.code == 0, rendered.both
+
+        class Starter(ProcessStarter):  # type: ignore[misc]
+            pattern = "supervisord started with pid"
+            args = (sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(stack.conf))
+            timeout = 30
+            terminate_on_interrupt = True
+
+        name = f"supervisord-{request.node.name}-{len(names)}"
+        names.append(name)
+        xprocess.ensure(name, Starter)
+
+    yield start
+    for name in names:
+        xprocess.getinfo(name).terminate()

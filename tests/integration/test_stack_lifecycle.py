@@ -7,62 +7,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from xprocess import ProcessStarter
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import BIN, ps, stack_file, wait_for
+from conftest import BIN, Stack, ps, stack_file, wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "pl4nted-Secret-'quote\"-%-value"
-
-
-class Stack:
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.root = file.parent
-        self.conf = self.root / "run" / "supervisord.conf"
-        self.logs = self.root / "logs"
-
-    def ps(self, *args: str, **kwargs: Any) -> Any:
-        return ps("--stack", str(self.file), *args, **kwargs)
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        result = self.ps("status", "--json")
-        assert result.code == 0, result.both
-        return {p["name"]: p for p in json.loads(result.out)["processes"]}
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-
-@pytest.fixture
-def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Callable[[Stack], None]]:
-    """Start supervisord in the foreground under xprocess for a rendered stack; always torn down."""
-    names: list[str] = []
-
-    def start(stack: Stack) -> None:
-        rendered = stack.ps("render")
-        assert rendered.code == 0, rendered.both
-
-        class Starter(ProcessStarter):  # type: ignore[misc]
-            pattern = "supervisord started with pid"
-            args = (sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(stack.conf))
-            timeout = 30
-            terminate_on_interrupt = True
-
-        name = f"supervisord-{request.node.name}-{len(names)}"
-        names.append(name)
-        xprocess.ensure(name, Starter)
-
-    yield start
-    for name in names:
-        xprocess.getinfo(name).terminate()
 
 
 def stopped_supervisord(xprocess: Any, request: pytest.FixtureRequest) -> bool:

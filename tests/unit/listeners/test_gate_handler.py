@@ -1,0 +1,210 @@
+"""The gate's decisions, replayed over event sequences: no supervisord, no clock, no network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from protea_supervisor.listeners.gate import (
+    COMM_TYPE,
+    GatePlan,
+    GateState,
+    InfraTarget,
+    Log,
+    Probe,
+    Proc,
+    Publish,
+    Start,
+    handle,
+    parse_infra,
+    resume,
+    state_document,
+    state_from_document,
+)
+from protea_supervisor.listeners.protocol import Event
+
+PLAN = GatePlan(
+    infra=(InfraTarget("PROTEA_DB_URL", "127.0.0.1", 5432),),
+    infra_timeout=180,
+    migrate="migrate",
+    api="api",
+    api_url="http://127.0.0.1:8000/jobs",
+    api_timeout=120,
+    workers=("worker-ping", "worker-batch"),
+    web="web",
+    web_url="http://127.0.0.1:3000",
+    web_timeout=60,
+    tunnel="tunnel",
+)
+PROCS = {p.key: p for p in [Proc("migrate", "migrate", "STOPPED"), Proc("api", "api", "STOPPED"),
+                            Proc("worker-ping", "worker-ping", "STOPPED"),
+                            Proc("worker-batch", "worker-batch-1", "STOPPED"),
+                            Proc("worker-batch", "worker-batch-2", "STOPPED"),
+                            Proc("web", "web", "STOPPED"), Proc("tunnel", "tunnel", "STOPPED")]}  # fmt: skip
+
+
+def state_event(state: str, group: str, name: str | None = None, expected: str = "1") -> Event:
+    fields = {"processname": name or group, "groupname": group, "from_state": "STARTING"}
+    if state == "EXITED":
+        fields["expected"] = expected
+    return Event(name=f"PROCESS_STATE_{state}", fields=fields)
+
+
+def comm(message: dict[str, object]) -> Event:
+    return Event(name="REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=json.dumps(message))
+
+
+def probe(kind: str, ok: bool, generation: int = 1, detail: str = "") -> Event:
+    return comm({"kind": "probe", "probe": kind, "ok": ok, "generation": generation, "detail": detail})
+
+
+def replay(
+    state: GateState, events: Iterable[Event], start: float = 100.0
+) -> tuple[GateState, list[list[object]]]:
+    log = []
+    for offset, event in enumerate(events):
+        state, actions = handle(PLAN, state, event, start + offset)
+        log.append([a for a in actions if not isinstance(a, (Log, Publish))])
+    return state, log
+
+
+def boot() -> tuple[GateState, list[object]]:
+    state, actions = resume(PLAN, None, PROCS, 100.0, same_supervisord=False)
+    return state, [a for a in actions if not isinstance(a, (Log, Publish))]
+
+
+def test_boot_runs_the_steps_in_order_each_only_after_the_last_is_ready() -> None:
+    state, first = boot()
+    assert first == [Probe("infra", 1)]
+    state, steps = replay(state, [
+        probe("infra", True),
+        state_event("STARTING", "migrate"), state_event("RUNNING", "migrate"), state_event("EXITED", "migrate"),
+        state_event("STARTING", "api"), state_event("RUNNING", "api"),
+        probe("api", True),
+        state_event("RUNNING", "worker-ping"), state_event("RUNNING", "worker-batch", "worker-batch-1"),
+        state_event("RUNNING", "web"),
+        state_event("RUNNING", "worker-batch", "worker-batch-2"),
+        probe("web", True),
+        state_event("RUNNING", "tunnel"),
+    ])  # fmt: skip
+    assert steps == [
+        [Start("migrate:migrate")], [], [], [Start("api:api")], [], [Probe("api", 1)],
+        [Start("worker-ping:worker-ping"), Start("worker-batch:worker-batch-1"),
+         Start("worker-batch:worker-batch-2"), Start("web:web")],
+        [], [], [], [Probe("web", 1)], [Start("tunnel:tunnel")], [],
+    ]  # fmt: skip
+    assert state.phase == "done"
+    assert list(state.steps) == ["infra", "migrate", "api", "workers", "web", "tunnel"]
+    assert all(finished >= started > 0 for started, finished in state.steps.values())
+
+
+def test_failing_migration_stops_the_gate_and_starts_nothing_after_it() -> None:
+    state, _ = boot()
+    state, steps = replay(
+        state,
+        [
+            probe("infra", True),
+            state_event("RUNNING", "migrate"),
+            state_event("EXITED", "migrate", expected="0"),
+            probe("api", True),
+        ],
+    )
+    assert steps == [[Start("migrate:migrate")], [], [], []]
+    assert state.phase == "failed" and state.step == "migrate"
+    assert state.failed_process == "migrate:migrate" and "non-zero" in state.reason
+
+
+def test_api_never_ready_fails_with_the_url_and_workers_never_start() -> None:
+    state, _ = boot()
+    state, steps = replay(
+        state,
+        [
+            probe("infra", True),
+            state_event("EXITED", "migrate"),
+            state_event("RUNNING", "api"),
+            probe("api", False, detail="HTTP 503"),
+        ],
+    )
+    assert steps[-1] == []
+    assert state.phase == "failed" and state.step == "api"
+    assert state.reason == "api did not answer http://127.0.0.1:8000/jobs with 2xx within 120 s"
+
+
+def test_closed_infra_port_fails_naming_the_port_not_the_url() -> None:
+    state, _ = boot()
+    state, _ = replay(state, [probe("infra", False, detail="127.0.0.1:5432 (PROTEA_DB_URL)")])
+    assert state.phase == "failed"
+    assert "127.0.0.1:5432 (PROTEA_DB_URL)" in state.reason and "180 s" in state.reason
+
+
+def test_stale_probe_results_from_an_earlier_run_are_ignored() -> None:
+    state, _ = boot()
+    state, steps = replay(state, [probe("infra", True, generation=0)])
+    assert steps == [[]] and state.step == "infra" and state.phase == "running"
+
+
+def test_fatal_api_fails_the_gate() -> None:
+    state, _ = boot()
+    state, _ = replay(
+        state, [probe("infra", True), state_event("EXITED", "migrate"), state_event("FATAL", "api")]
+    )
+    assert state.phase == "failed" and state.failed_process == "api:api"
+
+
+def test_start_while_running_joins_the_run_and_start_after_done_runs_again() -> None:
+    state, _ = boot()
+    state, steps = replay(state, [comm({"command": "start", "request": "r1"})])
+    assert steps == [[]] and state.generation == 1 and "r1" in state.requests
+    done = GateState(phase="done", generation=1, since=50.0, processes=PROCS)
+    again, steps = replay(done, [comm({"command": "start", "request": "r2"})])
+    assert again.generation == 2 and again.since == 100.0 and steps == [[Probe("infra", 2)]]
+
+
+def test_retry_keeps_a_migration_that_already_passed() -> None:
+    migrated = {**PROCS, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, stopped_at=60.0)}
+    failed = GateState(phase="failed", generation=1, since=50.0, processes=migrated,
+                       probes={"infra": True}, reason="api ...")  # fmt: skip
+    state, steps = replay(failed, [comm({"command": "retry", "request": "r"})])
+    assert steps == [[Probe("infra", 2)]]
+    state, steps = replay(state, [probe("infra", True, generation=2)])
+    assert steps == [[Start("api:api")]]  # migrate is not run again
+    _, steps = replay(failed, [comm({"command": "start"}), probe("infra", True, generation=2)])
+    assert steps[-1] == [Start("migrate:migrate")]  # a new start runs it again
+
+
+def test_listener_restart_mid_gate_resumes_from_the_saved_state_and_asks_lost_probes_again() -> None:
+    state, _ = boot()
+    state, _ = replay(
+        state, [probe("infra", True), state_event("EXITED", "migrate"), state_event("RUNNING", "api")]
+    )
+    assert state.pending == frozenset({"api"})
+    saved = state_from_document(json.loads(json.dumps(state_document(state, supervisord_pid=7))))
+    now_procs = {**PROCS, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, 101.0),
+                 "api:api": Proc("api", "api", "RUNNING")}  # fmt: skip
+    resumed, actions = resume(PLAN, saved, now_procs, 200.0, same_supervisord=True)
+    assert [a for a in actions if isinstance(a, (Start, Probe))] == [Probe("api", 1)]
+    assert resumed.phase == "running" and resumed.step == "api"
+
+
+def test_listener_restart_on_a_new_supervisord_runs_the_gate_but_not_over_a_running_stack() -> None:
+    saved = GateState(phase="done", generation=4)
+    fresh, actions = resume(PLAN, saved, PROCS, 300.0, same_supervisord=False)
+    assert fresh.phase == "running" and fresh.generation == 5 and Probe("infra", 5) in actions
+    running = {**PROCS, "api:api": Proc("api", "api", "RUNNING")}
+    idle, actions = resume(PLAN, None, running, 300.0, same_supervisord=False)
+    assert idle.phase == "idle" and not [a for a in actions if isinstance(a, (Start, Probe))]
+
+
+def test_parse_infra_takes_host_and_port_never_the_password() -> None:
+    env = {"PROTEA_DB_URL": "postgresql+psycopg://protea:pw@127.0.0.1/protea", "PROTEA_AMQP_URL": "amqp://g:g@h:5673/",
+           "BAD": "not a url"}  # fmt: skip
+    targets, problems = parse_infra(["PROTEA_DB_URL", "PROTEA_AMQP_URL", "BAD", "UNSET"], env)
+    assert targets == [
+        InfraTarget("PROTEA_DB_URL", "127.0.0.1", 5432),
+        InfraTarget("PROTEA_AMQP_URL", "h", 5673),
+    ]
+    assert problems == [
+        "BAD has no host and port this gate can check",
+        "UNSET is not set; its port is not checked",
+    ]
+    assert "pw" not in repr(targets)
