@@ -1,6 +1,7 @@
 """Shutdown with jobs in flight: `protea-supervisor down` vs what it replaces, side by side in one run.
 
-Three queue workers (the demo stand-in), each INTO seconds into a JOB-second job, are stopped by:
+Three busy queue workers (the demo stand-in; each takes its next job at once), each INTO seconds into a
+JOB-second job, are stopped by:
   down        protea-supervisor down: every program signalled at once, each drains within its grace
   shutdown    plain supervisord shutdown (SIGTERM / `supervisorctl shutdown`): one program after another
   manage.sh   manage.sh stop: TERM every process group, wait 5 s, then kill -9 what is left
@@ -15,59 +16,18 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-PS = str(BIN / "protea-supervisor")
+sys.path.insert(0, str(Path(__file__).parent))
+from _stacks import ps, stack_file
+
 QUEUES = ("protea.ping", "protea.jobs", "protea.training")
 WORKERS = ("worker-ping", "worker-jobs", "worker-training")
-ALL_QUEUES = (
-    "protea.ping", "protea.jobs", "protea.training", "protea.embeddings", "protea.embeddings.batch",
-    "protea.embeddings.write", "protea.predictions", "protea.predictions.batch", "protea.predictions.write",
-    "protea.evaluations", "reaper",
-)  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stack_file(root: Path, job_seconds: float) -> Path:
-    """Only the three workers run: the other programs are disabled, the other queues left out."""
-    lines = [
-        'name = "bench"',
-        "[paths]",
-        'root = "{stack_dir}"',
-        'run = "{root}/run"',
-        'logs = "{root}/logs"',
-        "[env]",
-        "files = []",
-        "required = []",
-        "require_jwt_secret = false",
-        "[workers]",
-        'command = "{python} -P -m protea_supervisor.demo.worker --queue {queue} --job-seconds '
-        f'{job_seconds}"',
-        f"stop_grace = {int(job_seconds) + 30}",
-        "startsecs = 1",
-        "[lock]",
-        'file = "{root}/stack-owner.json"',
-    ]
-    for role in ("migrate", "api", "web", "tunnel"):
-        lines += [f"[programs.{role}]", "enabled = false"]
-    for name in ALL_QUEUES:
-        lines.append(f'[queues."{name}"]')
-        if name not in QUEUES:
-            lines.append("processes = 0")
-    path = root / "stack.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+BUSY = "--idle-seconds 0"  # queues with a backlog: a worker takes the next job as soon as one is done
 
 
 def wait_until_into_job(logs: Path, into: float) -> None:
@@ -94,13 +54,9 @@ def jobs(logs: Path) -> tuple[int, int]:
     return completed, interrupted
 
 
-def ps(stack: Path, *args: str) -> None:
-    subprocess.run([PS, "--stack", str(stack), *args], check=True, capture_output=True, text=True)
-
-
 def run_down(job_seconds: float, into: float) -> tuple[float, int, int]:
     root = Path(tempfile.mkdtemp(prefix="bd-"))
-    stack = stack_file(root, job_seconds)
+    stack = stack_file(root, queues=QUEUES, job_seconds=job_seconds, programs=False, worker_args=BUSY)
     ps(stack, "up")
     wait_until_into_job(root / "logs", into)
     began = time.monotonic()
@@ -110,7 +66,7 @@ def run_down(job_seconds: float, into: float) -> tuple[float, int, int]:
 
 def run_shutdown(job_seconds: float, into: float) -> tuple[float, int, int]:
     root = Path(tempfile.mkdtemp(prefix="bs-"))
-    stack = stack_file(root, job_seconds)
+    stack = stack_file(root, queues=QUEUES, job_seconds=job_seconds, programs=False, worker_args=BUSY)
     ps(stack, "up")
     wait_until_into_job(root / "logs", into)
     pid = int((root / "run" / "supervisord.pid").read_text())
@@ -129,7 +85,7 @@ def run_manage_sh(job_seconds: float, into: float) -> tuple[float, int, int]:
     for queue, worker in zip(QUEUES, WORKERS, strict=True):
         with (logs / f"{worker}.log").open("w") as log:
             argv = [sys.executable, "-P", "-m", "protea_supervisor.demo.worker", "--queue", queue,
-                    "--job-seconds", str(job_seconds)]  # fmt: skip
+                    "--job-seconds", str(job_seconds), *BUSY.split()]  # fmt: skip
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     wait_until_into_job(logs, into)
     began = time.monotonic()
@@ -157,7 +113,7 @@ def main() -> None:
         "supervisord shutdown": run_shutdown(args.job_seconds, args.into),
         "manage.sh stop": run_manage_sh(args.job_seconds, args.into),
     }
-    print(f"3 workers, each {args.into:g} s into a {args.job_seconds:g} s job")
+    print(f"3 busy workers, each {args.into:g} s into a {args.job_seconds:g} s job")
     print(f"{'stopped by':<24} {'wall s':>8} {'completed':>10} {'interrupted':>12}")
     for name, (wall, completed, interrupted) in results.items():
         print(f"{name:<24} {wall:>8.1f} {completed:>10} {interrupted:>12}")

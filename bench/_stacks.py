@@ -1,0 +1,78 @@
+"""Stack files for the benchmarks: the demo stand-ins on free loopback ports, rooted in a temp dir."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PS = str(BIN / "protea-supervisor")
+STAND_IN = "{python} -P -m protea_supervisor.demo."
+ALL_QUEUES = (
+    "protea.ping", "protea.jobs", "protea.training", "protea.embeddings", "protea.embeddings.batch",
+    "protea.embeddings.write", "protea.predictions", "protea.predictions.batch", "protea.predictions.write",
+    "protea.evaluations", "reaper",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: float = 3.0,
+               api_port: int = 0, web_port: int = 0, agent_port: int = 0, api_ready_after: float = 2.0,
+               programs: bool = True, worker_args: str = "") -> Path:  # fmt: skip
+    """The demo stack (all 11 queues by default); `programs=False` leaves only the workers."""
+    wanted = set(queues)
+    lines = [
+        'name = "bench"',
+        "[paths]",
+        'root = "{stack_dir}"',
+        'run = "{root}/run"',
+        'logs = "{root}/logs"',
+        "[env]",
+        "files = []",
+        "required = []",
+        "require_jwt_secret = false",
+        "[workers]",
+        f'command = "{STAND_IN}worker --queue {{queue}} --job-seconds {job_seconds} {worker_args}"',
+        f"stop_grace = {int(job_seconds) + 30}",
+        "startsecs = 1",
+        "[probes]",
+        "infra_from_env = []",
+        'public_url = ""',
+        f'api_ready_url = "http://127.0.0.1:{api_port or 1}/jobs"',
+        f'web_url = "http://127.0.0.1:{web_port or 1}"',
+        "[lock]",
+        'file = "{root}/stack-owner.json"',
+    ]
+    if programs:
+        lines += [
+            "[programs.migrate]", f'command = "{STAND_IN}migrate --seconds 0.5"',
+            "[programs.api]", f'command = "{STAND_IN}api --port {api_port} --ready-after {api_ready_after}"',
+            "[programs.web]", f'command = "{STAND_IN}web --port {web_port}"', 'directory = "{root}"',
+            'requires_file = ""', 'fallback_command = ""',
+            "[programs.tunnel]",
+            f'command = "{STAND_IN}tunnel --agent-port {agent_port} --public-url http://127.0.0.1:{web_port}"',
+        ]  # fmt: skip
+    else:
+        for role in ("migrate", "api", "web", "tunnel"):
+            lines += [f"[programs.{role}]", "enabled = false"]
+    for name in ALL_QUEUES:
+        lines.append(f'[queues."{name}"]')
+        if name not in wanted:
+            lines.append("processes = 0")
+    path = root / "stack.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ps(stack: Path, *args: str) -> str:
+    return subprocess.run(
+        [PS, "--stack", str(stack), *args], check=True, capture_output=True, text=True
+    ).stdout
