@@ -110,10 +110,6 @@ def last_lines(path: Path, count: int) -> list[str]:
     return read_tail(path, 64 * 1024).splitlines()[-count:]
 
 
-def process_log(stack: Stack, process_name: str) -> Path:
-    return stack.paths.logs / f"{process_name}.log"
-
-
 # --- the group ------------------------------------------------------------------------------------------
 
 

@@ -15,8 +15,6 @@ from typing import Any
 from protea_supervisor.errors import StackError
 from protea_supervisor.stack import HostFacts, Stack, parse_stack
 
-BUILTIN_STACKS = ("protea", "demo")
-
 
 def builtin_stack_text(name: str) -> str:
     return resources.files("protea_supervisor.stacks").joinpath(f"{name}.toml").read_text(encoding="utf-8")
