@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .edge import ListenerLog, Rpc, read_json, rpc_factory, secrets_of, send_event, write_json
 from .protocol import Event, run
 
 COMM_TYPE = "protea-gate"
@@ -436,11 +437,7 @@ def state_from_document(doc: Mapping[str, Any]) -> GateState:
 
 
 def read_state(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return read_json(run_dir / STATE_FILE)
 
 
 # --- the edge: executor and main ------------------------------------------------------------------------
@@ -509,31 +506,14 @@ class Executor:
     """Turns actions into XML-RPC calls, probe threads and the state file."""
 
     def __init__(
-        self,
-        rpc: Callable[[], Any],
-        plan: GatePlan,
-        run_dir: Path,
-        logs_dir: Path,
-        supervisord_pid: int,
-        secrets: Sequence[str],
-        stderr: Any,
+        self, rpc: Rpc, plan: GatePlan, run_dir: Path, logs_dir: Path, supervisord_pid: int, log: ListenerLog
     ) -> None:
         self.rpc = rpc
         self.plan = plan
         self.run_dir = run_dir
         self.logs_dir = logs_dir
         self.supervisord_pid = supervisord_pid
-        self.secrets = secrets
-        self.stderr = stderr
-
-    def log(self, message: str) -> None:
-        self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.redact(message)}\n")
-        self.stderr.flush()
-
-    def redact(self, text: str) -> str:
-        for value in self.secrets:
-            text = text.replace(value, "***")
-        return text
+        self.log = log
 
     def execute(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -558,19 +538,17 @@ class Executor:
             self.publish(action.state)
 
     def publish(self, state: GateState) -> None:
-        from protea_supervisor.files import write_atomic
-
         tail: list[str] = []
         if state.phase == "failed" and state.failed_process:
             log = self.logs_dir / f"{state.failed_process.split(':', 1)[1]}.log"
             try:
-                tail = [self.redact(line) for line in log.read_text(errors="replace").splitlines()[-8:]]
+                tail = [self.log.redact(line) for line in log.read_text(errors="replace").splitlines()[-8:]]
             except OSError:
                 tail = []
         doc = state_document(state, self.supervisord_pid, tail)
         if state.phase == "failed" and state.failed_process:
             doc["reason"] += self._exit_detail(state.failed_process)
-        write_atomic(self.run_dir / STATE_FILE, json.dumps(doc, indent=2) + "\n", mode=0o600)
+        write_json(self.run_dir / STATE_FILE, doc)
 
     def _exit_detail(self, namespec: str) -> str:
         """The exit status or spawn error, which the EXITED event does not carry."""
@@ -603,12 +581,7 @@ class Executor:
             "detail": detail,
             "generation": probe.generation,
         }
-        for _ in range(30):  # supervisord may be busy; the result must arrive
-            try:
-                self.rpc().supervisor.sendRemoteCommEvent(COMM_TYPE, json.dumps(message))
-                return
-            except Exception:
-                time.sleep(1)
+        send_event(self.rpc, COMM_TYPE, message)
 
 
 def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, list[str]]:
@@ -643,32 +616,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
     args = parser.parse_args(argv)
 
-    from supervisor import childutils
-
-    from protea_supervisor.env import load_env_files
     from protea_supervisor.files import load_stack
     from protea_supervisor.overrides import apply_counts, load_counts
     from protea_supervisor.stack import HostFacts
 
-    stderr = sys.stderr
     stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
     stack = apply_counts(stack, load_counts(stack.paths.run))
     plan, problems = plan_from_stack(stack, os.environ)
-    try:
-        secrets = sorted(
-            {v for v in load_env_files(stack.env.files).values() if len(v) >= 4}, key=len, reverse=True
-        )
-    except Exception:
-        secrets = []
-
-    def rpc() -> Any:
-        # One proxy per call: probe threads and the protocol loop must not share an HTTP connection.
-        return childutils.getRPCInterface(os.environ)
-
+    rpc = rpc_factory(os.environ)
     pid = int(rpc().supervisor.getPID())
-    executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, secrets, stderr)
+    log = ListenerLog(sys.stderr, secrets_of(stack.env.files))
+    executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, log)
     for problem in problems:
-        executor.log(f"gate: {problem}")
+        log(f"gate: {problem}")
 
     doc = read_state(stack.paths.run)
     saved = state_from_document(doc) if doc else None
@@ -682,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         holder["state"] = new_state
         executor.execute(actions)
 
-    run(on_event, sys.stdin.buffer, sys.stdout.buffer, stderr)
+    run(on_event, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
 
 
 if __name__ == "__main__":

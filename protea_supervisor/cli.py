@@ -31,8 +31,12 @@ from protea_supervisor.errors import (
     UsageError,
 )
 from protea_supervisor.files import load_stack, write_atomic
+from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.listeners.tunnel_watch import COMM_TYPE as TUNNEL_COMM_TYPE
+from protea_supervisor.listeners.tunnel_watch import STATE_FILE as TUNNEL_STATE_FILE
+from protea_supervisor.listeners.tunnel_watch import reset_message as tunnel_reset_message
 from protea_supervisor.lock import (
     FREE,
     LockFile,
@@ -293,6 +297,23 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     click.echo("stack is down.")
 
 
+def tunnel_line(watch: dict[str, Any], now: float) -> str:
+    last = "never probed"
+    if watch.get("last_probe_at"):
+        verdict = "ok" if watch.get("last_ok") else "FAILED"
+        last = (
+            f"last probe {verdict} {now - watch['last_probe_at']:.0f} s ago ({watch.get('last_detail', '')})"
+        )
+    recent = [t for t in watch.get("restarts", []) if now - t < 3600]
+    budget = "; RESTART BUDGET SPENT" if watch.get("capped") else ""
+    wait = watch.get("next_restart_at", 0) - now
+    later = f"; next restart allowed in {wait:.0f} s" if wait > 0 else ""
+    return (
+        f"tunnel watch: {last}; {watch.get('consecutive_failures', 0)} consecutive failures; "
+        f"{len(recent)} restarts in the last hour{later}{budget}"
+    )
+
+
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
     lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
     holder = export_holder(lock)
@@ -321,10 +342,12 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         owner = FREE
         click.echo(f"warning: {why}", err=True)
     gate = read_gate_state(stack.paths.run) or {}
+    watch = read_json(stack.paths.run / TUNNEL_STATE_FILE) or {}
     if as_json:
         payload = {
             "processes": [r.as_dict() for r in status_rows],
             "gate": {key: gate.get(key) for key in ("phase", "step", "reason", "finished_at")},
+            "tunnel_watch": watch,
             "lock": {"owner": owner.owner, "task_id": owner.task_id, "acquired_at": owner.acquired_at},
             "config": str(stack.config_path),
         }
@@ -337,6 +360,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     detail = f" at {gate.get('step')}: {gate.get('reason')}" if phase == "failed" else ""
     detail = f" (step {gate.get('step')})" if phase == "running" else detail
     click.echo(f"gate: {phase}{detail}")
+    if watch:
+        click.echo(tunnel_line(watch, time.time()))
 
 
 @cli.command("logs")
@@ -431,6 +456,28 @@ def gate_status(ctx: click.Context) -> None:
     """Print the gate state file (JSON)."""
     doc = read_gate_state(load(ctx).paths.run)
     click.echo(json.dumps(doc or {"phase": "unknown"}, indent=2))
+
+
+@cli.group("tunnel")
+def tunnel_group() -> None:
+    """The tunnel watchdog."""
+
+
+@tunnel_group.command("reset")
+@click.pass_context
+def tunnel_reset(ctx: click.Context) -> None:
+    """Clear the watchdog's restart budget and backoff, so it may restart the tunnel again at once."""
+    stack = load(ctx)
+    Supervisor(stack.socket_path).send_comm(TUNNEL_COMM_TYPE, tunnel_reset_message())
+    click.echo("tunnel watchdog: reset sent.")
+
+
+@tunnel_group.command("status")
+@click.pass_context
+def tunnel_status(ctx: click.Context) -> None:
+    """Print the watchdog's state file (JSON)."""
+    doc = read_json(load(ctx).paths.run / TUNNEL_STATE_FILE)
+    click.echo(json.dumps(doc or {"tunnel": "unknown"}, indent=2))
 
 
 def _after_double_dash(command: tuple[str, ...]) -> tuple[str, ...]:

@@ -62,19 +62,31 @@ def listener_argv(exe: Sequence[str], name: str) -> list[str]:
     """The listener's console script beside protea-supervisor's, or its module when run as `-m`."""
     if len(exe) == 1:
         return [str(PurePosixPath(exe[0]).parent / f"protea-supervisor-{name}")]
-    return [*exe[:-1], f"protea_supervisor.listeners.{name}"]
+    return [*exe[:-1], f"protea_supervisor.listeners.{name.replace('-', '_')}"]
+
+
+def tunnel_watched(stack: Stack) -> bool:
+    tunnel = stack.program("tunnel")
+    probes = stack.probes.public_url or stack.probes.ngrok_api_url
+    return tunnel.enabled and stack.tunnel_watch.enabled and bool(probes)
 
 
 def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
-    gate = [*listener_argv(exe, "gate"), *(["--stack", stack.choice] if stack.choice else [])]
+    stack_args = ["--stack", stack.choice] if stack.choice else []
+    listeners = [("gate", "PROCESS_STATE,REMOTE_COMMUNICATION")]
+    if tunnel_watched(stack):
+        listeners.append(("tunnel-watch", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
     return [
         ListenerBlock(
-            name="gate",
-            command=wrapper_command(stack, exe, " ".join(shlex.quote(a) for a in gate)),
-            events="PROCESS_STATE,REMOTE_COMMUNICATION",
+            name=name,
+            command=wrapper_command(
+                stack, exe, " ".join(shlex.quote(a) for a in [*listener_argv(exe, name), *stack_args])
+            ),
+            events=events,
             buffer_size=LISTENER_BUFFER,
             log_dir=str(stack.paths.logs),
         )
+        for name, events in listeners
     ]
 
 
@@ -143,6 +155,8 @@ def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
         if not program.enabled:
             continue
         oneshot = program.role == "migrate"
+        # The watchdog is the only thing that restarts a watched tunnel (with backoff and a budget).
+        restart = "false" if oneshot or (program.role == "tunnel" and tunnel_watched(stack)) else "true"
         blocks.append(
             ProgramBlock(
                 name=program.role,
@@ -151,7 +165,7 @@ def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
                 environment=program.environment,
                 priority=PRIORITY[program.role],
                 startsecs=program.startsecs,
-                autorestart="false" if oneshot else "true",
+                autorestart=restart,
                 exitcodes="0",
                 stopsignal=program.stop_signal,
                 stopwaitsecs=program.stop_grace,

@@ -111,6 +111,22 @@ class Probes:
 
 
 @dataclass(frozen=True)
+class TunnelWatch:
+    """The tunnel watchdog's rules (probes.public_url and probes.ngrok_api_url say what it probes)."""
+
+    enabled: bool
+    probe_interval: int
+    probe_timeout: float
+    failures: int
+    confirm_interval: float
+    grace: int
+    backoff_initial: int
+    backoff_max: int
+    max_restarts_per_hour: int
+    down_statuses: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Deploy:
     repository: Path
     remote: str
@@ -146,6 +162,7 @@ class Stack:
     probes: Probes
     deploy: Deploy
     lock: LockSettings
+    tunnel_watch: TunnelWatch
     python: str = field(default="")
     # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
     choice: str = field(default="")
@@ -234,6 +251,18 @@ SCHEMA: dict[str, Spec] = {
         "build_command": str,
     },
     "lock": {"file": str, "flock_timeout": (int, float)},
+    "tunnel_watch": {
+        "enabled": bool,
+        "probe_interval": int,
+        "probe_timeout": (int, float),
+        "failures": int,
+        "confirm_interval": (int, float),
+        "grace": int,
+        "backoff_initial": int,
+        "backoff_max": int,
+        "max_restarts_per_hour": int,
+        "down_statuses": ("list", int),
+    },
 }
 
 TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
@@ -492,6 +521,8 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
     if lock.flock_timeout <= 0:
         raise reader.fail("lock.flock_timeout", f"must be greater than 0, got {lock.flock_timeout}")
 
+    tunnel_watch = _parse_tunnel_watch(reader)
+
     name = reader.get("name", "protea")
     if not PROGRAM_NAME.match(name):
         raise reader.fail("name", f"must be lowercase letters, digits and dashes, got {name!r}")
@@ -507,6 +538,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         probes=probes,
         deploy=deploy,
         lock=lock,
+        tunnel_watch=tunnel_watch,
         python=host.python,
     )
 
@@ -631,6 +663,34 @@ def _parse_queues(
                     f"makes process {process!r}, which clashes with {seen[process]}",
                 )
     return tuple(queues)
+
+
+def _parse_tunnel_watch(reader: _Reader) -> TunnelWatch:
+    def number(key: str, default: float, minimum: float) -> Any:
+        value = reader.get(f"tunnel_watch.{key}", default)
+        if value < minimum:
+            raise reader.fail(f"tunnel_watch.{key}", f"must be at least {minimum:g}, got {value}")
+        return value
+
+    statuses = tuple(reader.get("tunnel_watch.down_statuses", [402]))
+    for status in statuses:
+        if not 100 <= status <= 599:
+            raise reader.fail("tunnel_watch.down_statuses", f"must hold HTTP status codes, got {status}")
+    watch = TunnelWatch(
+        enabled=bool(reader.get("tunnel_watch.enabled", True)),
+        probe_interval=number("probe_interval", 10, 5),
+        probe_timeout=float(number("probe_timeout", 5, 0.1)),
+        failures=number("failures", 3, 1),
+        confirm_interval=float(number("confirm_interval", 2, 0)),
+        grace=number("grace", 20, 0),
+        backoff_initial=number("backoff_initial", 15, 0),
+        backoff_max=number("backoff_max", 300, 0),
+        max_restarts_per_hour=number("max_restarts_per_hour", 6, 1),
+        down_statuses=statuses,
+    )
+    if watch.backoff_max < watch.backoff_initial:
+        raise reader.fail("tunnel_watch.backoff_max", "must be at least tunnel_watch.backoff_initial")
+    return watch
 
 
 def _parse_deploy(reader: _Reader, expand: _Expander, root: Path) -> Deploy:

@@ -137,7 +137,7 @@ def stack_file(
 ) -> Path:
     """A host stack file that runs the demo stand-ins on free ports, rooted in `root`."""
     queues = queues if queues is not None else {"protea.ping": {}, "protea.jobs": {}}
-    api, web, agent = api_port or free_port(), free_port(), free_port()
+    api, web, agent, public = api_port or free_port(), free_port(), free_port(), free_port()
     stand_in = "{python} -P -m protea_supervisor.demo."
     data: dict[str, Any] = {
         "name": "test",
@@ -154,7 +154,8 @@ def stack_file(
                 "environment": {"PORT": str(web)},
             },
             "tunnel": {
-                "command": f"{stand_in}tunnel --agent-port {agent} --public-url http://127.0.0.1:{web}"
+                "command": f"{stand_in}tunnel --agent-port {agent} --public-port {public} "
+                f"--public-url http://127.0.0.1:{public}/ --control {{root}}/tunnel-control"
             },
         },
         "workers": {
@@ -167,7 +168,7 @@ def stack_file(
         "probes": {
             "api_ready_url": f"http://127.0.0.1:{api}/jobs",
             "web_url": f"http://127.0.0.1:{web}",
-            "public_url": "",
+            "public_url": f"http://127.0.0.1:{public}/",
             "ngrok_api_url": f"http://127.0.0.1:{agent}/api/tunnels",
             "infra_from_env": [],
         },

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from supervisor.datatypes import dict_of_key_value_pairs
+from supervisor.datatypes import RestartUnconditionally, dict_of_key_value_pairs
 from supervisor.events import EventTypes
 from supervisor.options import ServerOptions
 
@@ -57,7 +57,10 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     check_config(text)
     options = loaded(text)
     processes = {
-        p.name: p for g in options.process_group_configs for p in g.process_configs if p.name != "gate"
+        p.name: p
+        for g in options.process_group_configs
+        for p in g.process_configs
+        if p.name not in ("gate", "tunnel-watch")
     }
     assert "worker-ping" in processes
     assert "worker-embeddings-batch-1" in processes
@@ -71,6 +74,8 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
         assert config.redirect_stderr
     assert processes["migrate"].startsecs == 0
     assert processes["migrate"].autorestart is False
+    assert processes["tunnel"].autorestart is False  # the tunnel watchdog alone restarts it
+    assert processes["api"].autorestart is RestartUnconditionally
     assert processes["worker-ping"].stopwaitsecs == 300
     assert processes["worker-ping"].exitcodes == [0, 143]
     assert not any(config.autostart for config in processes.values())  # the gate starts them

@@ -1,0 +1,71 @@
+"""What every listener's edge needs: XML-RPC proxies, a redacting log, results sent back as events."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+Rpc = Callable[[], Any]
+
+
+def rpc_factory(environ: Mapping[str, str]) -> Rpc:
+    """A fresh proxy per call: probe threads and the protocol loop must not share one HTTP connection."""
+    from supervisor import childutils
+
+    return lambda: childutils.getRPCInterface(environ)
+
+
+def secrets_of(env_files: Sequence[Path]) -> list[str]:
+    """The env files' values, longest first, so a log line can never carry one."""
+    from protea_supervisor.env import load_env_files
+
+    try:
+        values = load_env_files(env_files)
+    except Exception:
+        return []
+    return sorted({v for v in values.values() if len(v) >= 4}, key=len, reverse=True)
+
+
+class ListenerLog:
+    """Timestamped lines on stderr (stdout belongs to the protocol), with env-file values redacted."""
+
+    def __init__(self, stderr: TextIO, secrets: Sequence[str]) -> None:
+        self.stderr = stderr
+        self.secrets = secrets
+
+    def redact(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, "***")
+        return text
+
+    def __call__(self, message: str) -> None:
+        self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.redact(message)}\n")
+        self.stderr.flush()
+
+
+def send_event(rpc: Rpc, comm_type: str, message: Mapping[str, Any], attempts: int = 30) -> bool:
+    """Hand a result back to the listener's own loop as a REMOTE_COMMUNICATION event."""
+    for _ in range(attempts):
+        try:
+            rpc().supervisor.sendRemoteCommEvent(comm_type, json.dumps(message))
+            return True
+        except Exception:  # supervisord busy or restarting: the result must still arrive
+            time.sleep(1)
+    return False
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    from protea_supervisor.files import write_atomic
+
+    write_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

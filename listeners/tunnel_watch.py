@@ -1,0 +1,429 @@
+"""The tunnel watchdog: a dead ngrok tunnel is found in seconds and restarted, without flapping.
+
+`handle` is pure: (config, state, event, now) -> (state, actions). TICK_5 paces the probes; a failed probe is
+confirmed `confirm_interval` s later, off the tick, so an outage is acted on in seconds. Probes run in threads
+and report back as REMOTE_COMMUNICATION events. The tunnel program has autorestart=false: this listener is
+the only thing that restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .edge import ListenerLog, Rpc, read_json, rpc_factory, secrets_of, send_event, write_json
+from .protocol import Event, run
+
+COMM_TYPE = "protea-tunnel-watch"
+STATE_FILE = "tunnel-watch.json"
+HOUR = 3600.0
+TUNNEL = "tunnel:tunnel"
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    public_url: str
+    agent_url: str
+    interval: float
+    timeout: float
+    failures: int
+    confirm_interval: float
+    grace: float
+    backoff_initial: float
+    backoff_max: float
+    max_restarts_per_hour: int
+    down_statuses: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class WatchState:
+    tunnel: str = "UNKNOWN"
+    armed: bool = False  # started by the gate (or by hand); a deliberate stop disarms
+    started_at: float = 0.0
+    failures: int = 0
+    probing: bool = False
+    probe_id: int = 0
+    probe_asked_at: float = 0.0
+    next_probe_at: float = 0.0
+    last_probe_at: float = 0.0
+    last_ok: bool | None = None
+    last_detail: str = ""
+    restarts: tuple[float, ...] = ()
+    backoff: float = 0.0
+    next_restart_at: float = 0.0
+    restarting: bool = False
+    capped: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    probe_id: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class StartTunnel:
+    pass
+
+
+@dataclass(frozen=True)
+class StopTunnel:
+    pass
+
+
+@dataclass(frozen=True)
+class Publish:
+    state: WatchState
+
+
+@dataclass(frozen=True)
+class Log:
+    message: str
+
+
+Action = Probe | StartTunnel | StopTunnel | Publish | Log
+
+
+# --- the pure handler -----------------------------------------------------------------------------------
+
+
+def public_verdict(
+    status: int | None, headers: Mapping[str, str], error: str, down_statuses: Sequence[int]
+) -> tuple[bool, str]:
+    """The rule for the public URL: up unless no answer, a timeout, a 5xx, a listed status (402: expired
+    session), or an answer carrying ngrok's own error code (its "tunnel not found" pages)."""
+    if status is None:
+        return False, f"public URL: {error or 'no answer'}"
+    code = next((v for k, v in headers.items() if k.lower() == "ngrok-error-code"), "")
+    if code:
+        return False, f"public URL: HTTP {status} {code}"
+    if status >= 500 or status in down_statuses:
+        return False, f"public URL: HTTP {status}"
+    return True, f"public URL: HTTP {status}"
+
+
+def agent_verdict(listing: Any, public_url: str) -> tuple[bool, str]:
+    """The agent API must list a tunnel for the configured domain (any tunnel when none is configured)."""
+    tunnels = listing.get("tunnels") if isinstance(listing, dict) else None
+    if not isinstance(tunnels, list):
+        return False, "agent API: no tunnel list"
+    want = urlsplit(public_url).hostname if public_url else None
+    for tunnel in tunnels:
+        url = tunnel.get("public_url", "") if isinstance(tunnel, dict) else ""
+        if want is None or urlsplit(str(url)).hostname == want:
+            return True, f"agent API: {url}"
+    return False, f"agent API: no tunnel for {want or 'any domain'}"
+
+
+def resume(config: WatchConfig, saved: WatchState | None, tunnel_state: str, now: float) -> WatchState:
+    """Listener (re)start: restart history and backoff survive; the tunnel's state comes from supervisord."""
+    base = saved or WatchState()
+    armed = tunnel_state in ("STARTING", "RUNNING") or (base.armed and tunnel_state in ("EXITED", "FATAL"))
+    return replace(
+        base,
+        tunnel=tunnel_state,
+        armed=armed,
+        probing=False,
+        restarting=False,
+        started_at=base.started_at or now,
+        next_probe_at=now,
+    )
+
+
+def handle(
+    config: WatchConfig, state: WatchState, event: Event, now: float
+) -> tuple[WatchState, list[Action]]:
+    if event.name.startswith("TICK_"):
+        now = float(event.fields.get("when", now))
+        return _tick(config, state, now)
+    if event.name.startswith("PROCESS_STATE_") and event.process == TUNNEL:
+        return _tunnel_event(config, state, event.state, now)
+    if event.name == "REMOTE_COMMUNICATION" and event.fields.get("type") == COMM_TYPE:
+        try:
+            message = json.loads(event.data)
+        except ValueError:
+            return state, [Log("tunnel-watch: ignored a malformed message")]
+        if message.get("command") == "reset":
+            state = replace(state, restarts=(), backoff=0.0, next_restart_at=0.0, capped=False)
+            actions: list[Action] = [
+                Log("tunnel-watch: reset by an operator: restart budget and backoff cleared")
+            ]
+            state, more = _tick(config, state, now)
+            return state, [*actions, *more, Publish(state)]
+        if message.get("kind") == "probe" and message.get("probe_id") == state.probe_id and state.probing:
+            return _probe_result(config, state, bool(message.get("ok")), str(message.get("detail", "")), now)
+    return state, []
+
+
+def _tick(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
+    if not state.armed:
+        return state, []
+    if state.tunnel in ("EXITED", "FATAL"):
+        return _restart(config, state, now, "still down")
+    if state.tunnel == "RUNNING" and state.failures >= config.failures:
+        state, actions = _restart(config, state, now, "still failing")
+        if actions or state.restarting:
+            return state, actions
+        # No restart allowed yet (backoff, or the hourly budget): keep probing, so `status` stays true.
+    if state.tunnel == "RUNNING" and not state.probing and now >= state.next_probe_at:
+        return _probe(state, 0.0, now)
+    return state, []
+
+
+def _probe(state: WatchState, delay: float, now: float) -> tuple[WatchState, list[Action]]:
+    # The next regular probe is due one interval after this one was asked for, not after it answered.
+    state = replace(state, probing=True, probe_id=state.probe_id + 1, probe_asked_at=now + delay)
+    return state, [Probe(state.probe_id, delay)]
+
+
+def _tunnel_event(
+    config: WatchConfig, state: WatchState, new: str, now: float
+) -> tuple[WatchState, list[Action]]:
+    state = replace(state, tunnel=new)
+    if new == "RUNNING":
+        # Probes in the grace period after a start do not count (ngrok needs a moment to bind the domain).
+        return replace(state, armed=True, started_at=now, failures=0, next_probe_at=now), [Publish(state)]
+    if new == "STOPPED":
+        if state.restarting:
+            return replace(state, restarting=False), [StartTunnel(), Log("tunnel-watch: starting the tunnel")]
+        state = replace(state, armed=False, failures=0)
+        return state, [Log("tunnel-watch: tunnel stopped by hand; not watching"), Publish(state)]
+    if new in ("EXITED", "FATAL") and state.armed and not state.restarting:
+        return _restart(config, state, now, f"tunnel {new}")
+    return state, []
+
+
+def _probe_result(
+    config: WatchConfig, state: WatchState, ok: bool, detail: str, now: float
+) -> tuple[WatchState, list[Action]]:
+    state = replace(state, probing=False, last_probe_at=now, last_ok=ok, last_detail=detail)
+    in_grace = now < state.started_at + config.grace
+    if ok or state.tunnel != "RUNNING":
+        healthy = ok and not in_grace
+        state = replace(
+            state,
+            failures=0,
+            next_probe_at=state.probe_asked_at + config.interval,
+            backoff=0.0 if healthy else state.backoff,
+        )
+        return state, [Publish(state)]
+    if in_grace:
+        return replace(state, next_probe_at=now + config.confirm_interval), [Publish(state)]
+    state = replace(state, failures=state.failures + 1)
+    if state.failures >= config.failures:
+        state = replace(state, next_probe_at=now + config.interval)
+        state, actions = _restart(config, state, now, f"{state.failures} failed probes ({detail})")
+        return state, [*actions, Publish(state)]
+    state, actions = _probe(state, config.confirm_interval, now)
+    return state, [
+        *actions,
+        Log(f"tunnel-watch: probe failed ({state.failures}/{config.failures}): {detail}"),
+        Publish(state),
+    ]
+
+
+def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tuple[WatchState, list[Action]]:
+    if state.restarting or state.tunnel in ("STARTING", "STOPPING", "BACKOFF"):
+        return state, []
+    recent = tuple(t for t in state.restarts if now - t < HOUR)
+    if len(recent) >= config.max_restarts_per_hour:
+        if state.capped:
+            return replace(state, restarts=recent), []
+        state = replace(state, restarts=recent, capped=True)
+        message = (
+            f"tunnel-watch: RESTART BUDGET SPENT: {len(recent)} restarts in the last hour; the tunnel stays "
+            f"as it is ({why}) until {datetime.fromtimestamp(recent[0] + HOUR, UTC):%H:%M:%S} UTC or "
+            "`protea-supervisor tunnel reset`"
+        )
+        return state, [Log(message), Publish(state)]
+    if now < state.next_restart_at:
+        return state, []
+    backoff = config.backoff_initial if not state.backoff else min(state.backoff * 2, config.backoff_max)
+    state = replace(
+        state,
+        restarts=(*recent, now),
+        backoff=backoff,
+        next_restart_at=now + backoff,
+        failures=0,
+        capped=False,
+        probing=False,
+    )
+    log = Log(
+        f"tunnel-watch: restarting the tunnel: {why} (restart {len(state.restarts)} this hour; "
+        f"next no sooner than {backoff:g} s)"
+    )
+    if state.tunnel == "RUNNING":
+        return replace(state, restarting=True), [log, StopTunnel(), Publish(state)]
+    return state, [log, StartTunnel(), Publish(state)]
+
+
+# --- state file -----------------------------------------------------------------------------------------
+
+
+def state_document(state: WatchState) -> dict[str, Any]:
+    return {
+        "tunnel": state.tunnel,
+        "armed": state.armed,
+        "last_probe_at": state.last_probe_at,
+        "last_ok": state.last_ok,
+        "last_detail": state.last_detail,
+        "consecutive_failures": state.failures,
+        "restarts": list(state.restarts),
+        "backoff": state.backoff,
+        "next_restart_at": state.next_restart_at,
+        "capped": state.capped,
+        "started_at": state.started_at,
+    }
+
+
+def state_from_document(doc: Mapping[str, Any]) -> WatchState:
+    return WatchState(
+        armed=bool(doc.get("armed", False)),
+        started_at=float(doc.get("started_at", 0.0)),
+        last_probe_at=float(doc.get("last_probe_at", 0.0)),
+        last_ok=doc.get("last_ok"),
+        last_detail=str(doc.get("last_detail", "")),
+        restarts=tuple(float(t) for t in doc.get("restarts", [])),
+        backoff=float(doc.get("backoff", 0.0)),
+        next_restart_at=float(doc.get("next_restart_at", 0.0)),
+        capped=bool(doc.get("capped", False)),
+    )
+
+
+# --- the edge -------------------------------------------------------------------------------------------
+
+
+def probe_once(config: WatchConfig) -> tuple[bool, str]:
+    import requests
+
+    try:
+        response = requests.head(config.public_url, timeout=config.timeout, allow_redirects=False)
+        public_ok, public = public_verdict(
+            response.status_code, dict(response.headers), "", config.down_statuses
+        )
+    except requests.Timeout:
+        public_ok, public = public_verdict(
+            None, {}, f"no answer within {config.timeout:g} s", config.down_statuses
+        )
+    except requests.RequestException as why:
+        public_ok, public = public_verdict(None, {}, type(why).__name__, config.down_statuses)
+    if not config.agent_url:
+        return public_ok, public
+    try:
+        listing = requests.get(config.agent_url, timeout=config.timeout).json()
+        agent_ok, agent = agent_verdict(listing, config.public_url)
+    except (requests.RequestException, ValueError) as why:
+        agent_ok, agent = False, f"agent API: {type(why).__name__}"
+    return public_ok and agent_ok, f"{public}; {agent}"
+
+
+class Executor:
+    def __init__(self, rpc: Rpc, config: WatchConfig, state_path: Path, log: ListenerLog) -> None:
+        self.rpc = rpc
+        self.config = config
+        self.state_path = state_path
+        self.log = log
+
+    def execute(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            try:
+                self._one(action)
+            except Exception as why:  # one failed action must not stop the others, nor the listener
+                self.log(f"tunnel-watch: {type(action).__name__} failed: {type(why).__name__}: {why}")
+
+    def _one(self, action: Action) -> None:
+        if isinstance(action, Log):
+            self.log(action.message)
+        elif isinstance(action, Probe):
+            threading.Thread(target=self._probe, args=(action,), daemon=True).start()
+        elif isinstance(action, StartTunnel):
+            self._call("startProcess", "ALREADY_STARTED")
+        elif isinstance(action, StopTunnel):
+            self._call("stopProcess", "NOT_RUNNING")
+        elif isinstance(action, Publish):
+            write_json(self.state_path, state_document(action.state))
+
+    def _call(self, method: str, harmless: str) -> None:
+        try:
+            getattr(self.rpc().supervisor, method)(TUNNEL, False)
+        except xmlrpc.client.Fault as fault:
+            if harmless not in fault.faultString:
+                raise
+
+    def _probe(self, probe: Probe) -> None:
+        time.sleep(probe.delay)
+        try:
+            ok, detail = probe_once(self.config)
+        except Exception as why:
+            ok, detail = False, type(why).__name__
+        send_event(
+            self.rpc, COMM_TYPE, {"kind": "probe", "probe_id": probe.probe_id, "ok": ok, "detail": detail}
+        )
+
+
+def config_from_stack(stack: Any) -> WatchConfig:
+    watch = stack.tunnel_watch
+    return WatchConfig(
+        public_url=stack.probes.public_url,
+        agent_url=stack.probes.ngrok_api_url,
+        interval=float(watch.probe_interval),
+        timeout=watch.probe_timeout,
+        failures=watch.failures,
+        confirm_interval=watch.confirm_interval,
+        grace=float(watch.grace),
+        backoff_initial=float(watch.backoff_initial),
+        backoff_max=float(watch.backoff_max),
+        max_restarts_per_hour=watch.max_restarts_per_hour,
+        down_statuses=watch.down_statuses,
+    )
+
+
+def reset_message() -> str:
+    return json.dumps({"command": "reset"})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="protea-supervisor tunnel watchdog (a supervisord event listener)"
+    )
+    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
+    args = parser.parse_args(argv)
+    import os
+
+    from protea_supervisor.files import load_stack
+    from protea_supervisor.stack import HostFacts
+
+    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    config = config_from_stack(stack)
+    rpc = rpc_factory(os.environ)
+    log = ListenerLog(sys.stderr, secrets_of(stack.env.files))
+    state_path = stack.paths.run / STATE_FILE
+    executor = Executor(rpc, config, state_path, log)
+    doc = read_json(state_path)
+    info = rpc().supervisor.getProcessInfo(TUNNEL)
+    holder = {
+        "state": resume(config, state_from_document(doc) if doc else None, info["statename"], time.time())
+    }
+    watched = " and ".join(url for url in (config.public_url, config.agent_url) if url) or "nothing"
+    log(f"tunnel-watch: watching {watched}")
+
+    def on_event(event: Event) -> None:
+        state, actions = handle(config, holder["state"], event, time.time())
+        holder["state"] = state
+        executor.execute(actions)
+
+    run(on_event, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

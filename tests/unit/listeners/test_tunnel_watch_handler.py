@@ -1,0 +1,213 @@
+"""The tunnel watchdog's decisions, replayed over event sequences with explicit times."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from protea_supervisor.listeners.protocol import Event
+from protea_supervisor.listeners.tunnel_watch import (
+    COMM_TYPE,
+    Log,
+    Probe,
+    Publish,
+    StartTunnel,
+    StopTunnel,
+    WatchConfig,
+    WatchState,
+    agent_verdict,
+    handle,
+    public_verdict,
+    resume,
+    state_document,
+    state_from_document,
+)
+
+CONFIG = WatchConfig(public_url="https://protea.ngrok.app", agent_url="http://127.0.0.1:4040/api/tunnels",
+                     interval=10, timeout=5, failures=3, confirm_interval=2, grace=20, backoff_initial=15,
+                     backoff_max=300, max_restarts_per_hour=6, down_statuses=(402,))  # fmt: skip
+
+
+def tick(when: float) -> tuple[Event, float]:
+    return Event("TICK_5", fields={"when": str(int(when))}), when
+
+
+def tunnel(state: str, at: float) -> tuple[Event, float]:
+    return Event(f"PROCESS_STATE_{state}", fields={"processname": "tunnel", "groupname": "tunnel"}), at
+
+
+def result(probe_id: int, ok: bool, at: float, detail: str = "public URL: Timeout") -> tuple[Event, float]:
+    data = json.dumps({"kind": "probe", "probe_id": probe_id, "ok": ok, "detail": detail})
+    return Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=data), at
+
+
+def reset(at: float) -> tuple[Event, float]:
+    return Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data='{"command": "reset"}'), at
+
+
+def replay(state: WatchState, events: Iterable[tuple[Event, float]]) -> tuple[WatchState, list[list[object]]]:
+    out = []
+    for event, at in events:
+        state, actions = handle(CONFIG, state, event, at)
+        out.append([a for a in actions if not isinstance(a, (Log, Publish))])
+    return state, out
+
+
+def running_since(at: float) -> WatchState:
+    state, _ = replay(WatchState(), [tunnel("STARTING", at - 1), tunnel("RUNNING", at)])
+    return state
+
+
+def test_not_started_by_the_gate_yet_means_nothing_is_probed_or_restarted() -> None:
+    state, actions = replay(
+        WatchState(tunnel="STOPPED"), [tick(100), tick(105), tunnel("EXITED", 106), tick(110)]
+    )
+    assert actions == [[], [], [], []] and not state.armed
+
+
+def test_healthy_tunnel_is_probed_every_interval_and_never_restarted() -> None:
+    state = running_since(0)
+    events: list[tuple[Event, float]] = []
+    probe_id = 0
+    for t in range(5, 3600, 5):
+        events.append(tick(t))
+    actions_seen: list[object] = []
+    for event, at in events:
+        state, actions = handle(CONFIG, state, event, at)
+        for action in actions:
+            if isinstance(action, Probe):
+                probe_id = action.probe_id
+                state, more = handle(CONFIG, state, result(probe_id, True, at + 0.3)[0], at + 0.3)
+                actions_seen += more
+            actions_seen.append(action)
+    assert not [a for a in actions_seen if isinstance(a, (StartTunnel, StopTunnel))]
+    assert 355 <= probe_id <= 361  # one probe per 10 s interval over the hour
+    assert state.restarts == () and state.failures == 0
+
+
+def test_three_consecutive_failures_after_grace_restart_the_tunnel_with_confirmations_off_the_tick() -> None:
+    state = running_since(0)
+    state, actions = replay(
+        state, [tick(30), result(1, False, 35), result(2, False, 42), result(3, False, 49)]
+    )
+    assert actions == [[Probe(1, 0)], [Probe(2, 2)], [Probe(3, 2)], [StopTunnel()]]
+    assert state.restarting and state.restarts == (49,)
+    state, actions = replay(
+        state, [tunnel("STOPPING", 49.5), tunnel("STOPPED", 50), tunnel("STARTING", 50.1)]
+    )
+    assert actions == [[], [StartTunnel()], []]
+    state, actions = replay(state, [tunnel("RUNNING", 51), tick(55)])
+    assert actions == [[], [Probe(4, 0)]] and state.failures == 0
+
+
+def test_failures_inside_the_grace_period_do_not_count() -> None:
+    state = running_since(100)
+    state, actions = replay(state, [tick(105), result(1, False, 106), tick(110), result(2, False, 111)])
+    assert state.failures == 0 and not [a for step in actions for a in step if isinstance(a, StopTunnel)]
+
+
+def test_one_success_clears_the_count() -> None:
+    state = running_since(0)
+    state, _ = replay(state, [tick(30), result(1, False, 31), result(2, True, 34)])
+    assert state.failures == 0 and state.next_probe_at == 43  # one interval after the probe was asked for
+
+
+def test_exited_or_fatal_tunnel_is_started_again_with_capped_exponential_backoff() -> None:
+    state = running_since(0)
+    state, actions = replay(state, [tunnel("EXITED", 100)])
+    assert actions == [[StartTunnel()]] and state.next_restart_at == 115
+    state, actions = replay(state, [tunnel("STARTING", 100.5), tunnel("BACKOFF", 101), tunnel("FATAL", 103)])
+    assert actions == [[], [], []]  # FATAL inside the backoff window waits for a tick past it
+    state, actions = replay(state, [tick(110), tick(115)])
+    assert actions == [[], [StartTunnel()]] and state.backoff == 30 and state.next_restart_at == 145
+    backoffs = []
+    for start in range(200, 5000, 400):
+        state, _ = replay(state, [tunnel("FATAL", start), tick(start + 399)])
+        backoffs.append(state.backoff)
+    assert max(backoffs) == 300  # doubling, capped at backoff_max
+
+
+def test_restart_budget_per_hour_then_loud_log_then_reset() -> None:
+    state = running_since(0)
+    for n in range(6):
+        state, actions = replay(
+            state, [tunnel("EXITED", 1000 + n * 400), tunnel("RUNNING", 1000 + n * 400 + 1)]
+        )
+        assert actions == [[StartTunnel()], []]
+    assert len(state.restarts) == 6
+    state, actions = handle(CONFIG, state, tunnel("EXITED", 3500)[0], 3500)
+    assert not [a for a in actions if isinstance(a, StartTunnel)] and state.capped
+    assert any(isinstance(a, Log) and "RESTART BUDGET SPENT" in a.message for a in actions)
+    state, later = replay(state, [tick(3505), tick(3510)])
+    assert later == [[], []]  # keeps quiet, no restart
+    state, actions = replay(state, [reset(3511)])
+    assert actions == [[StartTunnel()]] and not state.capped and state.restarts == (3511,)
+
+
+def test_budget_frees_up_after_an_hour() -> None:
+    state = running_since(0)
+    state = WatchState(**{**state.__dict__, "restarts": tuple(float(t) for t in range(100, 700, 100)),
+                          "capped": True, "tunnel": "FATAL"})  # fmt: skip
+    state, actions = replay(state, [tick(3650), tick(3705)])
+    assert actions == [[], [StartTunnel()]]
+
+
+def test_never_acts_while_starting_or_stopping() -> None:
+    state = running_since(0)
+    state, _ = replay(state, [tick(30), result(1, False, 31), result(2, False, 34)])
+    state, actions = replay(state, [tunnel("STOPPING", 35), result(3, False, 37), tick(40)])
+    assert not [a for step in actions for a in step if isinstance(a, (StartTunnel, StopTunnel))]
+
+
+def test_a_tunnel_stopped_by_hand_is_left_alone() -> None:
+    state = running_since(0)
+    state, actions = replay(state, [tunnel("STOPPING", 10), tunnel("STOPPED", 11), tick(15), tick(60)])
+    assert actions == [[], [], [], []] and not state.armed
+
+
+def test_stale_or_unasked_probe_results_are_ignored() -> None:
+    state = running_since(0)
+    state, actions = replay(state, [result(7, False, 30), tick(30), result(99, False, 31)])
+    assert actions == [[], [Probe(1, 0)], []] and state.failures == 0
+
+
+def test_restart_history_survives_a_listener_restart() -> None:
+    state = running_since(0)
+    state, _ = replay(state, [tunnel("EXITED", 100)])
+    saved = state_from_document(json.loads(json.dumps(state_document(state))))
+    resumed = resume(CONFIG, saved, "RUNNING", 200)
+    assert resumed.restarts == (100,) and resumed.backoff == 15 and resumed.armed
+    assert resume(CONFIG, None, "STOPPED", 200).armed is False
+    assert resume(CONFIG, saved, "FATAL", 200).armed is True
+
+
+def test_public_rule() -> None:
+    assert public_verdict(200, {}, "", [402]) == (True, "public URL: HTTP 200")
+    assert public_verdict(404, {}, "", [402])[0] is True  # the app's own 404 is still a live tunnel
+    assert public_verdict(404, {"Ngrok-Error-Code": "ERR_NGROK_3200"}, "", [402]) == (
+        False, "public URL: HTTP 404 ERR_NGROK_3200",
+    )  # fmt: skip
+    assert public_verdict(402, {}, "", [402])[0] is False
+    assert public_verdict(502, {}, "", [402])[0] is False
+    assert public_verdict(None, {}, "ConnectTimeout", [402]) == (False, "public URL: ConnectTimeout")
+
+
+def test_agent_rule_wants_a_tunnel_for_the_domain() -> None:
+    listing = {"tunnels": [{"public_url": "https://other.ngrok.app"}]}
+    assert agent_verdict(listing, "https://protea.ngrok.app")[0] is False
+    listing["tunnels"].append({"public_url": "https://protea.ngrok.app"})
+    assert agent_verdict(listing, "https://protea.ngrok.app")[0] is True
+    assert agent_verdict({"tunnels": []}, "")[0] is False
+    assert agent_verdict("garbage", "https://protea.ngrok.app")[0] is False
+
+
+def test_with_the_budget_spent_it_keeps_probing_and_publishing_without_restarting() -> None:
+    state = WatchState(tunnel="RUNNING", armed=True, failures=3, restarts=(10.0, 20.0, 30.0, 40.0, 50.0, 60.0),
+                       capped=True, next_probe_at=100)  # fmt: skip
+    state, actions = handle(CONFIG, state, tick(100)[0], 100)
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(1, 0)]
+    state, actions = handle(CONFIG, state, result(1, False, 101)[0], 101)
+    assert not [a for a in actions if isinstance(a, (StartTunnel, StopTunnel))]
+    assert any(isinstance(a, Publish) and a.state.last_probe_at == 101 for a in actions)
+    state, actions = handle(CONFIG, state, tick(115)[0], 115)  # the next one an interval later
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(2, 0)]
