@@ -26,9 +26,15 @@ def free_port() -> int:
 
 def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: float = 3.0,
                api_port: int = 0, web_port: int = 0, agent_port: int = 0, api_ready_after: float = 2.0,
-               programs: bool = True, worker_args: str = "") -> Path:  # fmt: skip
+               programs: bool = True, worker_args: str = "", public_port: int = 0) -> Path:  # fmt: skip
     """The demo stack (all 11 queues by default); `programs=False` leaves only the workers."""
     wanted = set(queues)
+    tunnel_public = (
+        f"--public-port {public_port} --public-url http://127.0.0.1:{public_port}/ "
+        "--control {root}/tunnel-control"
+        if public_port
+        else f"--public-url http://127.0.0.1:{web_port}"
+    )
     lines = [
         'name = "bench"',
         "[paths]",
@@ -45,7 +51,8 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
         "startsecs = 1",
         "[probes]",
         "infra_from_env = []",
-        'public_url = ""',
+        f'public_url = "{f"http://127.0.0.1:{public_port}/" if public_port else ""}"',
+        f'ngrok_api_url = "http://127.0.0.1:{agent_port or 1}/api/tunnels"',
         f'api_ready_url = "http://127.0.0.1:{api_port or 1}/jobs"',
         f'web_url = "http://127.0.0.1:{web_port or 1}"',
         "[lock]",
@@ -58,7 +65,7 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
             "[programs.web]", f'command = "{STAND_IN}web --port {web_port}"', 'directory = "{root}"',
             'requires_file = ""', 'fallback_command = ""',
             "[programs.tunnel]",
-            f'command = "{STAND_IN}tunnel --agent-port {agent_port} --public-url http://127.0.0.1:{web_port}"',
+            f'command = "{STAND_IN}tunnel --agent-port {agent_port} {tunnel_public}"',
         ]  # fmt: skip
     else:
         for role in ("migrate", "api", "web", "tunnel"):

@@ -125,6 +125,12 @@ enabled = false
         ("[deploy]\nretry_ladder = [30, -1]", "deploy.retry_ladder must hold non-negative seconds"),
         ("[lock]\nflock_timeout = 0", "lock.flock_timeout must be greater than 0"),
         ("[programs.web]\nrequires_file = ''", "needs both requires_file and fallback_command"),
+        ("[tunnel_watch]\nprobe_interval = 2", "tunnel_watch.probe_interval must be at least 5, got 2"),
+        (
+            "[tunnel_watch]\nbackoff_max = 10",
+            "tunnel_watch.backoff_max must be at least tunnel_watch.backoff_initial",
+        ),
+        ("[tunnel_watch]\ndown_statuses = [99]", "tunnel_watch.down_statuses must hold HTTP status codes"),
     ],
 )
 def test_bad_input_names_file_key_and_expectation(text: str, expected: str | None) -> None:

@@ -1,0 +1,147 @@
+"""Outage to serving again: the tunnel watchdog (default settings) vs deploy-keeper's ngrok trigger.
+
+The tunnel stand-in is told to fail as ngrok does (hang: alive but the public URL stops answering; exit;
+5xx with an ngrok error code; drop: the agent API no longer lists the tunnel). Measured: from the failure to
+the public URL answering again from a new process.
+  watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 10 s,
+                3 failures 2 s apart, HEAD with a 5 s timeout)
+  deploy-keeper its `ngrok_tunnel_down` trigger as it runs today: `curl -sfI --max-time 5` on the public URL
+                every 60 s (TRIGGER_CHECK_INTERVAL_SEC); on failure pkill, sleep 1, start ngrok again. It
+                never looks at the agent API, so `drop` goes unnoticed. The failure lands at a random point
+                of the 60 s cycle (seeded).
+Run: .venv/bin/python bench/tunnel_outage.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _stacks import free_port, ps, stack_file
+
+MODES = ("hang", "exit", "5xx", "drop")
+CHECK_INTERVAL = 60.0
+
+
+def public_serves(url: str, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+            return response.status < 500 and "Ngrok-Error-Code" not in response.headers
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def listed(agent: str) -> bool:
+    try:
+        with urllib.request.urlopen(agent, timeout=0.5) as response:
+            return bool(json.load(response)["tunnels"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False
+
+
+def tunnel_pid(stack: Path) -> int:
+    return int(
+        next(
+            p["pid"] for p in json.loads(ps(stack, "status", "--json"))["processes"] if p["name"] == "tunnel"
+        )
+    )
+
+
+def watchdog(mode: str) -> float:
+    root = Path(tempfile.mkdtemp(prefix="bt-"))
+    api, web, agent, public = free_port(), free_port(), free_port(), free_port()
+    stack = stack_file(
+        root, api_port=api, web_port=web, agent_port=agent, public_port=public, api_ready_after=0.5
+    )
+    ps(stack, "up")
+    try:
+        deadline = time.monotonic() + 60
+        while not json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}").get("last_ok"):
+            if time.monotonic() > deadline:
+                raise SystemExit("the watchdog never saw a healthy tunnel")
+            time.sleep(0.2)
+        before = tunnel_pid(stack)
+        began = time.monotonic()
+        (root / "tunnel-control").write_text(mode)
+        url, agent_url = f"http://127.0.0.1:{public}/", f"http://127.0.0.1:{agent}/api/tunnels"
+        while True:
+            if public_serves(url) and listed(agent_url) and tunnel_pid(stack) not in (0, before):
+                return time.monotonic() - began
+            if time.monotonic() - began > 600:
+                raise SystemExit(f"{mode}: not serving again after 600 s")
+            time.sleep(0.1)
+    finally:
+        ps(stack, "down")
+
+
+def deploy_keeper(mode: str, phase: float) -> float | None:
+    root = Path(tempfile.mkdtemp(prefix="bk-"))
+    agent, public = free_port(), free_port()
+    control = root / "tunnel-control"
+    argv = [sys.executable, "-P", "-m", "protea_supervisor.demo.tunnel", "--agent-port", str(agent),
+            "--public-port", str(public), "--public-url", f"http://127.0.0.1:{public}/",
+            "--control", str(control)]  # fmt: skip
+    url = f"http://127.0.0.1:{public}/"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        while not public_serves(url):
+            time.sleep(0.05)
+        return proc
+
+    proc = start()
+    try:
+        next_check = time.monotonic() + CHECK_INTERVAL
+        time.sleep(CHECK_INTERVAL - phase)  # the failure lands `phase` s before the next check
+        began = time.monotonic()
+        control.write_text(mode)
+        limit = began + 2 * CHECK_INTERVAL + 20
+        while time.monotonic() < limit:
+            time.sleep(max(0.0, next_check - time.monotonic()))
+            next_check += CHECK_INTERVAL
+            if public_serves(url, timeout=5):  # curl -sfI --max-time 5
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)  # pkill -f "ngrok http --domain=..."
+            proc.wait()
+            time.sleep(1)
+            proc = start()
+            return time.monotonic() - began
+        return None  # never noticed within two cycles
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> None:
+    rng = random.Random(42)
+    rows = []
+    for mode in MODES:
+        ours = watchdog(mode)
+        theirs = deploy_keeper(mode, rng.uniform(0, CHECK_INTERVAL))
+        rows.append((mode, ours, theirs))
+    print("outage to serving again, seconds (one run per mode)")
+    print(f"{'failure':<8} {'watchdog':>9} {'deploy-keeper':>14} {'ratio':>7}")
+    for mode, ours, theirs in rows:
+        shown = f"{theirs:.1f}" if theirs is not None else "unnoticed"
+        ratio = f"{theirs / ours:.1f}x" if theirs is not None else "-"
+        print(f"{mode:<8} {ours:>9.1f} {shown:>14} {ratio:>7}")
+    print(
+        "deploy-keeper's worst case is its 60 s trigger interval plus a 5 s probe (and 300 s when only the "
+        "poll tick notices)."
+    )
+
+
+if __name__ == "__main__":
+    main()
