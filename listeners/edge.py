@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from protea_supervisor.env import redact
+
 Rpc = Callable[[], Any]
 
 
@@ -18,17 +20,6 @@ def rpc_factory(environ: Mapping[str, str]) -> Rpc:
     return lambda: childutils.getRPCInterface(environ)
 
 
-def secrets_of(env_files: Sequence[Path]) -> list[str]:
-    """The env files' values, longest first, so a log line can never carry one."""
-    from protea_supervisor.env import load_env_files
-
-    try:
-        values = load_env_files(env_files)
-    except Exception:
-        return []
-    return sorted({v for v in values.values() if len(v) >= 4}, key=len, reverse=True)
-
-
 class ListenerLog:
     """Timestamped lines on stderr (stdout belongs to the protocol), with env-file values redacted."""
 
@@ -37,9 +28,7 @@ class ListenerLog:
         self.secrets = secrets
 
     def redact(self, text: str) -> str:
-        for value in self.secrets:
-            text = text.replace(value, "***")
-        return text
+        return redact(text, self.secrets)
 
     def __call__(self, message: str) -> None:
         self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.redact(message)}\n")

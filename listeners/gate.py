@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .edge import ListenerLog, Rpc, read_json, rpc_factory, secrets_of, send_event, write_json
+from protea_supervisor.env import secret_values
+
+from .edge import ListenerLog, Rpc, read_json, rpc_factory, send_event, write_json
 from .protocol import Event, run
 
 COMM_TYPE = "protea-gate"
@@ -625,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan, problems = plan_from_stack(stack, os.environ)
     rpc = rpc_factory(os.environ)
     pid = int(rpc().supervisor.getPID())
-    log = ListenerLog(sys.stderr, secrets_of(stack.env.files))
+    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
     executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, log)
     for problem in problems:
         log(f"gate: {problem}")

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .edge import ListenerLog, Rpc, read_json, rpc_factory, secrets_of, send_event, write_json
+from protea_supervisor.env import secret_values
+
+from .edge import ListenerLog, Rpc, read_json, rpc_factory, send_event, write_json
 from .protocol import Event, run
 
 COMM_TYPE = "protea-tunnel-watch"
@@ -406,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
     config = config_from_stack(stack)
     rpc = rpc_factory(os.environ)
-    log = ListenerLog(sys.stderr, secrets_of(stack.env.files))
+    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
     state_path = stack.paths.run / STATE_FILE
     executor = Executor(rpc, config, state_path, log)
     doc = read_json(state_path)

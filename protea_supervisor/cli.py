@@ -20,7 +20,7 @@ import click
 
 from protea_supervisor import __version__
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
-from protea_supervisor.env import check_required, load_env_files, merged_environment
+from protea_supervisor.env import check_required, merged_environment, redact, secret_values
 from protea_supervisor.errors import (
     CommandNotFound,
     EnvError,
@@ -92,21 +92,6 @@ def prepare_dirs(stack: Stack) -> None:
 def rendered(stack: Stack) -> str:
     text = render(stack, exe_argv())
     check_config(text)
-    return text
-
-
-def secret_values(stack: Stack) -> list[str]:
-    """Every value from the env files: none of them may reach our output, even through a program's log."""
-    try:
-        values = load_env_files(stack.env.files)
-    except EnvError:
-        return []
-    return sorted({v for v in values.values() if len(v) >= 4}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, "***")
     return text
 
 
@@ -246,7 +231,7 @@ def run_gate(stack: Stack, supervisor: Supervisor, retry: bool = False) -> None:
                 else ""
             )
             message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
-            raise StackFailed(redact(message + where + tail, secret_values(stack)))
+            raise StackFailed(redact(message + where + tail, secret_values(stack.env.files)))
         gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
         # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
         if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
@@ -377,7 +362,7 @@ def logs_cmd(ctx: click.Context, name: str | None, follow: bool, lines: int) -> 
     if not chosen:
         available = ", ".join(p.stem for p in logs) or "none yet"
         raise UsageError(f"no log in {stack.paths.logs} matches {name!r}; available: {available}.")
-    secrets = secret_values(stack)
+    secrets = secret_values(stack.env.files)
     if follow:
         # tail -F follows rotation; it replaces this process, so the operator's Ctrl-C goes straight to it.
         os.execvp("tail", ["tail", "-n", str(lines), "-F", *map(str, chosen)])

@@ -78,3 +78,18 @@ def merged_environment(base: Mapping[str, str], files: Sequence[Path]) -> dict[s
     env = dict(base)
     env.update(load_env_files(files))
     return env
+
+
+def secret_values(files: Sequence[Path]) -> list[str]:
+    """Every value in the env files, longest first: none of them may reach our output or logs."""
+    try:
+        values = load_env_files(files)
+    except EnvError:
+        return []
+    return sorted({v for v in values.values() if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
