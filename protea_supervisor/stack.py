@@ -54,6 +54,7 @@ class Control:
     inet_host: str
     username: str
     password_sha: str
+    fast_reactions: bool
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,13 @@ SCHEMA: dict[str, Spec] = {
     "name": str,
     "paths": {"root": str, "venv": str, "logs": str, "run": str, "create_root": bool},
     "env": {"files": ("list", str), "required": ("list", str), "require_jwt_secret": bool},
-    "control": {"inet_port": int, "inet_host": str, "username": str, "password_sha": str},
+    "control": {
+        "inet_port": int,
+        "inet_host": str,
+        "username": str,
+        "password_sha": str,
+        "fast_reactions": bool,
+    },
     "programs": ("roles", PROGRAM_SCHEMA),
     "workers": {"command": str, "stop_signal": str, "stop_grace": int, "startsecs": int, "directory": str},
     "queues": ("queues", QUEUE_SCHEMA),
@@ -556,6 +563,7 @@ def _parse_control(reader: _Reader) -> Control:
         inet_host=reader.get("control.inet_host", "127.0.0.1"),
         username=reader.get("control.username", ""),
         password_sha=reader.get("control.password_sha", ""),
+        fast_reactions=bool(reader.get("control.fast_reactions", True)),
     )
     if not 0 <= control.inet_port <= 65535:
         raise reader.fail("control.inet_port", f"must be 0 (off) or a port 1-65535, got {control.inet_port}")
