@@ -31,6 +31,7 @@ from _stacks import free_port, ps, stack_file
 
 MODES = ("hang", "exit", "5xx", "drop")
 CHECK_INTERVAL = 60.0
+GRACE = 20.0  # tunnel_watch.grace, shipped default
 
 
 def public_serves(url: str, timeout: float = 0.5) -> bool:
@@ -65,10 +66,14 @@ def watchdog(mode: str) -> float:
     )
     ps(stack, "up")
     try:
-        deadline = time.monotonic() + 60
-        while not json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}").get("last_ok"):
+        # An outage long after start: wait for a healthy probe past the grace period (20 s by default).
+        deadline = time.monotonic() + 90
+        while True:
+            doc = json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}")
+            if doc.get("last_ok") and doc.get("last_probe_at", 0) > doc.get("started_at", 0) + GRACE:
+                break
             if time.monotonic() > deadline:
-                raise SystemExit("the watchdog never saw a healthy tunnel")
+                raise SystemExit("the watchdog never saw a healthy tunnel past its grace")
             time.sleep(0.2)
         before = tunnel_pid(stack)
         began = time.monotonic()

@@ -1,0 +1,110 @@
+"""The [rpcinterface:protea] waker, on and off, side by side in one run.
+
+  exit -> event   a program crashes (random lifetime 0.1-0.3 s, autorestart); the time from its exit to a
+                  listener receiving PROCESS_STATE_EXITED (n=20)
+  gate cold start `protea-supervisor up` of the demo stack from nothing (API ready 2 s after start)
+  down            `protea-supervisor down` of that stack (idle workers)
+  idle CPU        supervisord's CPU time over 10 s with the stack up and idle
+
+Run: .venv/bin/python bench/fast_reactions.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _stacks import free_port, ps, stack_file
+
+RECORDER = Path(__file__).parent.parent / "tests" / "fixtures" / "record_exits.py"
+CRASHER = ("import os, random, sys, time; time.sleep(random.uniform(0.1, 0.3)); "
+           "open(sys.argv[1], 'a').write(f'{os.getpid()} {time.time()}\\n'); os._exit(1)")  # fmt: skip
+
+
+def exit_to_event(fast: bool, runs: int = 20) -> float:
+    here = Path(tempfile.mkdtemp(prefix="bf-"))
+    exits, events = here / "exits.txt", here / "events.txt"
+    (here / "sd.conf").write_text(f"""[unix_http_server]
+file={here}/s.sock
+[supervisord]
+logfile={here}/supervisord.log
+pidfile={here}/supervisord.pid
+childlogdir={here}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[rpcinterface:protea]
+supervisor.rpcinterface_factory = protea_supervisor.rpcinterface:make_interface
+fast_reactions = {"true" if fast else "false"}
+[program:crasher]
+command={sys.executable} -c "{CRASHER}" {exits}
+autorestart=true
+startsecs=0
+startretries=1000
+[eventlistener:recorder]
+command={sys.executable} -P {RECORDER} {events}
+events=PROCESS_STATE_EXITED
+buffer_size=1024
+""")
+    argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(here / "sd.conf")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not events.exists() or len(events.read_text().splitlines()) <= runs:
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait()
+    died = dict(line.split() for line in exits.read_text().splitlines())
+    seen = dict(line.split() for line in events.read_text().splitlines())
+    return statistics.median(
+        1000 * (float(seen[p]) - float(died[p])) for p in list(seen)[1 : runs + 1] if p in died
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_times(fast: bool) -> tuple[float, float, float]:
+    root = Path(tempfile.mkdtemp(prefix="bs-"))
+    api, web, agent, public = free_port(), free_port(), free_port(), free_port()
+    stack = stack_file(root, api_port=api, web_port=web, agent_port=agent, public_port=public)
+    stack.write_text(stack.read_text() + f"[control]\nfast_reactions = {'true' if fast else 'false'}\n")
+    began = time.monotonic()
+    ps(stack, "up")
+    up = time.monotonic() - began
+    pid = int((root / "run" / "supervisord.pid").read_text())
+    time.sleep(3)  # let the start-up settle before measuring idle
+    used = cpu_seconds(pid)
+    time.sleep(10)  # the idle window
+    idle_ms = 1000 * (cpu_seconds(pid) - used)
+    began = time.monotonic()
+    ps(stack, "down")
+    return up, time.monotonic() - began, idle_ms
+
+
+def main() -> None:
+    rows = {}
+    for fast in (True, False):
+        latency = exit_to_event(fast)
+        up, down, idle = stack_times(fast)
+        rows[fast] = (latency, up, down, idle)
+    print("the protea waker on vs off (supervisor 4.3.0)")
+    print(f"{'':<22} {'on':>10} {'off':>10} {'off / on':>9}")
+    names = ("exit -> event ms", "gate cold start s", "down s", "idle CPU ms / 10 s")
+    for i, name in enumerate(names):
+        on, off = rows[True][i], rows[False][i]
+        ratio = f"{off / on:.1f}x" if on else "-"
+        print(f"{name:<22} {on:>10.2f} {off:>10.2f} {ratio:>9}")
+    print(json.dumps({"on": rows[True], "off": rows[False]}))
+
+
+if __name__ == "__main__":
+    main()
