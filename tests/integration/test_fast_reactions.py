@@ -103,6 +103,37 @@ def test_a_crash_reaches_a_listener_in_milliseconds(short_tmp: Path, xprocess: A
     assert median < 50
 
 
+def test_a_oneshot_exit_reaches_a_listener_in_milliseconds(short_tmp: Path, xprocess: Any) -> None:
+    exits, events = short_tmp / "exits.txt", short_tmp / "events.txt"
+    oneshot = CRASHER.replace("os._exit(1)", "os._exit(0)").replace("random.uniform(0.1, 0.3)", "0.05")
+    programs = f"""
+[program:oneshot]
+command={sys.executable} -c "{oneshot}" {exits}
+autostart=false
+autorestart=false
+startsecs=0
+
+[eventlistener:recorder]
+command={sys.executable} -P {RECORDER} {events}
+events=PROCESS_STATE_EXITED
+buffer_size=1024
+"""
+    start(xprocess, f"oneshot-{short_tmp.name}", config(short_tmp, True, programs))
+    try:
+        wait_for(lambda: _waker_on(short_tmp), 20, "the waker")
+        for run in range(1, 21):
+            rpc(short_tmp).supervisor.startProcess("oneshot", False)
+            wait_for(lambda run=run: events.exists() and len(events.read_text().splitlines()) == run, 20,
+                     f"exit {run} reported")  # fmt: skip
+    finally:
+        xprocess.getinfo(f"oneshot-{short_tmp.name}").terminate()
+    died = dict(line.split() for line in exits.read_text().splitlines())
+    seen = dict(line.split() for line in events.read_text().splitlines())
+    latencies = [1000 * (float(seen[pid]) - float(died[pid])) for pid in seen]
+    print(f"one-shot exit -> listener EXITED with the waker: median {statistics.median(latencies):.1f} ms")
+    assert len(latencies) == 20 and statistics.median(latencies) < 50
+
+
 def test_without_the_waker_the_same_crash_takes_about_a_second(short_tmp: Path, xprocess: Any) -> None:
     latencies = exit_latencies(xprocess, short_tmp, fast=False, runs=8)
     print(f"crash -> listener EXITED without the waker: median {statistics.median(latencies):.1f} ms")
