@@ -23,36 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _stacks import free_port, ps, stack_file
 
-RECORDER = Path(__file__).parent.parent / "tests" / "fixtures" / "record_exits.py"
-CRASHER = ("import os, random, sys, time; time.sleep(random.uniform(0.1, 0.3)); "
-           "open(sys.argv[1], 'a').write(f'{os.getpid()} {time.time()}\\n'); os._exit(1)")  # fmt: skip
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from fixtures.exit_latency import crasher_section, latencies_ms, recorder_section, supervisord_config
 
 
 def exit_to_event(fast: bool, runs: int = 20) -> float:
     here = Path(tempfile.mkdtemp(prefix="bf-"))
     exits, events = here / "exits.txt", here / "events.txt"
-    (here / "sd.conf").write_text(f"""[unix_http_server]
-file={here}/s.sock
-[supervisord]
-logfile={here}/supervisord.log
-pidfile={here}/supervisord.pid
-childlogdir={here}
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[rpcinterface:protea]
-supervisor.rpcinterface_factory = protea_supervisor.rpcinterface:make_interface
-fast_reactions = {"true" if fast else "false"}
-[program:crasher]
-command={sys.executable} -c "{CRASHER}" {exits}
-autorestart=true
-startsecs=0
-startretries=1000
-[eventlistener:recorder]
-command={sys.executable} -P {RECORDER} {events}
-events=PROCESS_STATE_EXITED
-buffer_size=1024
-""")
-    argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(here / "sd.conf")]
+    conf = supervisord_config(here, fast, crasher_section(exits) + recorder_section(events))
+    argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not events.exists() or len(events.read_text().splitlines()) <= runs:
@@ -60,11 +39,7 @@ buffer_size=1024
     finally:
         proc.terminate()
         proc.wait()
-    died = dict(line.split() for line in exits.read_text().splitlines())
-    seen = dict(line.split() for line in events.read_text().splitlines())
-    return statistics.median(
-        1000 * (float(seen[p]) - float(died[p])) for p in list(seen)[1 : runs + 1] if p in died
-    )
+    return statistics.median(latencies_ms(exits, events, skip=1)[:runs])
 
 
 def cpu_seconds(pid: int) -> float:

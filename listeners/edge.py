@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +34,25 @@ class ListenerLog:
     def __call__(self, message: str) -> None:
         self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.redact(message)}\n")
         self.stderr.flush()
+
+
+def execute_each(actions: Sequence[Any], perform: Callable[[Any], None], log: Callable[[str], None],
+                 who: str) -> None:  # fmt: skip
+    """Perform every action; one that fails is logged and must not stop the others, nor the listener."""
+    for action in actions:
+        try:
+            perform(action)
+        except Exception as why:
+            log(f"{who}: {type(action).__name__} failed: {type(why).__name__}: {why}")
+
+
+def call_tolerating(rpc: Rpc, method: str, *args: Any, harmless: str) -> None:
+    """An XML-RPC call whose `harmless` fault (ALREADY_STARTED, NOT_RUNNING) means it is already so."""
+    try:
+        getattr(rpc().supervisor, method)(*args)
+    except xmlrpc.client.Fault as fault:
+        if harmless not in fault.faultString:
+            raise
 
 
 def send_event(rpc: Rpc, comm_type: str, message: Mapping[str, Any], attempts: int = 30) -> bool:

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-import xmlrpc.client
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,16 @@ from urllib.parse import urlsplit
 
 from protea_supervisor.env import secret_values
 
-from .edge import ListenerLog, Rpc, read_json, rpc_factory, send_event, write_json
+from .edge import (
+    ListenerLog,
+    Rpc,
+    call_tolerating,
+    execute_each,
+    read_json,
+    rpc_factory,
+    send_event,
+    write_json,
+)
 from .protocol import Event, run
 
 COMM_TYPE = "protea-gate"
@@ -518,22 +526,14 @@ class Executor:
         self.log = log
 
     def execute(self, actions: Sequence[Action]) -> None:
-        for action in actions:
-            try:
-                self._one(action)
-            except Exception as why:  # one failed action must not stop the others, nor the listener
-                self.log(f"gate: {type(action).__name__} failed: {type(why).__name__}: {why}")
+        execute_each(actions, self._one, self.log, "gate")
 
     def _one(self, action: Action) -> None:
         if isinstance(action, Log):
             self.log(action.message)
         elif isinstance(action, Start):
             self.log(f"gate: starting {action.namespec}")
-            try:
-                self.rpc().supervisor.startProcess(action.namespec, False)
-            except xmlrpc.client.Fault as fault:
-                if "ALREADY_STARTED" not in fault.faultString:
-                    raise
+            call_tolerating(self.rpc, "startProcess", action.namespec, False, harmless="ALREADY_STARTED")
         elif isinstance(action, Probe):
             threading.Thread(target=self._probe, args=(action,), daemon=True).start()
         elif isinstance(action, Publish):

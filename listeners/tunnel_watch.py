@@ -13,7 +13,6 @@ import json
 import sys
 import threading
 import time
-import xmlrpc.client
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,7 +22,16 @@ from urllib.parse import urlsplit
 
 from protea_supervisor.env import secret_values
 
-from .edge import ListenerLog, Rpc, read_json, rpc_factory, send_event, write_json
+from .edge import (
+    ListenerLog,
+    Rpc,
+    call_tolerating,
+    execute_each,
+    read_json,
+    rpc_factory,
+    send_event,
+    write_json,
+)
 from .protocol import Event, run
 
 COMM_TYPE = "protea-tunnel-watch"
@@ -337,11 +345,7 @@ class Executor:
         self.log = log
 
     def execute(self, actions: Sequence[Action]) -> None:
-        for action in actions:
-            try:
-                self._one(action)
-            except Exception as why:  # one failed action must not stop the others, nor the listener
-                self.log(f"tunnel-watch: {type(action).__name__} failed: {type(why).__name__}: {why}")
+        execute_each(actions, self._one, self.log, "tunnel-watch")
 
     def _one(self, action: Action) -> None:
         if isinstance(action, Log):
@@ -349,18 +353,11 @@ class Executor:
         elif isinstance(action, Probe):
             threading.Thread(target=self._probe, args=(action,), daemon=True).start()
         elif isinstance(action, StartTunnel):
-            self._call("startProcess", "ALREADY_STARTED")
+            call_tolerating(self.rpc, "startProcess", TUNNEL, False, harmless="ALREADY_STARTED")
         elif isinstance(action, StopTunnel):
-            self._call("stopProcess", "NOT_RUNNING")
+            call_tolerating(self.rpc, "stopProcess", TUNNEL, False, harmless="NOT_RUNNING")
         elif isinstance(action, Publish):
             write_json(self.state_path, state_document(action.state))
-
-    def _call(self, method: str, harmless: str) -> None:
-        try:
-            getattr(self.rpc().supervisor, method)(TUNNEL, False)
-        except xmlrpc.client.Fault as fault:
-            if harmless not in fault.faultString:
-                raise
 
     def _probe(self, probe: Probe) -> None:
         time.sleep(probe.delay)

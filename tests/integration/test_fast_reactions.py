@@ -20,37 +20,17 @@ from xprocess import ProcessStarter
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, free_port, wait_for
+from fixtures.exit_latency import (
+    CRASHER,
+    crasher_section,
+    latencies_ms,
+    recorder_section,
+)
+from fixtures.exit_latency import (
+    supervisord_config as config,
+)
 
 pytestmark = pytest.mark.integration
-RECORDER = Path(__file__).parent.parent / "fixtures" / "record_exits.py"
-CRASHER = ("import os, random, sys, time; time.sleep(random.uniform(0.1, 0.3)); "
-           "open(sys.argv[1], 'a').write(f'{os.getpid()} {time.time()}\\n'); os._exit(1)")  # fmt: skip
-
-
-def config(here: Path, fast: bool, programs: str, inet_port: int = 0) -> Path:
-    inet = f"[inet_http_server]\nport=127.0.0.1:{inet_port}\n" if inet_port else ""
-    text = f"""[unix_http_server]
-file={here}/s.sock
-chmod=0700
-{inet}
-[supervisord]
-logfile={here}/supervisord.log
-pidfile={here}/supervisord.pid
-childlogdir={here}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[rpcinterface:protea]
-supervisor.rpcinterface_factory = protea_supervisor.rpcinterface:make_interface
-fast_reactions = {"true" if fast else "false"}
-
-[supervisorctl]
-serverurl=unix://{here}/s.sock
-{programs}"""
-    path = here / "supervisord.conf"
-    path.write_text(text)
-    return path
 
 
 def rpc(here: Path) -> Any:
@@ -71,18 +51,7 @@ def start(xprocess: Any, name: str, conf: Path) -> int:
 
 def exit_latencies(xprocess: Any, here: Path, fast: bool, runs: int = 20) -> list[float]:
     exits, events = here / "exits.txt", here / "events.txt"
-    programs = f"""
-[program:crasher]
-command={sys.executable} -c "{CRASHER}" {exits}
-autorestart=true
-startsecs=0
-startretries=1000
-
-[eventlistener:recorder]
-command={sys.executable} -P {RECORDER} {events}
-events=PROCESS_STATE_EXITED
-buffer_size=1024
-"""
+    programs = crasher_section(exits) + recorder_section(events)
     start(xprocess, f"fast-{fast}-{here.name}", config(here, fast, programs))
     try:
         wait_for(
@@ -90,9 +59,7 @@ buffer_size=1024
         )
     finally:
         xprocess.getinfo(f"fast-{fast}-{here.name}").terminate()
-    died = dict(line.split() for line in exits.read_text().splitlines())
-    seen = dict(line.split() for line in events.read_text().splitlines())
-    return [1000 * (float(seen[pid]) - float(died[pid])) for pid in list(seen)[1 : runs + 1] if pid in died]
+    return latencies_ms(exits, events, skip=1)[:runs]
 
 
 def test_a_crash_reaches_a_listener_in_milliseconds(short_tmp: Path, xprocess: Any) -> None:
@@ -112,12 +79,7 @@ command={sys.executable} -c "{oneshot}" {exits}
 autostart=false
 autorestart=false
 startsecs=0
-
-[eventlistener:recorder]
-command={sys.executable} -P {RECORDER} {events}
-events=PROCESS_STATE_EXITED
-buffer_size=1024
-"""
+""" + recorder_section(events)
     start(xprocess, f"oneshot-{short_tmp.name}", config(short_tmp, True, programs))
     try:
         wait_for(lambda: _waker_on(short_tmp), 20, "the waker")
@@ -127,9 +89,7 @@ buffer_size=1024
                      f"exit {run} reported")  # fmt: skip
     finally:
         xprocess.getinfo(f"oneshot-{short_tmp.name}").terminate()
-    died = dict(line.split() for line in exits.read_text().splitlines())
-    seen = dict(line.split() for line in events.read_text().splitlines())
-    latencies = [1000 * (float(seen[pid]) - float(died[pid])) for pid in seen]
+    latencies = latencies_ms(exits, events)
     print(f"one-shot exit -> listener EXITED with the waker: median {statistics.median(latencies):.1f} ms")
     assert len(latencies) == 20 and statistics.median(latencies) < 50
 
