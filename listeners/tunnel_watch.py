@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protea_supervisor.env import secret_values
+from protea_supervisor.stack import TunnelWatch
 
 from .edge import (
     ListenerLog,
@@ -42,17 +43,11 @@ TUNNEL = "tunnel:tunnel"
 
 @dataclass(frozen=True)
 class WatchConfig:
+    """What to probe (from the stack's probes) and the rules (the stack's tunnel_watch record, as is)."""
+
     public_url: str
     agent_url: str
-    interval: float
-    timeout: float
-    failures: int
-    confirm_interval: float
-    grace: float
-    backoff_initial: float
-    backoff_max: float
-    max_restarts_per_hour: int
-    down_statuses: tuple[int, ...]
+    rules: TunnelWatch
 
 
 @dataclass(frozen=True)
@@ -180,7 +175,7 @@ def _tick(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchStat
         return state, []
     if state.tunnel in ("EXITED", "FATAL"):
         return _restart(config, state, now, "still down")
-    if state.tunnel == "RUNNING" and state.failures >= config.failures:
+    if state.tunnel == "RUNNING" and state.failures >= config.rules.failures:
         state, actions = _restart(config, state, now, "still failing")
         if actions or state.restarting:
             return state, actions
@@ -217,27 +212,27 @@ def _probe_result(
     config: WatchConfig, state: WatchState, ok: bool, detail: str, now: float
 ) -> tuple[WatchState, list[Action]]:
     state = replace(state, probing=False, last_probe_at=now, last_ok=ok, last_detail=detail)
-    in_grace = now < state.started_at + config.grace
+    in_grace = now < state.started_at + config.rules.grace
     if ok or state.tunnel != "RUNNING":
         healthy = ok and not in_grace
         state = replace(
             state,
             failures=0,
-            next_probe_at=state.probe_asked_at + config.interval,
+            next_probe_at=state.probe_asked_at + config.rules.probe_interval,
             backoff=0.0 if healthy else state.backoff,
         )
         return state, [Publish(state)]
     if in_grace:
-        return replace(state, next_probe_at=now + config.confirm_interval), [Publish(state)]
+        return replace(state, next_probe_at=now + config.rules.confirm_interval), [Publish(state)]
     state = replace(state, failures=state.failures + 1)
-    if state.failures >= config.failures:
-        state = replace(state, next_probe_at=now + config.interval)
+    if state.failures >= config.rules.failures:
+        state = replace(state, next_probe_at=now + config.rules.probe_interval)
         state, actions = _restart(config, state, now, f"{state.failures} failed probes ({detail})")
         return state, [*actions, Publish(state)]
-    state, actions = _probe(state, config.confirm_interval, now)
+    state, actions = _probe(state, config.rules.confirm_interval, now)
     return state, [
         *actions,
-        Log(f"tunnel-watch: probe failed ({state.failures}/{config.failures}): {detail}"),
+        Log(f"tunnel-watch: probe failed ({state.failures}/{config.rules.failures}): {detail}"),
         Publish(state),
     ]
 
@@ -246,7 +241,7 @@ def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tu
     if state.restarting or state.tunnel in ("STARTING", "STOPPING", "BACKOFF"):
         return state, []
     recent = tuple(t for t in state.restarts if now - t < HOUR)
-    if len(recent) >= config.max_restarts_per_hour:
+    if len(recent) >= config.rules.max_restarts_per_hour:
         if state.capped:
             return replace(state, restarts=recent), []
         state = replace(state, restarts=recent, capped=True)
@@ -258,7 +253,11 @@ def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tu
         return state, [Log(message), Publish(state)]
     if now < state.next_restart_at:
         return state, []
-    backoff = config.backoff_initial if not state.backoff else min(state.backoff * 2, config.backoff_max)
+    backoff = (
+        config.rules.backoff_initial
+        if not state.backoff
+        else min(state.backoff * 2, config.rules.backoff_max)
+    )
     state = replace(
         state,
         restarts=(*recent, now),
@@ -317,20 +316,20 @@ def probe_once(config: WatchConfig) -> tuple[bool, str]:
     import requests
 
     try:
-        response = requests.head(config.public_url, timeout=config.timeout, allow_redirects=False)
+        response = requests.head(config.public_url, timeout=config.rules.probe_timeout, allow_redirects=False)
         public_ok, public = public_verdict(
-            response.status_code, dict(response.headers), "", config.down_statuses
+            response.status_code, dict(response.headers), "", config.rules.down_statuses
         )
     except requests.Timeout:
         public_ok, public = public_verdict(
-            None, {}, f"no answer within {config.timeout:g} s", config.down_statuses
+            None, {}, f"no answer within {config.rules.probe_timeout:g} s", config.rules.down_statuses
         )
     except requests.RequestException as why:
-        public_ok, public = public_verdict(None, {}, type(why).__name__, config.down_statuses)
+        public_ok, public = public_verdict(None, {}, type(why).__name__, config.rules.down_statuses)
     if not config.agent_url:
         return public_ok, public
     try:
-        listing = requests.get(config.agent_url, timeout=config.timeout).json()
+        listing = requests.get(config.agent_url, timeout=config.rules.probe_timeout).json()
         agent_ok, agent = agent_verdict(listing, config.public_url)
     except (requests.RequestException, ValueError) as why:
         agent_ok, agent = False, f"agent API: {type(why).__name__}"
@@ -371,20 +370,7 @@ class Executor:
 
 
 def config_from_stack(stack: Any) -> WatchConfig:
-    watch = stack.tunnel_watch
-    return WatchConfig(
-        public_url=stack.probes.public_url,
-        agent_url=stack.probes.ngrok_api_url,
-        interval=float(watch.probe_interval),
-        timeout=watch.probe_timeout,
-        failures=watch.failures,
-        confirm_interval=watch.confirm_interval,
-        grace=float(watch.grace),
-        backoff_initial=float(watch.backoff_initial),
-        backoff_max=float(watch.backoff_max),
-        max_restarts_per_hour=watch.max_restarts_per_hour,
-        down_statuses=watch.down_statuses,
-    )
+    return WatchConfig(stack.probes.public_url, stack.probes.ngrok_api_url, stack.tunnel_watch)
 
 
 def reset_message() -> str:

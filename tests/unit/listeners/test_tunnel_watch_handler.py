@@ -23,9 +23,11 @@ from protea_supervisor.listeners.tunnel_watch import (
     state_from_document,
 )
 
-CONFIG = WatchConfig(public_url="https://protea.ngrok.app", agent_url="http://127.0.0.1:4040/api/tunnels",
-                     interval=10, timeout=5, failures=3, confirm_interval=2, grace=20, backoff_initial=15,
-                     backoff_max=300, max_restarts_per_hour=6, down_statuses=(402,))  # fmt: skip
+from protea_supervisor.stack import TunnelWatch
+
+RULES = TunnelWatch(enabled=True, probe_interval=10, probe_timeout=5, failures=3, confirm_interval=2, grace=20,
+                    backoff_initial=15, backoff_max=300, max_restarts_per_hour=6, down_statuses=(402,))  # fmt: skip
+CONFIG = WatchConfig("https://protea.ngrok.app", "http://127.0.0.1:4040/api/tunnels", RULES)
 
 
 def tick(when: float) -> tuple[Event, float]:
