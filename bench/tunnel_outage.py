@@ -4,20 +4,23 @@ The tunnel stand-in is told to fail as ngrok does (hang: alive but the public UR
 5xx with an ngrok error code; drop: the agent API no longer lists the tunnel). Measured: from the failure to
 the public URL answering again from a new process.
   watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 10 s,
-                3 failures 2 s apart, HEAD with a 5 s timeout)
+                3 failures 2 s apart, HEAD with a 5 s timeout). A failure lands at a random point (seeded)
+                of the 10 s probe cycle, several times per mode on one stack; median and worst are shown.
   deploy-keeper its `ngrok_tunnel_down` trigger as it runs today: `curl -sfI --max-time 5` on the public URL
                 every 60 s (TRIGGER_CHECK_INTERVAL_SEC); on failure pkill, sleep 1, start ngrok again. It
                 never looks at the agent API, so `drop` goes unnoticed. The failure lands at a random point
                 of the 60 s cycle (seeded).
-Run: .venv/bin/python bench/tunnel_outage.py
+Run: .venv/bin/python bench/tunnel_outage.py [--samples N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from _stacks import free_port, ps, stack_file
 MODES = ("hang", "exit", "5xx", "drop")
 CHECK_INTERVAL = 60.0
 GRACE = 20.0  # tunnel_watch.grace, shipped default
+PROBE_INTERVAL = 10.0  # tunnel_watch.probe_interval, shipped default
 
 
 def public_serves(url: str, timeout: float = 0.5) -> bool:
@@ -58,35 +62,45 @@ def tunnel_pid(stack: Path) -> int:
     )
 
 
-def watchdog(mode: str) -> float:
+def watchdog(mode: str, phases: list[float]) -> list[float]:
     root = Path(tempfile.mkdtemp(prefix="bt-"))
     api, web, agent, public = free_port(), free_port(), free_port(), free_port()
     stack = stack_file(
         root, api_port=api, web_port=web, agent_port=agent, public_port=public, api_ready_after=0.5
     )
+    url, agent_url = f"http://127.0.0.1:{public}/", f"http://127.0.0.1:{agent}/api/tunnels"
     ps(stack, "up")
+    times = []
     try:
-        # An outage long after start: wait for a healthy probe past the grace period (20 s by default).
-        deadline = time.monotonic() + 90
-        while True:
-            doc = json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}")
-            if doc.get("last_ok") and doc.get("last_probe_at", 0) > doc.get("started_at", 0) + GRACE:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the watchdog never saw a healthy tunnel past its grace")
-            time.sleep(0.2)
-        before = tunnel_pid(stack)
-        began = time.monotonic()
-        (root / "tunnel-control").write_text(mode)
-        url, agent_url = f"http://127.0.0.1:{public}/", f"http://127.0.0.1:{agent}/api/tunnels"
-        while True:
-            if public_serves(url) and listed(agent_url) and tunnel_pid(stack) not in (0, before):
-                return time.monotonic() - began
-            if time.monotonic() - began > 600:
-                raise SystemExit(f"{mode}: not serving again after 600 s")
-            time.sleep(0.1)
+        for phase in phases:
+            healthy_at = wait_healthy_past_grace(root)
+            # The failure lands `phase` s into the probe cycle that began with that healthy probe.
+            time.sleep(max(0.0, healthy_at + phase - time.time()))
+            before = tunnel_pid(stack)
+            began = time.monotonic()
+            (root / "tunnel-control").write_text(mode)
+            while True:
+                if public_serves(url) and listed(agent_url) and tunnel_pid(stack) not in (0, before):
+                    times.append(time.monotonic() - began)
+                    break
+                if time.monotonic() - began > 600:
+                    raise SystemExit(f"{mode}: not serving again after 600 s")
+                time.sleep(0.1)
+        return times
     finally:
         ps(stack, "down")
+
+
+def wait_healthy_past_grace(root: Path) -> float:
+    """Wait for a healthy probe after the grace period (so the backoff is reset); return when it answered."""
+    deadline = time.monotonic() + 120
+    while True:
+        doc = json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}")
+        if doc.get("last_ok") and doc.get("last_probe_at", 0) > doc.get("started_at", 0) + GRACE:
+            return float(doc["last_probe_at"])
+        if time.monotonic() > deadline:
+            raise SystemExit("the watchdog never saw a healthy tunnel past its grace")
+        time.sleep(0.2)
 
 
 def deploy_keeper(mode: str, phase: float) -> float | None:
@@ -130,18 +144,22 @@ def deploy_keeper(mode: str, phase: float) -> float | None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=3, help="outages per mode for the watchdog")
+    args = parser.parse_args()
     rng = random.Random(42)
     rows = []
     for mode in MODES:
-        ours = watchdog(mode)
+        ours = watchdog(mode, [rng.uniform(0, PROBE_INTERVAL) for _ in range(args.samples)])
         theirs = deploy_keeper(mode, rng.uniform(0, CHECK_INTERVAL))
         rows.append((mode, ours, theirs))
-    print("outage to serving again, seconds (one run per mode)")
-    print(f"{'failure':<8} {'watchdog':>9} {'deploy-keeper':>14} {'ratio':>7}")
+    print(f"outage to serving again, seconds (watchdog: {args.samples} outages per mode; deploy-keeper: one)")
+    print(f"{'failure':<8} {'watchdog median':>16} {'worst':>6} {'deploy-keeper':>14} {'ratio':>7}")
     for mode, ours, theirs in rows:
+        median = statistics.median(ours)
         shown = f"{theirs:.1f}" if theirs is not None else "unnoticed"
-        ratio = f"{theirs / ours:.1f}x" if theirs is not None else "-"
-        print(f"{mode:<8} {ours:>9.1f} {shown:>14} {ratio:>7}")
+        ratio = f"{theirs / median:.1f}x" if theirs is not None else "-"
+        print(f"{mode:<8} {median:>16.1f} {max(ours):>6.1f} {shown:>14} {ratio:>7}")
     print(
         "deploy-keeper's worst case is its 60 s trigger interval plus a 5 s probe (and 300 s when only the "
         "poll tick notices)."

@@ -1,9 +1,11 @@
 """The tunnel watchdog: a dead ngrok tunnel is found in seconds and restarted, without flapping.
 
 `handle` is pure: (config, state, event, now) -> (state, actions). TICK_5 paces the probes; a failed probe is
-confirmed `confirm_interval` s later, off the tick, so an outage is acted on in seconds. Probes run in threads
-and report back as REMOTE_COMMUNICATION events. The tunnel program has autorestart=false: this listener is
-the only thing that restarts it.
+confirmed `confirm_interval` s later, off the tick, so an outage is acted on in seconds. A probe still
+unanswered after `confirm_interval` (a hung tunnel: the real ngrok failure) does not hold the confirmations
+back behind its own timeout: the next one is asked while it is in flight. Probes run in threads and report
+back (`slow`, then their result) as REMOTE_COMMUNICATION events. The tunnel program has
+autorestart=false: this listener is the only thing that restarts it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class WatchState:
     armed: bool = False  # started by the gate (or by hand); a deliberate stop disarms
     started_at: float = 0.0
     failures: int = 0
-    probing: bool = False
+    in_flight: tuple[int, ...] = ()
     probe_id: int = 0
     probe_asked_at: float = 0.0
     next_probe_at: float = 0.0
@@ -74,6 +76,8 @@ class WatchState:
 class Probe:
     probe_id: int
     delay: float
+    # Report `slow` when no answer came this many seconds after the probe was sent (0: never).
+    slow_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def resume(config: WatchConfig, saved: WatchState | None, tunnel_state: str, now
         base,
         tunnel=tunnel_state,
         armed=armed,
-        probing=False,
+        in_flight=(),
         restarting=False,
         started_at=base.started_at or now,
         next_probe_at=now,
@@ -165,8 +169,14 @@ def handle(
             ]
             state, more = _tick(config, state, now)
             return state, [*actions, *more, Publish(state)]
-        if message.get("kind") == "probe" and message.get("probe_id") == state.probe_id and state.probing:
-            return _probe_result(config, state, bool(message.get("ok")), str(message.get("detail", "")), now)
+        probe_id = message.get("probe_id")
+        if probe_id not in state.in_flight:
+            return state, []  # a probe from before a restart: it says nothing about the new process
+        if message.get("kind") == "probe":
+            ok, detail = bool(message.get("ok")), str(message.get("detail", ""))
+            return _probe_result(config, state, probe_id, ok, detail, now)
+        if message.get("kind") == "slow":
+            return _slow_probe(config, state, now)
     return state, []
 
 
@@ -180,15 +190,30 @@ def _tick(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchStat
         if actions or state.restarting:
             return state, actions
         # No restart allowed yet (backoff, or the hourly budget): keep probing, so `status` stays true.
-    if state.tunnel == "RUNNING" and not state.probing and now >= state.next_probe_at:
-        return _probe(state, 0.0, now)
+    if state.tunnel == "RUNNING" and not state.in_flight and now >= state.next_probe_at:
+        return _probe(config, state, 0.0, now)
     return state, []
 
 
-def _probe(state: WatchState, delay: float, now: float) -> tuple[WatchState, list[Action]]:
+def _probe(
+    config: WatchConfig, state: WatchState, delay: float, now: float
+) -> tuple[WatchState, list[Action]]:
     # The next regular probe is due one interval after this one was asked for, not after it answered.
-    state = replace(state, probing=True, probe_id=state.probe_id + 1, probe_asked_at=now + delay)
-    return state, [Probe(state.probe_id, delay)]
+    probe_id = state.probe_id + 1
+    state = replace(
+        state, in_flight=(*state.in_flight, probe_id), probe_id=probe_id, probe_asked_at=now + delay
+    )
+    return state, [Probe(probe_id, delay, config.rules.confirm_interval)]
+
+
+def _slow_probe(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
+    """A probe has had no answer for `confirm_interval` s: ask the next one now rather than after its timeout,
+    but never more at once than the failures still needed for a restart."""
+    in_grace = now < state.started_at + config.rules.grace
+    needed = config.rules.failures - state.failures
+    if state.tunnel != "RUNNING" or in_grace or len(state.in_flight) >= needed:
+        return state, []
+    return _probe(config, state, 0.0, now)
 
 
 def _tunnel_event(
@@ -209,9 +234,10 @@ def _tunnel_event(
 
 
 def _probe_result(
-    config: WatchConfig, state: WatchState, ok: bool, detail: str, now: float
+    config: WatchConfig, state: WatchState, probe_id: int, ok: bool, detail: str, now: float
 ) -> tuple[WatchState, list[Action]]:
-    state = replace(state, probing=False, last_probe_at=now, last_ok=ok, last_detail=detail)
+    in_flight = tuple(i for i in state.in_flight if i != probe_id)
+    state = replace(state, in_flight=in_flight, last_probe_at=now, last_ok=ok, last_detail=detail)
     in_grace = now < state.started_at + config.rules.grace
     if ok or state.tunnel != "RUNNING":
         healthy = ok and not in_grace
@@ -229,12 +255,11 @@ def _probe_result(
         state = replace(state, next_probe_at=now + config.rules.probe_interval)
         state, actions = _restart(config, state, now, f"{state.failures} failed probes ({detail})")
         return state, [*actions, Publish(state)]
-    state, actions = _probe(state, config.rules.confirm_interval, now)
-    return state, [
-        *actions,
-        Log(f"tunnel-watch: probe failed ({state.failures}/{config.rules.failures}): {detail}"),
-        Publish(state),
-    ]
+    log = Log(f"tunnel-watch: probe failed ({state.failures}/{config.rules.failures}): {detail}")
+    if state.in_flight:  # the confirmation asked while this one hung is already on its way
+        return state, [log, Publish(state)]
+    state, actions = _probe(config, state, config.rules.confirm_interval, now)
+    return state, [*actions, log, Publish(state)]
 
 
 def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tuple[WatchState, list[Action]]:
@@ -265,7 +290,7 @@ def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tu
         next_restart_at=now + backoff,
         failures=0,
         capped=False,
-        probing=False,
+        in_flight=(),
     )
     log = Log(
         f"tunnel-watch: restarting the tunnel: {why} (restart {len(state.restarts)} this hour; "
@@ -360,13 +385,21 @@ class Executor:
 
     def _probe(self, probe: Probe) -> None:
         time.sleep(probe.delay)
+        answered = threading.Event()
+        if probe.slow_after:
+            threading.Thread(target=self._watch_slow, args=(probe, answered), daemon=True).start()
         try:
             ok, detail = probe_once(self.config)
         except Exception as why:
             ok, detail = False, type(why).__name__
+        answered.set()
         send_event(
             self.rpc, COMM_TYPE, {"kind": "probe", "probe_id": probe.probe_id, "ok": ok, "detail": detail}
         )
+
+    def _watch_slow(self, probe: Probe, answered: threading.Event) -> None:
+        if not answered.wait(probe.slow_after):
+            send_event(self.rpc, COMM_TYPE, {"kind": "slow", "probe_id": probe.probe_id})
 
 
 def config_from_stack(stack: Any) -> WatchConfig:

@@ -205,6 +205,8 @@ def render(stack: Stack, exe: Sequence[str]) -> str:
         "stack": stack,
         "programs": program_blocks(stack, exe),
         "listeners": listener_blocks(stack, exe),
+        # Numbered queues only: an unnumbered worker cannot grow without renaming its running process.
+        "worker_groups": [q.program for q in stack.queues if q.processes and q.numbered],
         "log_maxbytes": LOG_MAXBYTES,
         "log_backups": LOG_BACKUPS,
     }

@@ -1,9 +1,10 @@
 """protea's supervisord extension, loaded in-process as `[rpcinterface:protea]`.
 
-It makes supervisord react to a child's exit in milliseconds instead of ~1 s. supervisord's main loop polls
-with a 1 s timeout, and SIGCHLD does not end that wait (PEP 475 retries the poll). So an exit is reaped up
-to 1 s late, and its PROCESS_STATE_EXITED event goes to listeners on the pass after that, another second
-later (measured: median 1003 ms, p90 2 s).
+Two jobs. `protea.syncGroup` scales a worker group in place, and `protea.planReload` tells count-only
+changes from real ones (the `GroupSyncer` below). The waker makes supervisord react to a child's exit in
+milliseconds instead of ~1 s. supervisord's main loop polls with a 1 s timeout, and SIGCHLD does not end
+that wait (PEP 475 retries the poll). So an exit is reaped up to 1 s late, and its PROCESS_STATE_EXITED
+event goes to listeners on the pass after that, another second later (measured: median 1003 ms, p90 2 s).
 
 The waker fixes that:
 - a non-blocking pipe whose write end is `signal.set_wakeup_fd`, so every signal wakes the poll at once;
@@ -24,6 +25,8 @@ import os
 import signal
 import threading
 from typing import Any
+
+from protea_supervisor.reconcile import GroupDiff, diff_group
 
 SUPPORTED_SUPERVISOR = "4.3.0"
 _KICK = b"\0"
@@ -108,12 +111,207 @@ def _supervisor_version() -> str:
     return str(VERSION)
 
 
+# Process states by name; supervisor's ProcessStates values, spelled out so this module imports without it.
+_LIVE = ("STARTING", "RUNNING", "BACKOFF")
+_DOWN = ("STOPPED", "EXITED", "FATAL")
+
+
+def _state_name(process: Any) -> str:
+    from supervisor.states import getProcessStateDescription
+
+    return str(getProcessStateDescription(process.get_state()))
+
+
+def _fault(code_name: str, text: str) -> Exception:
+    from supervisor.xmlrpc import Faults, RPCError
+
+    error: Exception = RPCError(getattr(Faults, code_name), text)
+    return error
+
+
+class GroupSyncer:
+    """Reconciles one program group with the config file in place (supervisor-facts Q1).
+
+    Processes that stay keep running and keep their config objects; new ones are added (and started when
+    the group runs); removed ones get their stop signal and grace and are dropped once stopped, so a later
+    `reread` sees no difference for the group.
+    """
+
+    def __init__(self, supervisord: Any) -> None:
+        from supervisor import events
+
+        self.supervisord = supervisord
+        self.draining: dict[str, set[str]] = {}
+        events.subscribe(events.ProcessStateEvent, self._on_state)
+        events.subscribe(events.Tick5Event, self._on_tick)
+
+    # --- re-reading --------------------------------------------------------------------------------------
+    def _reread(self) -> dict[str, Any]:
+        options = self.supervisord.options
+        try:
+            options.process_config(do_usage=False)
+        except ValueError as why:
+            raise _fault("CANT_REREAD", str(why)) from None
+        return {config.name: config for config in options.process_group_configs}
+
+    def _worker_groups(self) -> set[str]:
+        """The groups the rendered config marks as scalable, read again with the file so new queues count."""
+        root = self.supervisord.options.configroot
+        for name, _factory, settings in root.supervisord.rpcinterface_factories:
+            if name == "protea":
+                return set(str(settings.get("worker_groups", "")).split())
+        return set()
+
+    @staticmethod
+    def _diff(group: Any, config: Any) -> GroupDiff:
+        running = {p.config.name: p.config for p in group.processes.values()}
+        return diff_group(running, [(pc.name, pc) for pc in config.process_configs])
+
+    # --- XML-RPC entry points ----------------------------------------------------------------------------
+    def plan(self) -> dict[str, Any]:
+        wanted = self._reread()
+        workers = self._worker_groups()
+        groups = self.supervisord.process_groups
+        plan: dict[str, Any] = {
+            "added": sorted(n for n in wanted if n not in groups),
+            "removed": sorted(n for n in groups if n not in wanted),
+            "scaled": {},
+            "changed": [],
+            "unchanged": [],
+        }
+        for name in sorted(n for n in wanted if n in groups):
+            group, config = groups[name], wanted[name]
+            if config == group.config:
+                plan["unchanged"].append(name)
+                continue
+            diff = self._diff(group, config)
+            if name in workers and diff.count_only and config.priority == group.config.priority:
+                plan["scaled"][name] = {
+                    "unchanged": list(diff.unchanged),
+                    "added": list(diff.added),
+                    "removed": list(diff.removed),
+                }
+            else:
+                plan["changed"].append(name)
+        return plan
+
+    def sync(self, name: str) -> dict[str, Any]:
+        groups = self.supervisord.process_groups
+        if name not in groups:
+            raise _fault("BAD_NAME", f"{name}: no such group is running")
+        wanted = self._reread()
+        if name not in self._worker_groups():
+            raise _fault("BAD_NAME", f"{name}: not a worker group; only worker groups are scaled in place")
+        if name not in wanted:
+            raise _fault("BAD_NAME", f"{name}: no longer in the config file; apply that with a reload")
+        group, config = groups[name], wanted[name]
+        diff = self._diff(group, config)
+        if diff.changed or config.priority != group.config.priority:
+            changed = ", ".join(diff.changed) or "its priority"
+            raise _fault(
+                "INCORRECT_PARAMETERS", f"{name}: {changed} changed beyond the process count; reload"
+            )
+        still = sorted(set(diff.added) & self.draining.get(name, set()))
+        if still:
+            raise _fault("STILL_RUNNING", f"{', '.join(still)} still finishing a job; try again once stopped")
+        kept = {n: p for n, p in group.processes.items() if n in diff.unchanged}
+        running = any(_state_name(p) in _LIVE for p in kept.values())
+        by_name = {pc.name: pc for pc in config.process_configs}
+        # Keep the live config objects, so nothing about the remaining processes changes.
+        config.process_configs = [
+            group.processes[pc.name].config if pc.name in kept else pc for pc in config.process_configs
+        ]
+        processes = dict(group.processes)
+        started = []
+        for pname in diff.added:
+            pconfig = by_name[pname]
+            pconfig.create_autochildlogs()  # without it getAllProcessInfo cannot marshal `Automatic`
+            process = pconfig.make_process(group)
+            processes[pname] = process
+            if running:
+                process.spawn()
+                started.append(pname)
+        draining = []
+        for pname in diff.removed:
+            process = processes[pname]
+            if _state_name(process) in _LIVE:
+                process.stop()
+            if _state_name(process) in _DOWN:
+                del processes[pname]
+            else:
+                draining.append(pname)
+                self.draining.setdefault(name, set()).add(pname)
+        # A new dict, not edits in place: supervisord may be iterating the old one further up the stack.
+        group.processes = processes
+        group.config = config
+        self.supervisord.options.logger.info(
+            f"protea: synced {name}: added {list(diff.added)}, stopping {list(diff.removed)}"
+        )
+        return {
+            "added": list(diff.added),
+            "started": started,
+            "removed": list(diff.removed),
+            "draining": draining,
+            "unchanged": list(diff.unchanged),
+        }
+
+    # --- dropping drained processes ----------------------------------------------------------------------
+    def _on_state(self, event: Any) -> None:
+        process: Any = getattr(event, "process", None)
+        group = getattr(process, "group", None)
+        if group is not None and process.config.name in self.draining.get(group.config.name, ()):
+            self._drop_stopped(group)
+
+    def _on_tick(self, _event: Any) -> None:
+        for name in list(self.draining):
+            group = self.supervisord.process_groups.get(name)
+            if group is None:
+                del self.draining[name]
+            else:
+                self._drop_stopped(group)
+
+    def _drop_stopped(self, group: Any) -> None:
+        names = self.draining.get(group.config.name, set())
+        gone = {n for n in names if n in group.processes and _state_name(group.processes[n]) in _DOWN}
+        gone |= {n for n in names if n not in group.processes}
+        if not gone:
+            return
+        for pname in gone & set(group.processes):
+            for dispatcher in group.processes[pname].dispatchers.values():
+                if not dispatcher.closed:
+                    dispatcher.close()
+        group.processes = {n: p for n, p in group.processes.items() if n not in gone}
+        names -= gone
+        if not names:
+            self.draining.pop(group.config.name, None)
+        self.supervisord.options.logger.info(f"protea: dropped {sorted(gone)} from {group.config.name}")
+
+
 class ProteaNamespace:
     """The `protea.*` XML-RPC methods."""
 
-    def __init__(self, waker: Waker | None, reason: str) -> None:
+    def __init__(self, waker: Waker | None, reason: str, syncer: GroupSyncer) -> None:
         self.waker = waker
         self.reason = reason
+        self.syncer = syncer
+
+    def syncGroup(self, name: str) -> dict[str, Any]:  # noqa: N802
+        """Re-read the config file and reconcile one worker group in place: remaining processes keep
+        running untouched, new ones are added (and started when the group runs), removed ones are stopped
+        with their grace and dropped once stopped.
+
+        @param string name  the group (program) name
+        @return struct result  added, started, removed, draining, unchanged
+        """
+        return self.syncer.sync(name)
+
+    def planReload(self) -> dict[str, Any]:  # noqa: N802
+        """Re-read the config file and sort every group: added, removed, scaled (count-only, with the
+        processes each adds and removes), changed, unchanged.
+
+        @return struct plan
+        """
+        return self.syncer.plan()
 
     def getWakerState(self) -> dict[str, Any]:  # noqa: N802 - XML-RPC names follow supervisor's style
         """The waker's state: whether it is on, why not, and how often it woke the main loop.
@@ -124,16 +322,31 @@ class ProteaNamespace:
         return {"on": on, "reason": self.reason, "wakeups": self.waker.wakeups if self.waker else 0}
 
 
+_syncers: dict[int, GroupSyncer] = {}
+
+
+def _syncer(supervisord: Any) -> GroupSyncer:
+    # supervisord clears its event subscriptions on every (re)start of its run loop, then opens the HTTP
+    # servers, which call this factory: one syncer per run, shared by every server section.
+    from supervisor import events
+
+    current = _syncers.get(id(supervisord))
+    if current is None or not any(cb == current._on_state for _, cb in events.callbacks):
+        current = _syncers[id(supervisord)] = GroupSyncer(supervisord)
+    return current
+
+
 def make_interface(supervisord: Any, fast_reactions: str = "true", **_: str) -> ProteaNamespace:
     """Factory named in the rendered config. Called once per HTTP server section: one waker serves all."""
     global _current
+    syncer = _syncer(supervisord)
     if fast_reactions.strip().lower() not in ("true", "1", "yes", "on"):
-        return ProteaNamespace(None, "off in the stack (control.fast_reactions = false)")
+        return ProteaNamespace(None, "off in the stack (control.fast_reactions = false)", syncer)
     version = _supervisor_version()
     if version != SUPPORTED_SUPERVISOR:
         reason = f"supervisor {version} is not the tested {SUPPORTED_SUPERVISOR}"
         supervisord.options.logger.warn(f"protea: fast reactions off: {reason}")
-        return ProteaNamespace(None, reason)
+        return ProteaNamespace(None, reason, syncer)
     if _current is None or _current.closed or _current.supervisord is not supervisord:
         _current = Waker(supervisord)
-    return ProteaNamespace(_current, "on")
+    return ProteaNamespace(_current, "on", syncer)

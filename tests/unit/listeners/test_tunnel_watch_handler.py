@@ -43,6 +43,11 @@ def result(probe_id: int, ok: bool, at: float, detail: str = "public URL: Timeou
     return Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=data), at
 
 
+def slow(probe_id: int, at: float) -> tuple[Event, float]:
+    data = json.dumps({"kind": "slow", "probe_id": probe_id})
+    return Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=data), at
+
+
 def reset(at: float) -> tuple[Event, float]:
     return Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data='{"command": "reset"}'), at
 
@@ -92,14 +97,43 @@ def test_three_consecutive_failures_after_grace_restart_the_tunnel_with_confirma
     state, actions = replay(
         state, [tick(30), result(1, False, 35), result(2, False, 42), result(3, False, 49)]
     )
-    assert actions == [[Probe(1, 0)], [Probe(2, 2)], [Probe(3, 2)], [StopTunnel()]]
+    assert actions == [[Probe(1, 0, 2)], [Probe(2, 2, 2)], [Probe(3, 2, 2)], [StopTunnel()]]
     assert state.restarting and state.restarts == (49,)
     state, actions = replay(
         state, [tunnel("STOPPING", 49.5), tunnel("STOPPED", 50), tunnel("STARTING", 50.1)]
     )
     assert actions == [[], [StartTunnel()], []]
     state, actions = replay(state, [tunnel("RUNNING", 51), tick(55)])
-    assert actions == [[], [Probe(4, 0)]] and state.failures == 0
+    assert actions == [[], [Probe(4, 0, 2)]] and state.failures == 0
+
+
+def test_a_hung_tunnel_is_confirmed_while_the_first_probe_still_waits_for_its_timeout() -> None:
+    # Each probe hangs for its 5 s timeout; confirmations are asked 2 s apart, not 5 + 2 s apart.
+    state = running_since(0)
+    state, actions = replay(
+        state,
+        [tick(30), slow(1, 32), slow(2, 34), slow(3, 36), result(1, False, 35), result(2, False, 37),
+         result(3, False, 39)],
+    )  # fmt: skip
+    assert actions == [[Probe(1, 0, 2)], [Probe(2, 0, 2)], [Probe(3, 0, 2)], [], [], [], [StopTunnel()]]
+    assert state.restarts == (39,) and state.in_flight == ()
+
+
+def test_a_late_answer_from_before_a_restart_is_ignored() -> None:
+    state = running_since(0)
+    state, _ = replay(state, [tick(30), slow(1, 32), slow(2, 34), result(1, False, 35), result(2, False, 37)])
+    state, _ = replay(state, [result(3, False, 39)])
+    assert state.restarting
+    before = state
+    state, actions = replay(state, [result(3, True, 40), slow(3, 40)])
+    assert state == before and actions == [[], []]
+
+
+def test_a_slow_probe_that_then_answers_clears_the_count() -> None:
+    state = running_since(0)
+    state, actions = replay(state, [tick(30), slow(1, 32), result(1, True, 32.5), result(2, True, 32.6)])
+    assert actions == [[Probe(1, 0, 2)], [Probe(2, 0, 2)], [], []]
+    assert state.failures == 0 and state.in_flight == ()
 
 
 def test_failures_inside_the_grace_period_do_not_count() -> None:
@@ -170,7 +204,7 @@ def test_a_tunnel_stopped_by_hand_is_left_alone() -> None:
 def test_stale_or_unasked_probe_results_are_ignored() -> None:
     state = running_since(0)
     state, actions = replay(state, [result(7, False, 30), tick(30), result(99, False, 31)])
-    assert actions == [[], [Probe(1, 0)], []] and state.failures == 0
+    assert actions == [[], [Probe(1, 0, 2)], []] and state.failures == 0
 
 
 def test_restart_history_survives_a_listener_restart() -> None:
@@ -207,9 +241,9 @@ def test_with_the_budget_spent_it_keeps_probing_and_publishing_without_restartin
     state = WatchState(tunnel="RUNNING", armed=True, failures=3, restarts=(10.0, 20.0, 30.0, 40.0, 50.0, 60.0),
                        capped=True, next_probe_at=100)  # fmt: skip
     state, actions = handle(CONFIG, state, tick(100)[0], 100)
-    assert [a for a in actions if isinstance(a, Probe)] == [Probe(1, 0)]
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(1, 0, 2)]
     state, actions = handle(CONFIG, state, result(1, False, 101)[0], 101)
     assert not [a for a in actions if isinstance(a, (StartTunnel, StopTunnel))]
     assert any(isinstance(a, Publish) and a.state.last_probe_at == 101 for a in actions)
     state, actions = handle(CONFIG, state, tick(115)[0], 115)  # the next one an interval later
-    assert [a for a in actions if isinstance(a, Probe)] == [Probe(2, 0)]
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(2, 0, 2)]

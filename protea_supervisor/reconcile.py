@@ -1,0 +1,112 @@
+"""What changes between a running group and its re-read config. Pure: configs are compared with `==`.
+
+supervisord's own `reread` calls a group `changed` when any part of it differs, including only its process
+count, and `update` then restarts every process in it (supervisor-facts Q1). This module tells the two
+apart: a count-only change is reconciled in place by the extension; anything else is a real change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GroupDiff:
+    """One group's processes, running vs re-read, by process name (in the re-read config's order)."""
+
+    unchanged: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    @property
+    def count_only(self) -> bool:
+        return not self.changed and bool(self.added or self.removed)
+
+    @property
+    def identical(self) -> bool:
+        return not (self.changed or self.added or self.removed)
+
+
+def diff_group(running: Mapping[str, object], wanted: Sequence[tuple[str, object]]) -> GroupDiff:
+    """`running` maps process names to their live configs; `wanted` lists the re-read ones in order."""
+    wanted_names = {name for name, _ in wanted}
+    return GroupDiff(
+        unchanged=tuple(name for name, cfg in wanted if name in running and running[name] == cfg),
+        added=tuple(name for name, _ in wanted if name not in running),
+        removed=tuple(sorted((n for n in running if n not in wanted_names), key=_numbered_key)),
+        changed=tuple(name for name, cfg in wanted if name in running and running[name] != cfg),
+    )
+
+
+def _numbered_key(name: str) -> tuple[str, int]:
+    # worker-x-10 sorts after worker-x-9.
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number)) if number.isdigit() else (name, 0)
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The running supervisord against the re-rendered config, group by group."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    scaled: tuple[tuple[str, GroupDiff], ...]
+    changed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.scaled or self.changed)
+
+
+def plan_from_document(doc: Mapping[str, object]) -> ReloadPlan:
+    """The plan as `protea.planReload` returns it over XML-RPC."""
+
+    def names(key: str) -> tuple[str, ...]:
+        value = doc.get(key, [])
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+    scaled_doc = doc.get("scaled", {})
+    scaled = []
+    if isinstance(scaled_doc, dict):
+        for group, diff in sorted(scaled_doc.items()):
+            scaled.append(
+                (
+                    str(group),
+                    GroupDiff(
+                        unchanged=tuple(diff.get("unchanged", ())),
+                        added=tuple(diff.get("added", ())),
+                        removed=tuple(diff.get("removed", ())),
+                        changed=(),
+                    ),
+                )
+            )
+    return ReloadPlan(
+        added=names("added"),
+        removed=names("removed"),
+        scaled=tuple(scaled),
+        changed=names("changed"),
+        unchanged=names("unchanged"),
+    )
+
+
+def describe_plan(plan: ReloadPlan) -> list[str]:
+    """The lines `reload` prints, one per group that moves."""
+    lines = [f"add      {name}" for name in plan.added]
+    lines += [f"remove   {name}" for name in plan.removed]
+    for group, diff in plan.scaled:
+        parts = []
+        if diff.added:
+            parts.append("adds " + ", ".join(diff.added))
+        if diff.removed:
+            parts.append("stops " + ", ".join(diff.removed))
+        kept = f"; {len(diff.unchanged)} untouched" if diff.unchanged else ""
+        lines.append(f"scale    {group}: {'; '.join(parts)}{kept}")
+    lines += [f"restart  {name}" for name in plan.changed]
+    if plan.empty:
+        lines.append("nothing to do: the running stack matches the rendered config")
+    elif plan.unchanged:
+        lines.append(f"untouched: {len(plan.unchanged)} program(s)")
+    return lines
