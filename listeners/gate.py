@@ -619,11 +619,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from protea_supervisor.files import load_stack
-    from protea_supervisor.overrides import apply_counts, load_counts
+    from protea_supervisor.overrides import with_overrides
     from protea_supervisor.stack import HostFacts
 
     stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
-    stack = apply_counts(stack, load_counts(stack.paths.run))
+    stack = with_overrides(stack)
     plan, problems = plan_from_stack(stack, os.environ)
     rpc = rpc_factory(os.environ)
     pid = int(rpc().supervisor.getPID())

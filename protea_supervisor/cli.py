@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from protea_supervisor import __version__
+from protea_supervisor.apply import UP, Deadlines, apply_plan, sync_group
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
 from protea_supervisor.env import check_required, merged_environment, redact, secret_values
 from protea_supervisor.errors import (
@@ -28,6 +29,7 @@ from protea_supervisor.errors import (
     ProteaError,
     StackError,
     StackFailed,
+    SupervisorDown,
     UsageError,
 )
 from protea_supervisor.files import load_stack, write_atomic
@@ -44,8 +46,16 @@ from protea_supervisor.lock import (
     resolve_path,
     resolve_timeout,
 )
-from protea_supervisor.overrides import apply_counts, batch_counts, load_counts, save_counts
-from protea_supervisor.render import check_config, render
+from protea_supervisor.overrides import (
+    apply_counts,
+    batch_counts,
+    load_counts,
+    load_numbered,
+    save_counts,
+    with_overrides,
+)
+from protea_supervisor.reconcile import describe_plan, plan_from_document, scaled_count
+from protea_supervisor.render import check_config, listener_blocks, render
 from protea_supervisor.stack import HostFacts, Stack
 from protea_supervisor.status import group_rss_kb, read_tail, rows, spawn_counts, table
 
@@ -69,12 +79,10 @@ def host_facts() -> HostFacts:
     return HostFacts(home=Path.home(), python=sys.executable)
 
 
-def load(ctx: click.Context, with_overrides: bool = True) -> Stack:
+def load(ctx: click.Context, overrides: bool = True) -> Stack:
     settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
     stack = load_stack(settings.stack_choice, host_facts())
-    if with_overrides:
-        stack = apply_counts(stack, load_counts(stack.paths.run))
-    return stack
+    return with_overrides(stack) if overrides else stack
 
 
 def prepare_dirs(stack: Stack) -> None:
@@ -171,7 +179,7 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
 
     supervisor = Supervisor(stack.socket_path)
     if supervisor.is_running():
-        apply_idle_changes(supervisor)
+        apply_idle_changes(stack, supervisor)
     else:
         click.echo(f"starting supervisord ({stack.config_path})")
         start_daemon(stack.config_path, supervisor)
@@ -182,17 +190,20 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
     )
 
 
-def apply_idle_changes(supervisor: Supervisor) -> None:
-    """Take in config changes that interrupt nothing: new groups, and changed groups with no process up.
-    A changed group with running processes is left alone; replacing it would restart them mid-job."""
-    added, changed, _removed = supervisor.reload_config()
-    for group in added:
+def apply_idle_changes(stack: Stack, supervisor: Supervisor) -> None:
+    """Take in config changes that interrupt nothing: new groups, count changes (in place), and changed
+    groups with no process up. A changed group with running processes is left alone: replacing it would
+    restart them mid-job; that is `reload`'s job."""
+    plan = plan_from_document(supervisor.plan_reload())
+    for group in plan.added:
         supervisor.add_group(group)
+    for group, _diff in plan.scaled:
+        sync_group(supervisor, group, stop_deadline(stack), click.echo, wait=False)
     busy = {i["group"] for i in supervisor.all_process_info() if i["statename"] in RUNNING_STATES}
-    for group in changed:
+    for group in plan.changed:
         if group in busy:
             click.echo(
-                f"note: {group} is running with its old config; `up` does not restart running programs."
+                f"note: {group} is running with its old config; `protea-supervisor reload` restarts it."
             )
         else:
             supervisor.replace_group(group)
@@ -257,7 +268,7 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     pid = supervisor.pid()
     began = time.monotonic()
     supervisor.stop_all()
-    grace = max([q.stop_grace for q in stack.queues] + [p.stop_grace for p in stack.programs]) + 30
+    grace = stop_deadline(stack).stop
     reported: tuple[str, ...] = ()
     while True:
         busy = tuple(
@@ -280,6 +291,117 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     if not wait_gone(pid, 30):
         raise StackFailed(f"supervisord (pid {pid}) did not exit within 30 s.")
     click.echo("stack is down.")
+
+
+def stop_deadline(stack: Stack) -> Deadlines:
+    return Deadlines(
+        stop=max([q.stop_grace for q in stack.queues] + [p.stop_grace for p in stack.programs]) + 30
+    )
+
+
+def stack_is_up(stack: Stack, supervisor: Supervisor) -> bool:
+    """Any of the stack's own programs up (listeners do not count): then new programs are started too."""
+    own = {p.role for p in stack.programs} | {q.program for q in stack.queues}
+    return any(i["statename"] in UP for i in supervisor.all_process_info() if i["group"] in own)
+
+
+@cli.command("scale", context_settings={"ignore_unknown_options": True})
+@click.argument("queue")
+@click.argument("count")
+@click.option(
+    "--yes", is_flag=True, help="Let an unnumbered queue grow: its one worker is replaced by numbered ones."
+)
+@click.option("--no-wait", is_flag=True, help="Return once removed workers have been told to stop.")
+@click.option("--force", is_flag=True, help="Scale down even while an export holds the stack-owner lock.")
+@click.pass_context
+def scale_cmd(ctx: click.Context, queue: str, count: str, yes: bool, no_wait: bool, force: bool) -> None:
+    """Set a queue's worker count: N, or +N / -N relative. QUEUE is a queue or its worker program.
+
+    Running workers are never restarted: new ones are added beside them, and scale-down stops the
+    highest-numbered ones, each finishing its job within its grace. The count is recorded in
+    <run>/overrides.json, so a later `render` or `up` keeps it.
+    """
+    stack = load(ctx)
+    target_queue = stack.queue(queue)
+    program, before = target_queue.program, target_queue.processes
+    try:
+        after = scaled_count(before, count)
+    except ValueError as why:
+        raise UsageError(f"scale {queue} {count}: {why}.") from None
+    if after == before:
+        click.echo(f"{program} already runs {before} process(es); nothing to do.")
+        return
+    if after < before:
+        refuse_during_export(stack, f"scale {program} down", force)
+    renaming = after > 1 and not target_queue.numbered
+    if renaming and not yes:
+        raise UsageError(
+            f"{program} runs one unnumbered process; to run {after}, it finishes its job and stops while "
+            f"{program}-1..{after} start in its place, and the queue stays numbered. Run again with --yes."
+        )
+    numbered = load_numbered(stack.paths.run) | ({program} if renaming else set())
+    counts = load_counts(stack.paths.run) | {program: after}
+    new_stack = apply_counts(load(ctx, overrides=False), counts, numbered)
+    prepare_dirs(new_stack)
+    text = rendered(new_stack)
+    save_counts(stack.paths.run, counts, numbered)
+    write_atomic(stack.config_path, text, mode=0o600)
+    click.echo(f"{program}: {before} -> {after} (recorded in {stack.paths.run / 'overrides.json'})")
+    supervisor = Supervisor(stack.socket_path)
+    if not supervisor.is_running():
+        click.echo("supervisord is not running; `up` starts the stack with the new count.")
+        return
+    deadlines = stop_deadline(stack)
+    if before and after:
+        # Renaming an unnumbered worker is in place too: it finishes its job while the numbered ones start.
+        sync_group(supervisor, program, deadlines, click.echo, wait=not no_wait)
+    else:
+        # The queue starts or stops running at all: its program is added or removed, and the listeners,
+        # which plan by program, are restarted with the new stack. Nothing else pending is applied.
+        listeners = [block.name for block in listener_blocks(new_stack, exe_argv())]
+        plan = plan_from_document(supervisor.plan_reload()).only([program, *listeners])
+        apply_plan(supervisor, plan, deadlines, click.echo, stack_is_up(stack, supervisor))
+
+
+@cli.command("reload")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--force", is_flag=True, help="Apply even while an export holds the stack-owner lock.")
+@click.pass_context
+def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
+    """Re-render and apply the difference to the running stack with the least disruption.
+
+    Count-only changes are made in place; changed programs are restarted one at a time (workers finish
+    their job within their grace); new programs are added and started in priority order; removed ones
+    are stopped and removed. Programs that did not change are not touched. Never `supervisorctl reload`.
+    """
+    stack = load(ctx)
+    prepare_dirs(stack)
+    text = rendered(stack)
+    supervisor = Supervisor(stack.socket_path)
+    if not supervisor.is_running():
+        raise SupervisorDown(
+            f"supervisord is not running (no answer on {stack.socket_path}); `up` starts the stack."
+        )
+    if dry_run:
+        candidate = stack.paths.run / f".reload-dry-run-{os.getpid()}.conf"
+        write_atomic(candidate, text, mode=0o600)
+        try:
+            plan = plan_from_document(supervisor.plan_reload(candidate))
+        finally:
+            candidate.unlink(missing_ok=True)
+        for line in describe_plan(plan):
+            click.echo(line)
+        return
+    if not force:
+        refuse_during_export(stack, "reload", force)
+    write_atomic(stack.config_path, text, mode=0o600)
+    plan = plan_from_document(supervisor.plan_reload())
+    for line in describe_plan(plan):
+        click.echo(line)
+    if plan.empty:
+        return
+    apply_plan(supervisor, plan, stop_deadline(stack), click.echo, stack_is_up(stack, supervisor))
+    click.echo("reload done.")
 
 
 def tunnel_line(watch: dict[str, Any], now: float) -> str:
@@ -485,7 +607,7 @@ def lock_group(ctx: click.Context, lock_file: str | None, timeout: float | None)
     if lock_file or environ.get("STACK_OWNER_FILE"):
         default_path, default_timeout = Path("/nonexistent"), 5.0
     else:
-        stack = load(ctx, with_overrides=False)
+        stack = load(ctx, overrides=False)
         default_path, default_timeout = stack.lock.file, stack.lock.flock_timeout
     path = resolve_path(lock_file, environ, default_path)
     if timeout is not None and timeout <= 0:

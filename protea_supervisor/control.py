@@ -29,11 +29,13 @@ class Supervisor:
         # A fresh transport per call: the unix transport's connection is unusable after a failed request.
         transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket_path}")
         # The host part is ignored by the unix transport.
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True).supervisor
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
 
     def _call(self, method: str, *args: Any) -> Any:
+        """`method` is in supervisord's namespace unless it names another (`protea.syncGroup`)."""
+        namespace, _, name = method.rpartition(".")
         try:
-            return getattr(self._proxy(), method)(*args)
+            return getattr(getattr(self._proxy(), namespace or "supervisor"), name)(*args)
         except PermissionError:
             raise SupervisorDown(
                 f"permission denied on {self.socket_path}; run as the stack's user."
@@ -84,6 +86,25 @@ class Supervisor:
         """Drop a stopped group and add it back from the re-read config."""
         self._call("removeProcessGroup", name)
         self._call("addProcessGroup", name)
+
+    def remove_group(self, name: str) -> None:
+        self._call("removeProcessGroup", name)
+
+    def start_group(self, name: str) -> None:
+        self._call("startProcessGroup", name, False)
+
+    def stop_group(self, name: str) -> None:
+        """Signal the group's processes (wait=False); they stop within their own grace."""
+        self._call("stopProcessGroup", name, False)
+
+    def sync_group(self, name: str) -> dict[str, list[str]]:
+        """protea.syncGroup: reconcile a worker group with the re-read config in place."""
+        return cast(dict[str, list[str]], self._call("protea.syncGroup", name))
+
+    def plan_reload(self, path: Path | None = None) -> dict[str, Any]:
+        """protea.planReload: every group sorted into added, removed, scaled, changed, unchanged. With
+        `path`, that file is compared instead of the config file, and supervisord's state is left alone."""
+        return cast(dict[str, Any], self._call("protea.planReload", str(path or "")))
 
 
 def supervisord_command(config: Path) -> list[str]:

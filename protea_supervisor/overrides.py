@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,17 +14,25 @@ from protea_supervisor.stack import Stack
 FILENAME = "overrides.json"
 
 
-def apply_counts(stack: Stack, counts: Mapping[str, int]) -> Stack:
-    """Set process counts by program name; counts for queues no longer in the stack are ignored."""
+def apply_counts(stack: Stack, counts: Mapping[str, int], numbered: Collection[str] = ()) -> Stack:
+    """Set process counts by program name, and number the queues `scale --yes` renamed; entries for queues
+    no longer in the stack are ignored."""
     queues = []
     for queue in stack.queues:
         count = counts.get(queue.program)
+        if queue.program in numbered and not queue.numbered:
+            queue = replace(queue, numbered=True)
         if count is not None and count != queue.processes:
             if count > 1 and not queue.numbered:
                 raise StackError(f"{queue.name} is an unnumbered queue and runs one process, not {count}.")
             queue = replace(queue, processes=count)
         queues.append(queue)
     return replace(stack, queues=tuple(queues))
+
+
+def with_overrides(stack: Stack) -> Stack:
+    """The stack as it runs: with the counts and numbering recorded by `up N` and `scale`."""
+    return apply_counts(stack, load_counts(stack.paths.run), load_numbered(stack.paths.run))
 
 
 def batch_counts(stack: Stack, count: int) -> dict[str, int]:
@@ -34,7 +42,7 @@ def batch_counts(stack: Stack, count: int) -> dict[str, int]:
     return {q.program: count for q in stack.queues if q.numbered and q.processes}
 
 
-def load_counts(run_dir: Path) -> dict[str, int]:
+def _load(run_dir: Path) -> dict[str, object]:
     path = run_dir / FILENAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -44,11 +52,29 @@ def load_counts(run_dir: Path) -> dict[str, int]:
         raise StackError(
             f"{path}: cannot read the recorded process counts ({why}); remove the file."
         ) from None
-    counts = data.get("processes", {}) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise StackError(f"{path}: expected a JSON object; remove the file.")
+    return data
+
+
+def load_counts(run_dir: Path) -> dict[str, int]:
+    counts = _load(run_dir).get("processes", {})
     if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
-        raise StackError(f"{path}: processes must map program names to counts; remove the file.")
+        raise StackError(
+            f"{run_dir / FILENAME}: processes must map program names to counts; remove the file."
+        )
     return counts
 
 
-def save_counts(run_dir: Path, counts: Mapping[str, int]) -> None:
-    write_atomic(run_dir / FILENAME, json.dumps({"processes": dict(sorted(counts.items()))}, indent=2) + "\n")
+def load_numbered(run_dir: Path) -> set[str]:
+    """Unnumbered queues an operator has let `scale --yes` number (their one worker was renamed once)."""
+    numbered = _load(run_dir).get("numbered", [])
+    if not isinstance(numbered, list) or not all(isinstance(v, str) for v in numbered):
+        raise StackError(f"{run_dir / FILENAME}: numbered must list program names; remove the file.")
+    return set(numbered)
+
+
+def save_counts(run_dir: Path, counts: Mapping[str, int], numbered: Collection[str] | None = None) -> None:
+    kept = load_numbered(run_dir) if numbered is None else set(numbered)
+    document = {"processes": dict(sorted(counts.items())), "numbered": sorted(kept)}
+    write_atomic(run_dir / FILENAME, json.dumps(document, indent=2) + "\n")

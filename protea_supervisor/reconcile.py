@@ -7,7 +7,7 @@ apart: a count-only change is reconciled in place by the extension; anything els
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -55,10 +55,29 @@ class ReloadPlan:
     scaled: tuple[tuple[str, GroupDiff], ...]
     changed: tuple[str, ...]
     unchanged: tuple[str, ...]
+    priority: tuple[tuple[str, int], ...] = ()
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.scaled or self.changed)
+
+    def only(self, groups: Collection[str]) -> ReloadPlan:
+        """The part of the plan that touches `groups`; everything else counts as unchanged."""
+        keep = set(groups)
+        moved = {*self.added, *self.removed, *(g for g, _ in self.scaled), *self.changed}
+        return ReloadPlan(
+            added=tuple(g for g in self.added if g in keep),
+            removed=tuple(g for g in self.removed if g in keep),
+            scaled=tuple((g, d) for g, d in self.scaled if g in keep),
+            changed=tuple(g for g in self.changed if g in keep),
+            unchanged=tuple(sorted({*self.unchanged, *(moved - keep)})),
+            priority=self.priority,
+        )
+
+    def in_start_order(self, names: tuple[str, ...]) -> list[str]:
+        """Lowest priority first, as supervisord starts groups (migrate, api, workers, web, tunnel)."""
+        priority = dict(self.priority)
+        return sorted(names, key=lambda name: (priority.get(name, 999), name))
 
 
 def plan_from_document(doc: Mapping[str, object]) -> ReloadPlan:
@@ -83,19 +102,22 @@ def plan_from_document(doc: Mapping[str, object]) -> ReloadPlan:
                     ),
                 )
             )
+    priority = doc.get("priority", {})
     return ReloadPlan(
         added=names("added"),
         removed=names("removed"),
         scaled=tuple(scaled),
         changed=names("changed"),
         unchanged=names("unchanged"),
+        priority=tuple(sorted((str(k), int(v)) for k, v in priority.items()))
+        if isinstance(priority, dict)
+        else (),
     )
 
 
 def describe_plan(plan: ReloadPlan) -> list[str]:
-    """The lines `reload` prints, one per group that moves."""
-    lines = [f"add      {name}" for name in plan.added]
-    lines += [f"remove   {name}" for name in plan.removed]
+    """The lines `reload` prints, one per group that moves, in the order they are applied."""
+    lines = []
     for group, diff in plan.scaled:
         parts = []
         if diff.added:
@@ -104,9 +126,24 @@ def describe_plan(plan: ReloadPlan) -> list[str]:
             parts.append("stops " + ", ".join(diff.removed))
         kept = f"; {len(diff.unchanged)} untouched" if diff.unchanged else ""
         lines.append(f"scale    {group}: {'; '.join(parts)}{kept}")
-    lines += [f"restart  {name}" for name in plan.changed]
+    lines += [f"remove   {name}" for name in plan.removed]
+    lines += [f"restart  {name}" for name in plan.in_start_order(plan.changed)]
+    lines += [f"add      {name}" for name in plan.in_start_order(plan.added)]
     if plan.empty:
         lines.append("nothing to do: the running stack matches the rendered config")
     elif plan.unchanged:
         lines.append(f"untouched: {len(plan.unchanged)} program(s)")
     return lines
+
+
+def scaled_count(current: int, spec: str) -> int:
+    """`scale QUEUE N` (absolute) or `+N` / `-N` (relative to the current count)."""
+    text = spec.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(f"the count must be N, +N or -N, got {spec!r}") from None
+    target = current + number if text[:1] in "+-" else number
+    if target < 0:
+        raise ValueError(f"{current} {text} would leave {target} processes")
+    return target

@@ -6,10 +6,11 @@ can be checked with supervisor's own parser (`check_config`) before anything wri
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -56,6 +57,7 @@ class ListenerBlock:
     events: str
     buffer_size: int
     log_dir: str
+    environment: tuple[tuple[str, str], ...]
 
 
 def listener_argv(exe: Sequence[str], name: str) -> list[str]:
@@ -85,9 +87,19 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
             events=events,
             buffer_size=LISTENER_BUFFER,
             log_dir=str(stack.paths.logs),
+            environment=(("PROTEA_STACK_DIGEST", listener_digest(stack)),),
         )
         for name, events in listeners
     ]
+
+
+def listener_digest(stack: Stack) -> str:
+    """The listeners read the stack file when they start. A hash of it in their environment makes their
+    config differ whenever the stack does, so `reload` restarts them with the new settings. Worker counts
+    are left out (only whether a queue runs at all), so `scale` leaves them alone."""
+    queues = tuple((q.name, q.program, q.processes > 0) for q in stack.queues)
+    material = repr(replace(stack, queues=())) + repr(queues)
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
 
 
 def pct(value: object) -> str:

@@ -146,21 +146,28 @@ class GroupSyncer:
         events.subscribe(events.Tick5Event, self._on_tick)
 
     # --- re-reading --------------------------------------------------------------------------------------
-    def _reread(self) -> dict[str, Any]:
+    def _reread(self, path: str = "") -> tuple[dict[str, Any], set[str]]:
+        """The group configs and worker groups of the config file: re-read in place (as `reread` does), or
+        parsed from another file without touching supervisord's state (a dry run)."""
+        from supervisor.options import ServerOptions
+
         options = self.supervisord.options
         try:
-            options.process_config(do_usage=False)
+            if path:
+                options = ServerOptions()
+                options.here = os.path.dirname(os.path.abspath(path))
+                options.read_config(path)
+            else:
+                options.process_config(do_usage=False)
         except ValueError as why:
             raise _fault("CANT_REREAD", str(why)) from None
-        return {config.name: config for config in options.process_group_configs}
-
-    def _worker_groups(self) -> set[str]:
-        """The groups the rendered config marks as scalable, read again with the file so new queues count."""
-        root = self.supervisord.options.configroot
-        for name, _factory, settings in root.supervisord.rpcinterface_factories:
+        section = options.configroot.supervisord
+        workers: set[str] = set()
+        # Read again with the file, so a queue added since supervisord started counts.
+        for name, _factory, settings in section.rpcinterface_factories:
             if name == "protea":
-                return set(str(settings.get("worker_groups", "")).split())
-        return set()
+                workers = set(str(settings.get("worker_groups", "")).split())
+        return {config.name: config for config in section.process_group_configs}, workers
 
     @staticmethod
     def _diff(group: Any, config: Any) -> GroupDiff:
@@ -168,9 +175,8 @@ class GroupSyncer:
         return diff_group(running, [(pc.name, pc) for pc in config.process_configs])
 
     # --- XML-RPC entry points ----------------------------------------------------------------------------
-    def plan(self) -> dict[str, Any]:
-        wanted = self._reread()
-        workers = self._worker_groups()
+    def plan(self, path: str = "") -> dict[str, Any]:
+        wanted, workers = self._reread(path)
         groups = self.supervisord.process_groups
         plan: dict[str, Any] = {
             "added": sorted(n for n in wanted if n not in groups),
@@ -178,6 +184,8 @@ class GroupSyncer:
             "scaled": {},
             "changed": [],
             "unchanged": [],
+            # Start order for added and restarted groups, as supervisord itself would use it.
+            "priority": {n: int(c.priority) for n, c in wanted.items()},
         }
         for name in sorted(n for n in wanted if n in groups):
             group, config = groups[name], wanted[name]
@@ -199,8 +207,8 @@ class GroupSyncer:
         groups = self.supervisord.process_groups
         if name not in groups:
             raise _fault("BAD_NAME", f"{name}: no such group is running")
-        wanted = self._reread()
-        if name not in self._worker_groups():
+        wanted, workers = self._reread()
+        if name not in workers:
             raise _fault("BAD_NAME", f"{name}: not a worker group; only worker groups are scaled in place")
         if name not in wanted:
             raise _fault("BAD_NAME", f"{name}: no longer in the config file; apply that with a reload")
@@ -215,7 +223,8 @@ class GroupSyncer:
         if still:
             raise _fault("STILL_RUNNING", f"{', '.join(still)} still finishing a job; try again once stopped")
         kept = {n: p for n, p in group.processes.items() if n in diff.unchanged}
-        running = any(_state_name(p) in _LIVE for p in kept.values())
+        # Meant to run if anything in it runs, including a worker about to be replaced by a renamed one.
+        running = any(_state_name(p) in _LIVE for p in group.processes.values())
         by_name = {pc.name: pc for pc in config.process_configs}
         # Keep the live config objects, so nothing about the remaining processes changes.
         config.process_configs = [
@@ -305,13 +314,14 @@ class ProteaNamespace:
         """
         return self.syncer.sync(name)
 
-    def planReload(self) -> dict[str, Any]:  # noqa: N802
-        """Re-read the config file and sort every group: added, removed, scaled (count-only, with the
-        processes each adds and removes), changed, unchanged.
+    def planReload(self, path: str = "") -> dict[str, Any]:  # noqa: N802
+        """Re-read the config file (or parse `path` instead, changing nothing) and sort every group: added,
+        removed, scaled (count-only, with the processes each adds and removes), changed, unchanged.
 
+        @param string path  another config file to compare with, for a dry run; empty for the real one
         @return struct plan
         """
-        return self.syncer.plan()
+        return self.syncer.plan(path)
 
     def getWakerState(self) -> dict[str, Any]:  # noqa: N802 - XML-RPC names follow supervisor's style
         """The waker's state: whether it is on, why not, and how often it woke the main loop.

@@ -217,6 +217,7 @@ QUEUE_SCHEMA: dict[str, Spec] = {
     "processes": int,
     "numbered": bool,
     "stop_grace": int,
+    "command": str,
 }
 SCHEMA: dict[str, Spec] = {
     "name": str,
@@ -660,7 +661,11 @@ def _parse_queues(
                 stop_grace=_positive(
                     reader, f"{key}.stop_grace", table.get("stop_grace", workers.stop_grace), 1
                 ),
-                command=expand.text("workers.command", workers.command, {"queue": name}),
+                command=expand.text(
+                    f"{key}.command" if "command" in table else "workers.command",
+                    table.get("command", workers.command),
+                    {"queue": name},
+                ),
             )
         )
     for queue in queues:

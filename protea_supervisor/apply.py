@@ -1,0 +1,144 @@
+"""Applying `scale` and `reload` to a running supervisord, with the least disruption.
+
+The decisions (which group is added, removed, scaled in place or really changed) come from the
+extension's `planReload` and `reconcile`; this module carries them out through the XML-RPC facade and
+waits on conditions with deadlines. `report` receives one line per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from protea_supervisor.control import Supervisor
+from protea_supervisor.errors import StackFailed
+from protea_supervisor.reconcile import ReloadPlan
+
+LIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
+UP = ("STARTING", "RUNNING", "BACKOFF")
+POLL = 0.2
+# How long a started program may take to reach RUNNING (its startsecs plus a margin).
+START_DEADLINE = 60.0
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    stop: float  # the longest stop grace in the stack, plus a margin
+    start: float = START_DEADLINE
+
+
+def states(supervisor: Supervisor, group: str | None = None) -> dict[str, str]:
+    """Process name -> state name, for one group or all."""
+    return {
+        i["name"]: i["statename"]
+        for i in supervisor.all_process_info()
+        if group is None or i["group"] == group
+    }
+
+
+def wait_until_gone_or_down(
+    supervisor: Supervisor, group: str, names: Iterable[str], deadline: float, report: Report
+) -> None:
+    """Wait until each named process is stopped or dropped from the group."""
+    wanted = set(names)
+    end = time.monotonic() + deadline
+    shown: tuple[str, ...] = ()
+    while True:
+        now = states(supervisor, group)
+        busy = tuple(sorted(n for n in wanted if now.get(n) in LIVE))
+        if not busy:
+            return
+        if busy != shown:
+            report(f"  waiting for {', '.join(busy)} to finish (each within its grace)")
+            shown = busy
+        if time.monotonic() > end:
+            raise StackFailed(f"{', '.join(busy)} did not stop within {deadline:g} s.")
+        time.sleep(POLL)
+
+
+def wait_started(
+    supervisor: Supervisor, group: str, deadline: float, names: Iterable[str] | None = None
+) -> None:
+    """Wait until every process of the group (or the named ones) is RUNNING, or a one-shot has exited;
+    fail on FATAL."""
+    wanted = None if names is None else set(names)
+    end = time.monotonic() + deadline
+    while True:
+        now = {n: s for n, s in states(supervisor, group).items() if wanted is None or n in wanted}
+        failed = sorted(n for n, s in now.items() if s in ("FATAL", "BACKOFF"))
+        if failed and any(now[n] == "FATAL" for n in failed):
+            raise StackFailed(
+                f"{', '.join(failed)} failed to start; see `protea-supervisor logs {failed[0]}`."
+            )
+        if now and all(s in ("RUNNING", "EXITED") for s in now.values()):
+            return
+        if time.monotonic() > end:
+            slow = ", ".join(f"{n} {s}" for n, s in sorted(now.items()) if s != "RUNNING")
+            raise StackFailed(f"{group} did not reach RUNNING within {deadline:g} s ({slow}).")
+        time.sleep(POLL)
+
+
+def sync_group(
+    supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report, wait: bool = True
+) -> dict[str, list[str]]:
+    result = supervisor.sync_group(group)
+    if result["started"]:
+        wait_started(supervisor, group, deadlines.start, result["started"])
+    if result["added"]:
+        started = " and running" if result["started"] else " (not started: the group is stopped)"
+        report(f"  {group}: added {', '.join(result['added'])}{started}")
+    if result["removed"]:
+        report(f"  {group}: stopping {', '.join(result['removed'])}")
+    report(f"  {group}: untouched {', '.join(result['unchanged']) or 'none'}")
+    if wait and result["draining"]:
+        wait_until_gone_or_down(supervisor, group, result["draining"], deadlines.stop, report)
+        report(f"  {group}: {', '.join(result['draining'])} finished and removed")
+    return result
+
+
+def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report) -> None:
+    """Replace a changed group: stop it (gracefully), swap in the new config, start it if it was up."""
+    before = states(supervisor, group)
+    was_up = any(s in UP for s in before.values())
+    if any(s in LIVE for s in before.values()):
+        report(f"  {group}: stopping")
+        supervisor.stop_group(group)
+        wait_until_gone_or_down(supervisor, group, before, deadlines.stop, report)
+    supervisor.replace_group(group)
+    if was_up:
+        supervisor.start_group(group)
+        wait_started(supervisor, group, deadlines.start)
+        report(f"  {group}: restarted")
+    else:
+        report(f"  {group}: new config in place (it was not running, so it stays stopped)")
+
+
+def apply_plan(
+    supervisor: Supervisor, plan: ReloadPlan, deadlines: Deadlines, report: Report, stack_is_up: bool
+) -> None:
+    """Count-only changes in place; removed groups stopped in parallel and dropped; changed ones restarted
+    one at a time; added ones started in priority order when the stack is up."""
+    for group, _diff in plan.scaled:
+        sync_group(supervisor, group, deadlines, report, wait=False)
+    for group in plan.removed:
+        supervisor.stop_group(group)
+    for group in plan.removed:
+        wait_until_gone_or_down(supervisor, group, states(supervisor, group), deadlines.stop, report)
+        supervisor.remove_group(group)
+        report(f"  {group}: stopped and removed")
+    for group in plan.in_start_order(plan.changed):
+        restart_group(supervisor, group, deadlines, report)
+    for group in plan.in_start_order(plan.added):
+        supervisor.add_group(group)
+        if stack_is_up:
+            supervisor.start_group(group)
+            wait_started(supervisor, group, deadlines.start)
+            report(f"  {group}: added and started")
+        else:
+            report(f"  {group}: added (the stack is not up, so it stays stopped)")
+    for group, diff in plan.scaled:
+        if diff.removed:
+            wait_until_gone_or_down(supervisor, group, diff.removed, deadlines.stop, report)
