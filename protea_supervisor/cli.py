@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,6 +22,7 @@ import click
 from protea_supervisor import __version__
 from protea_supervisor.apply import UP, Deadlines, apply_plan, sync_group
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
+from protea_supervisor.deploy import MEANING, DeployRecord
 from protea_supervisor.env import check_required, merged_environment, redact, secret_values
 from protea_supervisor.errors import (
     CommandNotFound,
@@ -57,7 +59,16 @@ from protea_supervisor.overrides import (
 from protea_supervisor.reconcile import describe_plan, plan_from_document, scaled_count
 from protea_supervisor.render import check_config, listener_blocks, render
 from protea_supervisor.stack import HostFacts, Stack
-from protea_supervisor.status import group_rss_kb, read_tail, rows, spawn_counts, table
+from protea_supervisor.status import (
+    group_rss_kb,
+    older_revision,
+    process_revision,
+    read_tail,
+    rows,
+    spawn_counts,
+    table,
+)
+from protea_supervisor.tick import TickEnv, finish, read_record, run_tick
 
 POLL = 0.2
 
@@ -85,8 +96,8 @@ def load(ctx: click.Context, overrides: bool = True) -> Stack:
     return with_overrides(stack) if overrides else stack
 
 
-def prepare_dirs(stack: Stack) -> None:
-    if not stack.paths.root.is_dir():
+def prepare_dirs(stack: Stack, need_root: bool = True) -> None:
+    if need_root and not stack.paths.root.is_dir():
         if not stack.paths.create_root:
             raise StackError(
                 f"{stack.sources[-1]}: paths.root {stack.paths.root} does not exist "
@@ -97,8 +108,11 @@ def prepare_dirs(stack: Stack) -> None:
     stack.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def rendered(stack: Stack) -> str:
-    text = render(stack, exe_argv())
+def rendered(stack: Stack, revision: str | None = None) -> str:
+    """The checked config text; the deployed revision (from the tick's record) unless one is given."""
+    if revision is None:
+        revision = read_record(stack).revision
+    text = render(stack, exe_argv(), revision)
     check_config(text)
     return text
 
@@ -421,6 +435,18 @@ def tunnel_line(watch: dict[str, Any], now: float) -> str:
     )
 
 
+def deploy_line(record: DeployRecord, behind: Sequence[str]) -> str:
+    if not record.revision:
+        return "deploy: nothing deployed by a tick yet"
+    last = (
+        f"; last tick {record.last_tick_at} exit {record.last_exit} ({record.last_summary})"
+        if record.last_tick_at
+        else ""
+    )
+    older = f"; running an older revision: {', '.join(behind)}" if behind else ""
+    return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{last}{older}"
+
+
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
     lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
     holder = export_holder(lock)
@@ -429,6 +455,58 @@ def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
             f"refusing to {what}: export task {holder.task_id} holds the stack-owner lock since "
             f"{holder.acquired_at} ({holder.reason}); use --force to interrupt it."
         )
+
+
+@cli.command("tick")
+@click.option("--dry-run", is_flag=True, help="Fetch and print the plan; change nothing.")
+@click.option("--force", is_flag=True, help="Deploy the remote head even when nothing changed.")
+@click.pass_context
+def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
+    """One deploy tick: keep the worktree on the head of the deploy ref, safely.
+
+    \b
+    Exit codes:
+      0   no-op, skipped (a revision that failed before) or deferred (an export holds the stack)
+      10  redeployed (or revived)
+      20  deploy failed; rolled back to the previous revision
+      21  deploy failed and the rollback failed too
+      30  git fetch or worktree failure
+      40  prerequisites down (Postgres or RabbitMQ not accepting connections)
+    """
+    stack = load(ctx)
+    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
+    environ = merged_environment(os.environ, stack.env.files)
+    secrets = secret_values(stack.env.files)
+    supervisor = Supervisor(stack.socket_path)
+    by_hand = os.environ.get("SUPERVISOR_PROCESS_NAME") != "deploy-tick"
+    log_path = stack.paths.logs / "deploy-tick.log"
+
+    def report(line: str) -> None:
+        stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
+        click.echo(stamped)
+        if by_hand and not dry_run:  # under supervisord, stdout already is this log
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(stamped + "\n")
+
+    def write_config(revision: str) -> None:
+        write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)
+
+    env = TickEnv(
+        stack=stack,
+        supervisor=supervisor,
+        lock=LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout),
+        environ=environ,
+        secrets=secrets,
+        write_config=write_config,
+        run_gate=lambda: run_gate(stack, supervisor),
+        deadlines=stop_deadline(stack),
+        report=report,
+    )
+    code, summary = run_tick(env, dry_run, force)
+    report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+    if not dry_run:
+        finish(stack, code, summary)
+    return code
 
 
 @cli.command("status")
@@ -450,11 +528,15 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"warning: {why}", err=True)
     gate = read_gate_state(stack.paths.run) or {}
     watch = read_json(stack.paths.run / TUNNEL_STATE_FILE) or {}
+    deployed = read_record(stack)
+    revisions = {i["name"]: process_revision(int(i["pid"])) for i in infos if i["pid"]}
+    behind = older_revision(revisions, deployed.revision)
     if as_json:
         payload = {
             "processes": [r.as_dict() for r in status_rows],
             "gate": {key: gate.get(key) for key in ("phase", "step", "reason", "finished_at")},
             "tunnel_watch": watch,
+            "deploy": deployed.to_doc() | {"older_revision": behind},
             "lock": {"owner": owner.owner, "task_id": owner.task_id, "acquired_at": owner.acquired_at},
             "config": str(stack.config_path),
         }
@@ -469,6 +551,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"gate: {phase}{detail}")
     if watch:
         click.echo(tunnel_line(watch, time.time()))
+    click.echo(deploy_line(deployed, behind))
 
 
 @cli.command("logs")

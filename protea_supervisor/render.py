@@ -19,7 +19,9 @@ import jinja2
 from protea_supervisor.errors import RenderError
 from protea_supervisor.stack import Program, Queue, Stack
 
-PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900}
+PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900, "deploy-tick": 950}
+# A deploy tick may build the frontend and wait for workers to finish their jobs before it is done.
+DEPLOY_TICK_GRACE = 1800
 # supervisord's default of 10 loses events at boot once a stack has ~10 programs (supervisor-facts Q2).
 LISTENER_BUFFER = 1024
 TEMPLATE = "supervisord.conf.j2"
@@ -160,8 +162,10 @@ def wrapper_command(stack: Stack, exe: Sequence[str], command: str, program: Pro
     return " ".join(shlex.quote(a) for a in args) + " -- " + command
 
 
-def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
+def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list[ProgramBlock]:
+    """Every [program:x]; with `revision`, the programs that run PROTEA's code get PROTEA_REVISION."""
     logs = str(stack.paths.logs)
+    stamp = (("PROTEA_REVISION", revision),) if revision else ()
     blocks = []
     for program in stack.programs:
         if not program.enabled:
@@ -174,7 +178,7 @@ def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
                 name=program.role,
                 command=wrapper_command(stack, exe, program.command, program),
                 directory=str(program.directory),
-                environment=program.environment,
+                environment=program.environment + (stamp if program.role != "tunnel" else ()),
                 priority=PRIORITY[program.role],
                 startsecs=program.startsecs,
                 autorestart=restart,
@@ -187,16 +191,41 @@ def program_blocks(stack: Stack, exe: Sequence[str]) -> list[ProgramBlock]:
                 numbered=False,
             )
         )
-    blocks.extend(_queue_block(stack, exe, queue) for queue in stack.queues if queue.processes)
+    blocks.extend(_queue_block(stack, exe, queue, stamp) for queue in stack.queues if queue.processes)
+    blocks.append(_deploy_tick_block(stack, exe))
     return sorted(blocks, key=lambda b: b.priority)
 
 
-def _queue_block(stack: Stack, exe: Sequence[str], queue: Queue) -> ProgramBlock:
+def _deploy_tick_block(stack: Stack, exe: Sequence[str]) -> ProgramBlock:
+    """The one-shot the deploy timer starts: `protea-supervisor tick`. It loads the env files itself."""
+    stack_args = ["--stack", stack.choice] if stack.choice else []
+    return ProgramBlock(
+        name="deploy-tick",
+        command=" ".join(shlex.quote(a) for a in [*exe, *stack_args, "tick"]),
+        # The run dir always exists; the worktree may have vanished, and the tick recreates it.
+        directory=str(stack.paths.run),
+        environment=(),
+        priority=PRIORITY["deploy-tick"],
+        startsecs=0,
+        autorestart="false",
+        exitcodes="0,10",
+        stopsignal="TERM",
+        stopwaitsecs=DEPLOY_TICK_GRACE,
+        log_dir=str(stack.paths.logs),
+        log_name="deploy-tick.log",
+        numprocs=1,
+        numbered=False,
+    )
+
+
+def _queue_block(
+    stack: Stack, exe: Sequence[str], queue: Queue, stamp: tuple[tuple[str, str], ...] = ()
+) -> ProgramBlock:
     return ProgramBlock(
         name=queue.program,
         command=wrapper_command(stack, exe, queue.command),
         directory=str(stack.workers.directory),
-        environment=(),
+        environment=stamp,
         priority=PRIORITY["worker"],
         startsecs=stack.workers.startsecs,
         autorestart="true",
@@ -211,11 +240,12 @@ def _queue_block(stack: Stack, exe: Sequence[str], queue: Queue) -> ProgramBlock
     )
 
 
-def render(stack: Stack, exe: Sequence[str]) -> str:
-    """The supervisord config for `stack`; `exe` is the argv prefix that runs protea-supervisor."""
+def render(stack: Stack, exe: Sequence[str], revision: str = "") -> str:
+    """The supervisord config for `stack`; `exe` is the argv prefix that runs protea-supervisor; `revision`
+    is the deployed revision, given to every program that runs PROTEA's code as PROTEA_REVISION."""
     context = {
         "stack": stack,
-        "programs": program_blocks(stack, exe),
+        "programs": program_blocks(stack, exe, revision),
         "listeners": listener_blocks(stack, exe),
         # Numbered queues only: an unnumbered worker cannot grow without renaming its running process.
         "worker_groups": [q.program for q in stack.queues if q.processes and q.numbered],

@@ -142,6 +142,8 @@ class Deploy:
     post_install_command: str
     web_dir: str
     build_command: str
+    # The served frontend build: a symlink the tick swaps in one rename; the web program runs from it.
+    web_current: Path
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ SCHEMA: dict[str, Spec] = {
         "post_install_command": str,
         "web_dir": str,
         "build_command": str,
+        "web_current": str,
     },
     "lock": {"file": str, "flock_timeout": (int, float)},
     "tunnel_watch": {
@@ -730,4 +733,7 @@ def _parse_deploy(reader: _Reader, expand: _Expander, root: Path) -> Deploy:
         post_install_command=reader.get("deploy.post_install_command", ""),
         web_dir=web_dir,
         build_command=reader.get("deploy.build_command", ""),
+        web_current=expand.path(
+            "deploy.web_current", reader.get("deploy.web_current", "{run}/web-current"), root
+        ),
     )

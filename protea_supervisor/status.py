@@ -115,3 +115,23 @@ def read_tail(path: Path, max_bytes: int = 4 * 1024 * 1024) -> str:
             return handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def process_revision(pid: int) -> str | None:
+    """PROTEA_REVISION in a running process's environment (None when unreadable or unset)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in raw.split(b"\0"):
+        if item.startswith(b"PROTEA_REVISION="):
+            return item.split(b"=", 1)[1].decode("utf-8", "replace")
+    return None
+
+
+def older_revision(revisions: Mapping[str, str | None], deployed: str) -> list[str]:
+    """Processes started with a revision other than the deployed one (those without one are not PROTEA's
+    code, or predate the first tick)."""
+    return sorted(
+        name for name, revision in revisions.items() if revision and deployed and revision != deployed
+    )

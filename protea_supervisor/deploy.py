@@ -1,0 +1,160 @@
+"""The deploy tick's decisions. Pure: git, files, supervisord and the clock are the tick's edge (`tick.py`).
+
+What deploy-keeper's `protea_redeploy.sh` decided with a shell loop is here as data: whether a tick deploys,
+revives or does nothing; which of install and frontend build a new revision needs; whether a frontend
+build is complete enough to serve; and what the record of the deployed revision says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+# Exit codes of `protea-supervisor tick` (deploy-keeper's, plus 21 and 40).
+NOOP = 0
+REDEPLOYED = 10
+FAILED_ROLLED_BACK = 20
+FAILED_ROLLBACK_FAILED = 21
+FETCH_FAILED = 30
+PREREQUISITES_DOWN = 40
+MEANING = {
+    NOOP: "no-op or deferred",
+    REDEPLOYED: "redeployed",
+    FAILED_ROLLED_BACK: "deploy failed, rolled back",
+    FAILED_ROLLBACK_FAILED: "deploy failed and the rollback failed",
+    FETCH_FAILED: "fetch or worktree failure",
+    PREREQUISITES_DOWN: "prerequisites down",
+}
+TICK_TASK_ID = "deploy-tick"
+RECORD_FILE = "deployed.json"
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    """`<run>/deployed.json`: what runs, what ran before, and revisions that failed (skipped until a newer
+    commit arrives)."""
+
+    revision: str = ""
+    deployed_at: str = ""
+    previous: str = ""
+    result: str = ""
+    web_build: str = ""
+    previous_web_build: str = ""
+    failed: tuple[str, ...] = field(default_factory=tuple)
+    last_tick_at: str = ""
+    last_exit: int | None = None
+    last_summary: str = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "deployed_at": self.deployed_at,
+            "previous": self.previous,
+            "result": self.result,
+            "web_build": self.web_build,
+            "previous_web_build": self.previous_web_build,
+            "failed": list(self.failed),
+            "last_tick_at": self.last_tick_at,
+            "last_exit": self.last_exit,
+            "last_summary": self.last_summary,
+        }
+
+
+def record_from_doc(doc: Mapping[str, Any] | None) -> DeployRecord:
+    if not doc:
+        return DeployRecord()
+    last_exit = doc.get("last_exit")
+    return DeployRecord(
+        revision=str(doc.get("revision", "")),
+        deployed_at=str(doc.get("deployed_at", "")),
+        previous=str(doc.get("previous", "")),
+        result=str(doc.get("result", "")),
+        web_build=str(doc.get("web_build", "")),
+        previous_web_build=str(doc.get("previous_web_build", "")),
+        failed=tuple(str(r) for r in doc.get("failed", [])),
+        last_tick_at=str(doc.get("last_tick_at", "")),
+        last_exit=int(last_exit) if isinstance(last_exit, int) else None,
+        last_summary=str(doc.get("last_summary", "")),
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["noop", "skip", "deploy", "revive"]
+    reason: str
+
+
+def decide(record: DeployRecord, remote: str, head: str, healthy: bool, force: bool) -> Decision:
+    """What this tick does, given the fetched remote revision, the worktree's HEAD and the stack's health."""
+    current = record.revision or head
+    if force:
+        return Decision("deploy", f"forced: deploying {short(remote)}")
+    if remote in record.failed:
+        return Decision("skip", f"{short(remote)} failed before; waiting for a newer commit")
+    if not record.revision:
+        return Decision("deploy", f"first deploy: {short(remote)}")
+    if remote != current:
+        return Decision("deploy", f"new revision {short(current)} -> {short(remote)}")
+    if not healthy:
+        return Decision("revive", f"{short(current)} is deployed but the stack is not healthy")
+    return Decision("noop", f"already on {short(current)} and healthy")
+
+
+@dataclass(frozen=True)
+class Work:
+    install: bool
+    build: bool
+
+
+def work_for(
+    changed: Sequence[str] | None, lock_files: Collection[str], web_dir: str, have_build: bool
+) -> Work:
+    """Install only when a dependency lock file changed; build only when the frontend changed (or nothing is
+    built yet). `changed` is None when the two revisions cannot be compared (a first deploy): do both."""
+    if changed is None:
+        return Work(install=True, build=True)
+    prefix = web_dir.rstrip("/") + "/"
+    return Work(
+        install=any(path in lock_files for path in changed),
+        build=not have_build or any(path.startswith(prefix) for path in changed),
+    )
+
+
+def web_build_problems(files: Collection[str], public: Collection[str]) -> list[str]:
+    """What keeps a Next.js standalone build from being served (manage.sh's checks): its server, at least one
+    CSS chunk under static, and every public file. Paths are relative to the build directory."""
+    problems = []
+    if ".next/standalone/server.js" not in files:
+        problems.append(".next/standalone/server.js is missing")
+    css = [f for f in files if f.startswith(".next/standalone/.next/static/") and f.endswith(".css")]
+    if not css:
+        problems.append("no CSS chunk under .next/standalone/.next/static")
+    missing = sorted(p for p in public if f".next/standalone/public/{p}" not in files)
+    if missing:
+        problems.append(f"public files missing from the build: {', '.join(missing[:5])}")
+    return problems
+
+
+def after_success(record: DeployRecord, revision: str, web_build: str, now: str) -> DeployRecord:
+    previous = record.revision if record.revision != revision else record.previous
+    previous_build = record.web_build if record.web_build != web_build else record.previous_web_build
+    return replace(
+        record,
+        revision=revision,
+        deployed_at=now,
+        previous=previous,
+        result="deployed",
+        web_build=web_build,
+        previous_web_build=previous_build,
+        failed=tuple(r for r in record.failed if r != revision),
+    )
+
+
+def after_failure(record: DeployRecord, revision: str, rolled_back: bool) -> DeployRecord:
+    failed = (*[r for r in record.failed if r != revision], revision)[-20:]
+    return replace(record, failed=failed, result="rolled back" if rolled_back else "rollback failed")
+
+
+def short(revision: str) -> str:
+    return revision[:10] if revision else "(none)"
