@@ -57,6 +57,8 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
         f'web_url = "http://127.0.0.1:{web_port or 1}"',
         "[lock]",
         'file = "{root}/stack-owner.json"',
+        "[deploy]",
+        "enabled = false",
     ]
     if programs:
         lines += [

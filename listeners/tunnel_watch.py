@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from protea_supervisor.env import secret_values
 from protea_supervisor.stack import TunnelWatch
 
+from .deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from .edge import (
     ListenerLog,
     Rpc,
@@ -96,11 +97,18 @@ class Publish:
 
 
 @dataclass(frozen=True)
+class ReportOutage:
+    """Tell the deploy timer (its trigger; it keeps its own spacing) that the tunnel had to be restarted."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Log:
     message: str
 
 
-Action = Probe | StartTunnel | StopTunnel | Publish | Log
+Action = Probe | StartTunnel | StopTunnel | Publish | Log | ReportOutage
 
 
 # --- the pure handler -----------------------------------------------------------------------------------
@@ -297,8 +305,8 @@ def _restart(config: WatchConfig, state: WatchState, now: float, why: str) -> tu
         f"next no sooner than {backoff:g} s)"
     )
     if state.tunnel == "RUNNING":
-        return replace(state, restarting=True), [log, StopTunnel(), Publish(state)]
-    return state, [log, StartTunnel(), Publish(state)]
+        return replace(state, restarting=True), [log, StopTunnel(), Publish(state), ReportOutage(why)]
+    return state, [log, StartTunnel(), Publish(state), ReportOutage(why)]
 
 
 # --- state file -----------------------------------------------------------------------------------------
@@ -382,6 +390,11 @@ class Executor:
             call_tolerating(self.rpc, "stopProcess", TUNNEL, False, harmless="NOT_RUNNING")
         elif isinstance(action, Publish):
             write_json(self.state_path, state_document(action.state))
+        elif isinstance(action, ReportOutage):
+            message = {"kind": "trigger", "trigger": "tunnel", "reason": action.why[:200]}
+            threading.Thread(
+                target=send_event, args=(self.rpc, TIMER_COMM_TYPE, message), daemon=True
+            ).start()
 
     def _probe(self, probe: Probe) -> None:
         time.sleep(probe.delay)

@@ -35,6 +35,10 @@ from protea_supervisor.errors import (
     UsageError,
 )
 from protea_supervisor.files import load_stack, write_atomic
+from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
+from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
+from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
+from protea_supervisor.listeners.deploy_timer import next_tick_at, trigger_message
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
@@ -435,16 +439,17 @@ def tunnel_line(watch: dict[str, Any], now: float) -> str:
     )
 
 
-def deploy_line(record: DeployRecord, behind: Sequence[str]) -> str:
+def deploy_line(record: DeployRecord, behind: Sequence[str], next_at: float | None) -> str:
+    upcoming = f"; next tick {datetime.fromtimestamp(next_at, UTC):%Y-%m-%dT%H:%M:%S}Z" if next_at else ""
     if not record.revision:
-        return "deploy: nothing deployed by a tick yet"
+        return f"deploy: nothing deployed by a tick yet{upcoming}"
     last = (
         f"; last tick {record.last_tick_at} exit {record.last_exit} ({record.last_summary})"
         if record.last_tick_at
         else ""
     )
     older = f"; running an older revision: {', '.join(behind)}" if behind else ""
-    return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{last}{older}"
+    return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{last}{upcoming}{older}"
 
 
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
@@ -509,6 +514,29 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
     return code
 
 
+@cli.command("trigger")
+@click.argument("reason", nargs=-1)
+@click.pass_context
+def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
+    """Ask the deploy timer for a tick now. REASON (free text, first 200 characters) goes to its log.
+
+    The marker file <run>/deploy-trigger is written atomically, and when supervisord answers the same
+    trigger is sent as a REMOTE_COMMUNICATION event, which the timer acts on at once (otherwise it finds the
+    marker at its next TICK_5). Other tools can send the event themselves: supervisor.sendRemoteCommEvent(
+    "protea-deploy-timer", '{"kind": "trigger", "trigger": "manual", "reason": "..."}').
+    """
+    stack = load(ctx)
+    prepare_dirs(stack, need_root=False)
+    text = " ".join(reason)[:200] or "manual trigger"
+    write_atomic(stack.paths.run / TRIGGER_MARKER, text + "\n")
+    supervisor = Supervisor(stack.socket_path)
+    if supervisor.is_running():
+        supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
+        click.echo(f"triggered: {text}")
+    else:
+        click.echo(f"supervisord is not running; the trigger waits in {stack.paths.run / TRIGGER_MARKER}")
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -529,6 +557,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     gate = read_gate_state(stack.paths.run) or {}
     watch = read_json(stack.paths.run / TUNNEL_STATE_FILE) or {}
     deployed = read_record(stack)
+    timer = read_json(stack.paths.run / TIMER_STATE_FILE) or {}
     revisions = {i["name"]: process_revision(int(i["pid"])) for i in infos if i["pid"]}
     behind = older_revision(revisions, deployed.revision)
     if as_json:
@@ -536,7 +565,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
             "processes": [r.as_dict() for r in status_rows],
             "gate": {key: gate.get(key) for key in ("phase", "step", "reason", "finished_at")},
             "tunnel_watch": watch,
-            "deploy": deployed.to_doc() | {"older_revision": behind},
+            "deploy": deployed.to_doc()
+            | {"older_revision": behind, "next_tick_at": next_tick_at(timer) if timer else None},
             "lock": {"owner": owner.owner, "task_id": owner.task_id, "acquired_at": owner.acquired_at},
             "config": str(stack.config_path),
         }
@@ -551,7 +581,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"gate: {phase}{detail}")
     if watch:
         click.echo(tunnel_line(watch, time.time()))
-    click.echo(deploy_line(deployed, behind))
+    click.echo(deploy_line(deployed, behind, next_tick_at(timer) if timer else None))
 
 
 @cli.command("logs")

@@ -80,6 +80,8 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
     listeners = [("gate", "PROCESS_STATE,REMOTE_COMMUNICATION")]
     if tunnel_watched(stack):
         listeners.append(("tunnel-watch", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
+    if stack.deploy.enabled:
+        listeners.append(("deploy-timer", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
     return [
         ListenerBlock(
             name=name,

@@ -144,6 +144,8 @@ class Deploy:
     build_command: str
     # The served frontend build: a symlink the tick swaps in one rename; the web program runs from it.
     web_current: Path
+    enabled: bool  # the deploy-timer listener runs
+    check_interval: int  # seconds between `git ls-remote` checks for a new commit (0: none)
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,8 @@ SCHEMA: dict[str, Spec] = {
         "web_dir": str,
         "build_command": str,
         "web_current": str,
+        "enabled": bool,
+        "check_interval": int,
     },
     "lock": {"file": str, "flock_timeout": (int, float)},
     "tunnel_watch": {
@@ -736,4 +740,6 @@ def _parse_deploy(reader: _Reader, expand: _Expander, root: Path) -> Deploy:
         web_current=expand.path(
             "deploy.web_current", reader.get("deploy.web_current", "{run}/web-current"), root
         ),
+        enabled=reader.get("deploy.enabled", True),
+        check_interval=_positive(reader, "deploy.check_interval", reader.get("deploy.check_interval", 60)),
     )

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protea_supervisor import deploy
-from protea_supervisor.apply import UP, Deadlines, apply_plan
+from protea_supervisor.apply import UP, Deadlines, apply_plan, states, wait_until_gone_or_down
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord, Work
 from protea_supervisor.env import redact
@@ -29,6 +29,7 @@ from protea_supervisor.errors import ProteaError
 from protea_supervisor.files import write_atomic
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.gate import parse_infra, wait_http, wait_ports
+from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.lock import LockFile
 from protea_supervisor.reconcile import ReloadPlan, describe_plan, plan_from_document
 from protea_supervisor.stack import Stack
@@ -236,7 +237,7 @@ def run_migrate(env: TickEnv, plan: ReloadPlan) -> None:
     if not stack.program("migrate").enabled:
         return
     if "migrate" in plan.changed:
-        supervisor.replace_group("migrate")
+        replace_idle(env, "migrate")
     env.report("running migrate")
     supervisor.start("migrate:migrate")
     end = time.monotonic() + env.deadlines.stop + 600
@@ -252,6 +253,28 @@ def run_migrate(env: TickEnv, plan: ReloadPlan) -> None:
     raise StepFailed("migrate did not finish", deploy.FAILED_ROLLED_BACK)
 
 
+def replace_idle(env: TickEnv, group: str) -> None:
+    """Swap in a one-shot's new config once it is not running (the gate may have just started it)."""
+    wait_until_gone_or_down(
+        env.supervisor, group, states(env.supervisor, group), env.deadlines.stop, env.report
+    )
+    env.supervisor.replace_group(group)
+
+
+def wait_gate_idle(env: TickEnv) -> None:
+    """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
+    probes = env.stack.probes
+    deadline = time.monotonic() + probes.infra_timeout + probes.api_ready_timeout + probes.web_timeout + 300
+    announced = False
+    while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
+        if not announced:
+            env.report("the gate is starting the stack; waiting for it to finish")
+            announced = True
+        if time.monotonic() > deadline:
+            raise StepFailed("the gate did not finish", deploy.FAILED_ROLLED_BACK)
+        time.sleep(0.5)
+
+
 def apply_revision(env: TickEnv, revision: str, migrate: bool) -> None:
     """Render with the revision, migrate, restart what changed (workers within their grace), start what is
     not running, and verify with the gate's probes."""
@@ -263,7 +286,7 @@ def apply_revision(env: TickEnv, revision: str, migrate: bool) -> None:
     keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
     moving = plan.only(keep - {"migrate"})
     if "migrate" in plan.changed and not migrate:
-        env.supervisor.replace_group("migrate")
+        replace_idle(env, "migrate")
     for line in describe_plan(moving):
         env.report(line)
     up = any(
@@ -323,6 +346,8 @@ def _tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
         return deploy.PREREQUISITES_DOWN, f"prerequisites down: {', '.join(closed)}"
     try:
         remote, head = fetch(stack, env.report)
+        if not dry_run and env.supervisor.is_running():
+            wait_gate_idle(env)
     except StepFailed as failed:
         return failed.code, str(failed)
     record = read_record(stack)

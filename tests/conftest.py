@@ -173,6 +173,7 @@ def stack_file(
             "infra_from_env": [],
         },
         "lock": {"file": "{root}/stack-owner.json", "flock_timeout": 1},
+        "deploy": {"enabled": False},
     }
     deep_update(data, extra or {})
     path = root / "stack.toml"

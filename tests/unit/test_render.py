@@ -60,7 +60,7 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
         p.name: p
         for g in options.process_group_configs
         for p in g.process_configs
-        if p.name not in ("gate", "tunnel-watch")
+        if p.name not in ("gate", "tunnel-watch", "deploy-timer")
     }
     assert "worker-ping" in processes
     assert "worker-embeddings-batch-1" in processes
@@ -76,6 +76,11 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     assert processes["migrate"].autorestart is False
     assert processes["tunnel"].autorestart is False  # the tunnel watchdog alone restarts it
     assert processes["api"].autorestart is RestartUnconditionally
+    # The deploy tick is a one-shot only the deploy timer (or an operator) starts.
+    tick = processes["deploy-tick"]
+    assert tick.startsecs == 0 and tick.autorestart is False and tick.exitcodes == [0, 10]
+    (timer,) = [g for g in options.process_group_configs if g.name == "deploy-timer"]
+    assert timer.buffer_size >= 256 and EventTypes.TICK_5 in timer.pool_events
     assert processes["worker-ping"].stopwaitsecs == 300
     assert processes["worker-ping"].exitcodes == [0, 143]
     assert not any(config.autostart for config in processes.values())  # the gate starts them

@@ -11,6 +11,7 @@ from protea_supervisor.listeners.tunnel_watch import (
     Log,
     Probe,
     Publish,
+    ReportOutage,
     StartTunnel,
     StopTunnel,
     WatchConfig,
@@ -56,7 +57,7 @@ def replay(state: WatchState, events: Iterable[tuple[Event, float]]) -> tuple[Wa
     out = []
     for event, at in events:
         state, actions = handle(CONFIG, state, event, at)
-        out.append([a for a in actions if not isinstance(a, (Log, Publish))])
+        out.append([a for a in actions if not isinstance(a, (Log, Publish, ReportOutage))])
     return state, out
 
 

@@ -1,0 +1,162 @@
+"""A small app repo behind a real local git remote, and a stack that deploys it (deploy tick and timer tests).
+
+The app's API stand-in serves its VERSION file (500 when a BROKEN file exists); `apps/web` has a build
+script that makes a Next.js-shaped standalone build; `pyproject.toml` is the dependency file. Prerequisites
+are this machine's real Postgres and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pika
+from conftest import Stack, deep_update, free_port, stack_file
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
+WORKER = Path(__file__).parent / "fixtures" / "rabbit_worker.py"
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "dev",
+    "GIT_AUTHOR_EMAIL": "dev@example.invalid",
+    "GIT_COMMITTER_NAME": "dev",
+    "GIT_COMMITTER_EMAIL": "dev@example.invalid",
+}
+
+APP = """import http.server, os, pathlib, sys
+here = pathlib.Path(__file__).parent
+version = (here / "VERSION").read_text().strip()
+broken = (here / "BROKEN").exists()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{version} {os.environ.get('PROTEA_REVISION', '-')}".encode()
+        self.send_response(500 if broken else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+BUILD = """import pathlib, shutil
+out = pathlib.Path(".next")
+(out / "standalone").mkdir(parents=True, exist_ok=True)
+(out / "standalone" / "server.js").write_text("// server")
+(out / "static" / "chunks").mkdir(parents=True, exist_ok=True)
+(out / "static" / "chunks" / "app.css").write_text("body{}")
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, env=GIT_ENV)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+class AppRepo:
+    """A bare remote, a developer clone that pushes, and the host's clone with the deploy worktree."""
+
+    def __init__(self, base: Path) -> None:
+        self.remote, self.dev = base / "remote.git", base / "dev"
+        self.repository, self.worktree = base / "repo", base / "deploy"
+        git(base, "init", "--quiet", "--bare", "-b", "develop", str(self.remote))
+        git(base, "clone", "--quiet", str(self.remote), str(self.dev))
+        git(self.dev, "checkout", "--quiet", "-b", "develop")
+        self.write({"app.py": APP, "VERSION": "v1\n", "pyproject.toml": "[project]\nname='app'\n",
+                    "apps/web/build.py": BUILD, "apps/web/public/protea-mark.png": "png",
+                    "apps/web/page.txt": "page 1"})  # fmt: skip
+        self.commit("v1")
+        git(base, "clone", "--quiet", str(self.remote), str(self.repository))
+        git(self.repository, "worktree", "add", "--quiet", "--detach", str(self.worktree), "origin/develop")
+
+    def write(self, files: dict[str, str | None]) -> None:
+        for name, text in files.items():
+            path = self.dev / name
+            if text is None:
+                git(self.dev, "rm", "--quiet", name)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            git(self.dev, "add", name)
+
+    def commit(self, message: str, files: dict[str, str | None] | None = None) -> str:
+        self.write(files or {})
+        git(self.dev, "commit", "--quiet", "-m", message)
+        git(self.dev, "push", "--quiet", "origin", "HEAD:develop")
+        return git(self.dev, "rev-parse", "HEAD")
+
+
+def deploy_stack(
+    base: Path, repo: AppRepo, queue: str, db_url: str = "", extra: dict[str, Any] | None = None
+) -> Stack:
+    host = base / "host"
+    host.mkdir()
+    env_file = host / "protea.env"
+    db = db_url or "postgresql://postgres@127.0.0.1:5432/postgres"
+    env_file.write_text(f"PROTEA_DB_URL={db}\nPROTEA_AMQP_URL={AMQP}\n")
+    env_file.chmod(0o600)
+    api = free_port()
+    python = sys.executable
+    worker = f"{{python}} -P {WORKER} --queue {{queue}} --record {host}/acks.log"
+    path = stack_file(
+        host,
+        queues={queue: {"processes": 1, "command": worker, "stop_grace": 30}},
+        env_files=[str(env_file)],
+        api_port=api,
+        extra=deep_update(
+            {
+                "paths": {"root": str(repo.worktree), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
+                "programs": {
+                    "api": {"command": f"{{python}} -P app.py {api}", "directory": "{root}"},
+                    "web": {"directory": "{run}/web-current"},
+                    "migrate": {"directory": "{root}"},
+                },
+                "probes": {
+                    "infra_from_env": ["PROTEA_DB_URL", "PROTEA_AMQP_URL"],
+                    "api_ready_timeout": 6,
+                    "web_timeout": 10,
+                },
+                "deploy": {
+                    "repository": str(repo.repository),
+                    "remote": "origin",
+                    "ref": "develop",
+                    "install_command": f"echo installed >> {host}/installs.log",
+                    "post_install_command": f"echo post-install >> {host}/installs.log",
+                    "build_command": f"{python} build.py && echo built >> {host}/builds.log",
+                },
+            },
+            extra or {},
+        ),
+    )
+    return Stack(path)
+
+
+def serving(stack: Stack) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.api_port}/jobs", timeout=2) as response:
+            return response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return ""
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def record(stack: Stack) -> dict[str, object]:
+    return json.loads((stack.root / "run" / "deployed.json").read_text())
+
+
+def publish(queue: str, jobs: int, seconds: float) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=False, auto_delete=False)
+    for job in range(jobs):
+        channel.basic_publish("", queue, json.dumps({"id": job, "seconds": seconds}).encode())
+    connection.close()

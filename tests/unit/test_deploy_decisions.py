@@ -1,0 +1,81 @@
+"""The deploy tick's pure decisions."""
+
+from __future__ import annotations
+
+from protea_supervisor.deploy import (
+    DeployRecord,
+    after_failure,
+    after_success,
+    decide,
+    record_from_doc,
+    web_build_problems,
+    work_for,
+)
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+DEPLOYED = DeployRecord(revision=A, deployed_at="t0", web_build="/builds/a")
+
+
+def test_same_revision_and_healthy_is_a_noop_and_unhealthy_is_a_revive() -> None:
+    assert decide(DEPLOYED, A, A, healthy=True, force=False).action == "noop"
+    assert decide(DEPLOYED, A, A, healthy=False, force=False).action == "revive"
+
+
+def test_a_new_revision_deploys_and_force_deploys_anyway() -> None:
+    assert decide(DEPLOYED, B, A, healthy=True, force=False).action == "deploy"
+    assert decide(DEPLOYED, A, A, healthy=True, force=True).action == "deploy"
+
+
+def test_a_revision_that_failed_is_skipped_until_a_newer_one_arrives() -> None:
+    failed = after_failure(DEPLOYED, B, rolled_back=True)
+    assert failed.result == "rolled back" and failed.revision == A
+    skip = decide(failed, B, A, healthy=True, force=False)
+    assert skip.action == "skip" and "failed before" in skip.reason
+    assert decide(failed, C, A, healthy=True, force=False).action == "deploy"
+    assert decide(failed, B, A, healthy=True, force=True).action == "deploy"
+
+
+def test_the_first_tick_deploys_even_when_the_worktree_is_on_the_head() -> None:
+    assert decide(DeployRecord(), A, A, healthy=True, force=False).action == "deploy"
+
+
+def test_install_only_for_lock_files_and_build_only_for_the_frontend() -> None:
+    locks = ("pyproject.toml", "poetry.lock")
+    assert work_for(["protea/api.py"], locks, "apps/web", have_build=True) == work_for(
+        [], locks, "apps/web", True
+    )
+    api_only = work_for(["protea/api.py"], locks, "apps/web", have_build=True)
+    assert not api_only.install and not api_only.build
+    both = work_for(["poetry.lock", "apps/web/page.tsx"], locks, "apps/web", have_build=True)
+    assert both.install and both.build
+    assert not work_for(["apps/webby/x"], locks, "apps/web", have_build=True).build
+    assert work_for([], locks, "apps/web", have_build=False).build  # nothing served yet
+    assert work_for(None, locks, "apps/web", have_build=True) == work_for(None, locks, "x", False)
+
+
+def test_a_web_build_needs_its_server_a_css_chunk_and_every_public_file() -> None:
+    good = {".next/standalone/server.js", ".next/standalone/.next/static/chunks/a.css",
+            ".next/standalone/public/protea-mark.png"}  # fmt: skip
+    assert web_build_problems(good, {"protea-mark.png"}) == []
+    problems = web_build_problems({".next/static/chunks/a.css"}, {"protea-mark.png"})
+    assert len(problems) == 3 and "server.js" in problems[0] and "protea-mark.png" in problems[2]
+
+
+def test_success_moves_the_previous_revision_and_build_along_and_clears_the_failure() -> None:
+    failed = after_failure(DEPLOYED, B, rolled_back=True)
+    done = after_success(failed, B, "/builds/b", "t1")
+    assert (done.revision, done.previous, done.web_build, done.previous_web_build) == (
+        B,
+        A,
+        "/builds/b",
+        "/builds/a",
+    )
+    assert done.failed == () and done.result == "deployed"
+    same_build = after_success(done, C, "/builds/b", "t2")
+    assert same_build.previous_web_build == "/builds/a"  # an API-only deploy keeps the build to go back to
+
+
+def test_the_record_round_trips() -> None:
+    record = after_failure(after_success(DEPLOYED, B, "/b", "t1"), C, rolled_back=False)
+    assert record_from_doc(record.to_doc()) == record
+    assert record_from_doc(None) == DeployRecord()
