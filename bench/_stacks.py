@@ -59,6 +59,8 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
         'file = "{root}/stack-owner.json"',
         "[deploy]",
         "enabled = false",
+        "[metrics]",
+        "enabled = false",
     ]
     if programs:
         lines += [

@@ -82,6 +82,8 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
         listeners.append(("tunnel-watch", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
     if stack.deploy.enabled:
         listeners.append(("deploy-timer", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
+    if stack.metrics.enabled:
+        listeners.append(("metrics", "PROCESS_STATE"))
     return [
         ListenerBlock(
             name=name,

@@ -83,6 +83,7 @@ class Queue:
     numbered: bool
     stop_grace: int
     command: str
+    starved_after: int
 
     def process_names(self) -> tuple[str, ...]:
         if self.numbered:
@@ -155,6 +156,33 @@ class LockSettings:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    enabled: bool
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Monitor:
+    rabbit_api: str
+    queue_prefix: str
+    exempt: tuple[str, ...]
+    starved_after: int
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    dir: Path
+    keep: int
+    min_free_gb: float
+    database_url_env: str
+    extensions: tuple[str, ...]
+    check_tables: tuple[str, ...]
+    min_tables: int
+    jobs: int
+
+
+@dataclass(frozen=True)
 class Stack:
     name: str
     sources: tuple[str, ...]
@@ -168,6 +196,9 @@ class Stack:
     deploy: Deploy
     lock: LockSettings
     tunnel_watch: TunnelWatch
+    metrics: Metrics
+    monitor: Monitor
+    backup: BackupSettings
     python: str = field(default="")
     # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
     choice: str = field(default="")
@@ -222,6 +253,7 @@ QUEUE_SCHEMA: dict[str, Spec] = {
     "numbered": bool,
     "stop_grace": int,
     "command": str,
+    "starved_after": int,
 }
 SCHEMA: dict[str, Spec] = {
     "name": str,
@@ -266,6 +298,18 @@ SCHEMA: dict[str, Spec] = {
         "check_interval": int,
     },
     "lock": {"file": str, "flock_timeout": (int, float)},
+    "metrics": {"enabled": bool, "host": str, "port": int},
+    "monitor": {"rabbit_api": str, "queue_prefix": str, "exempt": ("list", str), "starved_after": int},
+    "backup": {
+        "dir": str,
+        "keep": int,
+        "min_free_gb": (int, float),
+        "database_url_env": str,
+        "extensions": ("list", str),
+        "check_tables": ("list", str),
+        "min_tables": int,
+        "jobs": int,
+    },
     "tunnel_watch": {
         "enabled": bool,
         "probe_interval": int,
@@ -537,6 +581,30 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         raise reader.fail("lock.flock_timeout", f"must be greater than 0, got {lock.flock_timeout}")
 
     tunnel_watch = _parse_tunnel_watch(reader)
+    port = reader.get("metrics.port", 9108)
+    if not 1 <= port <= 65535:
+        raise reader.fail("metrics.port", f"must be a TCP port, got {port}")
+    metrics = Metrics(
+        bool(reader.get("metrics.enabled", True)), reader.get("metrics.host", "127.0.0.1"), port
+    )
+    monitor = Monitor(
+        rabbit_api=reader.get("monitor.rabbit_api", "http://127.0.0.1:15672"),
+        queue_prefix=reader.get("monitor.queue_prefix", "protea."),
+        exempt=tuple(reader.get("monitor.exempt", ["protea.dead-letter"])),
+        starved_after=_positive(
+            reader, "monitor.starved_after", reader.get("monitor.starved_after", 1800), 1
+        ),
+    )
+    backup = BackupSettings(
+        dir=expand.path("backup.dir", reader.get("backup.dir", "~/Thesis2/backups"), root),
+        keep=_positive(reader, "backup.keep", reader.get("backup.keep", 3), 1),
+        min_free_gb=float(reader.get("backup.min_free_gb", 60)),
+        database_url_env=reader.get("backup.database_url_env", "PROTEA_DB_URL"),
+        extensions=tuple(reader.get("backup.extensions", ["vector"])),
+        check_tables=tuple(reader.get("backup.check_tables", [])),
+        min_tables=_positive(reader, "backup.min_tables", reader.get("backup.min_tables", 1)),
+        jobs=_positive(reader, "backup.jobs", reader.get("backup.jobs", 4), 1),
+    )
 
     name = reader.get("name", "protea")
     if not PROGRAM_NAME.match(name):
@@ -554,6 +622,9 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         deploy=deploy,
         lock=lock,
         tunnel_watch=tunnel_watch,
+        metrics=metrics,
+        monitor=monitor,
+        backup=backup,
         python=host.python,
     )
 
@@ -672,6 +743,12 @@ def _parse_queues(
                     f"{key}.command" if "command" in table else "workers.command",
                     table.get("command", workers.command),
                     {"queue": name},
+                ),
+                starved_after=_positive(
+                    reader,
+                    f"{key}.starved_after",
+                    table.get("starved_after", reader.get("monitor.starved_after", 1800)),
+                    1,
                 ),
             )
         )

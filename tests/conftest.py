@@ -174,6 +174,7 @@ def stack_file(
         },
         "lock": {"file": "{root}/stack-owner.json", "flock_timeout": 1},
         "deploy": {"enabled": False},
+        "metrics": {"enabled": False},
     }
     deep_update(data, extra or {})
     path = root / "stack.toml"

@@ -60,7 +60,7 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
         p.name: p
         for g in options.process_group_configs
         for p in g.process_configs
-        if p.name not in ("gate", "tunnel-watch", "deploy-timer")
+        if p.name not in ("gate", "tunnel-watch", "deploy-timer", "metrics")
     }
     assert "worker-ping" in processes
     assert "worker-embeddings-batch-1" in processes

@@ -1,0 +1,319 @@
+"""Prometheus metrics for the stack, served by an event listener on a loopback port.
+
+Process states, restarts and uptime come from PROCESS_STATE events (one getAllProcessInfo when the listener
+starts), so a scrape costs supervisord nothing. RSS is read from /proc at scrape time. The gate, the tunnel
+watchdog, the deploy record and the stack-owner lock are read from their files in the run dir. No env-file
+value is ever a label or a value: the labels are process names, states, revisions and lock owners.
+
+`apply_event` is pure: (state, event, now) -> state. `samples` is pure: (state, files, now, rss) -> the
+metric families as plain data; the collector only turns them into prometheus_client objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .edge import ListenerLog, read_json, rpc_factory
+from .protocol import Event, run
+
+STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Proc:
+    group: str
+    state: str
+    pid: int = 0
+    started_at: float = 0.0
+    starts: int = 0
+
+
+@dataclass(frozen=True)
+class MetricsState:
+    processes: Mapping[str, Proc] = field(default_factory=dict)
+    events: int = 0
+
+
+def from_process_info(infos: Iterable[Mapping[str, Any]]) -> MetricsState:
+    processes = {
+        f"{i['group']}:{i['name']}": Proc(
+            i["group"], i["statename"], int(i["pid"]), float(i["start"]) if i["pid"] else 0.0, 0
+        )
+        for i in infos
+    }
+    return MetricsState(processes=processes)
+
+
+def apply_event(state: MetricsState, event: Event, now: float) -> MetricsState:
+    if not event.name.startswith("PROCESS_STATE_"):
+        return state
+    key = event.process
+    old = state.processes.get(key, Proc(event.fields.get("groupname", ""), "UNKNOWN"))
+    new = replace(old, state=event.state)
+    if event.state == "STARTING":
+        new = replace(new, starts=old.starts + 1, pid=0)
+    elif event.state == "RUNNING":
+        new = replace(new, pid=int(event.fields.get("pid", "0") or 0), started_at=now)
+    elif event.state in ("EXITED", "STOPPED", "FATAL", "BACKOFF"):
+        new = replace(new, pid=0)
+    return replace(state, processes={**state.processes, key: new}, events=state.events + 1)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # gauge or counter
+    help: str
+    labels: tuple[str, ...]
+    samples: tuple[tuple[tuple[str, ...], float], ...]
+
+
+def _family(
+    name: str,
+    help: str,
+    labels: tuple[str, ...],
+    values: Iterable[tuple[tuple[str, ...], float]],
+    kind: str = "gauge",
+) -> Family:
+    return Family(name, kind, help, labels, tuple(values))
+
+
+def samples(
+    state: MetricsState,
+    files: Mapping[str, Mapping[str, Any]],
+    now: float,
+    rss: Callable[[int], float | None],
+) -> list[Family]:
+    procs = sorted(state.processes.items())
+    by_proc = ("process", "group")
+    running = [(k, p) for k, p in procs if p.state == "RUNNING"]
+    families = [
+        _family(
+            "protea_process_state",
+            "1 for the state each process is in",
+            (*by_proc, "state"),
+            (((k, p.group, s), float(p.state == s)) for k, p in procs for s in STATES),
+        ),
+        _family(
+            "protea_process_up",
+            "1 when the process is RUNNING",
+            by_proc,
+            (((k, p.group), float(p.state == "RUNNING")) for k, p in procs),
+        ),
+        _family(
+            "protea_process_restarts",
+            "starts seen since the metrics listener started",
+            by_proc,
+            (((k, p.group), float(p.starts)) for k, p in procs),
+            kind="counter",
+        ),
+        _family(
+            "protea_process_uptime_seconds",
+            "seconds since the process reached RUNNING",
+            by_proc,
+            (((k, p.group), now - p.started_at) for k, p in running if p.started_at),
+        ),
+    ]
+    memory = [((k, p.group), rss(p.pid)) for k, p in running if p.pid]
+    families.append(
+        _family(
+            "protea_process_rss_bytes",
+            "resident memory of the process",
+            by_proc,
+            ((labels, value) for labels, value in memory if value is not None),
+        )
+    )
+    families += _file_families(files, now)
+    families.append(
+        _family(
+            "protea_metrics_events",
+            "events the metrics listener processed",
+            (),
+            [((), float(state.events))],
+            kind="counter",
+        )
+    )
+    return families
+
+
+def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[Family]:
+    out = []
+    gate = files.get("gate", {})
+    if gate:
+        phase, step = str(gate.get("phase", "")), str(gate.get("step", ""))
+        out.append(
+            _family(
+                "protea_gate_phase", "the gate's phase and step", ("phase", "step"), [((phase, step), 1.0)]
+            )
+        )
+        out.append(
+            _family(
+                "protea_gate_failed", "1 when the last gate run failed", (), [((), float(phase == "failed"))]
+            )
+        )
+    watch = files.get("tunnel", {})
+    if watch:
+        recent = [t for t in watch.get("restarts", []) if now - float(t) < 3600]
+        out.append(
+            _family(
+                "protea_tunnel_probe_ok",
+                "1 when the last tunnel probe passed",
+                (),
+                [((), float(bool(watch.get("last_ok"))))],
+            )
+        )
+        out.append(
+            _family(
+                "protea_tunnel_restarts_last_hour",
+                "tunnel restarts by the watchdog",
+                (),
+                [((), float(len(recent)))],
+            )
+        )
+        out.append(
+            _family(
+                "protea_tunnel_consecutive_failures",
+                "failed tunnel probes in a row",
+                (),
+                [((), float(watch.get("consecutive_failures", 0)))],
+            )
+        )
+    deployed = files.get("deploy", {})
+    if deployed:
+        revision, previous = str(deployed.get("revision", "")), str(deployed.get("previous", ""))
+        out.append(
+            _family(
+                "protea_deploy_info",
+                "the deployed revision",
+                ("revision", "previous"),
+                [((revision, previous), 1.0)],
+            )
+        )
+        if deployed.get("last_exit") is not None:
+            out.append(
+                _family(
+                    "protea_deploy_last_tick_exit_code",
+                    "exit code of the last deploy tick",
+                    (),
+                    [((), float(deployed["last_exit"]))],
+                )
+            )
+        if deployed.get("last_tick_epoch"):
+            out.append(
+                _family(
+                    "protea_deploy_last_tick_timestamp_seconds",
+                    "when the last deploy tick ran",
+                    (),
+                    [((), float(deployed["last_tick_epoch"]))],
+                )
+            )
+    lock = files.get("lock", {})
+    owner, task = str(lock.get("owner", "free") or "free"), str(lock.get("task_id", ""))
+    out.append(
+        _family(
+            "protea_stack_owner",
+            "1 for the stack-owner lock's owner",
+            ("owner", "task_id"),
+            [((owner, task), 1.0)],
+        )
+    )
+    return out
+
+
+# --- the edge -------------------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/statm").read_text().split()
+    except OSError:
+        return None
+    return float(int(fields[1]) * os.sysconf("SC_PAGE_SIZE"))
+
+
+def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
+    from datetime import datetime
+
+    files = {
+        "gate": read_json(run_dir / "gate.json") or {},
+        "tunnel": read_json(run_dir / "tunnel-watch.json") or {},
+        "deploy": read_json(run_dir / "deployed.json") or {},
+        "lock": read_json(lock_file) or {},
+    }
+    tick = files["deploy"].get("last_tick_at")
+    if tick:
+        with contextlib.suppress(ValueError):
+            files["deploy"]["last_tick_epoch"] = datetime.fromisoformat(str(tick)).timestamp()
+    return files
+
+
+class Collector:
+    """prometheus_client's custom-collector duck type over the listener's state."""
+
+    def __init__(self, state: Callable[[], MetricsState], run_dir: Path, lock_file: Path) -> None:
+        self.state = state
+        self.run_dir = run_dir
+        self.lock_file = lock_file
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        families = samples(self.state(), read_files(self.run_dir, self.lock_file), time.time(), rss_bytes)
+        for family in families:
+            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+            metric = kind(family.name, family.help, labels=list(family.labels))
+            for labels, value in family.samples:
+                metric.add_metric(list(labels), value)
+            yield metric
+
+
+def serve(collector: Collector, host: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    start_http_server(port, addr=host, registry=registry)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="protea-supervisor metrics (a supervisord event listener)")
+    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
+    args = parser.parse_args(argv)
+
+    from protea_supervisor.env import secret_values
+    from protea_supervisor.files import load_stack
+    from protea_supervisor.lock import resolve_path
+    from protea_supervisor.stack import HostFacts
+
+    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
+    rpc = rpc_factory(os.environ)
+    lock = threading.Lock()
+    holder = {"state": from_process_info(rpc().supervisor.getAllProcessInfo())}
+
+    def current() -> MetricsState:
+        with lock:
+            return holder["state"]
+
+    lock_file = resolve_path(None, dict(os.environ), stack.lock.file)
+    serve(Collector(current, stack.paths.run, lock_file), stack.metrics.host, stack.metrics.port)
+    log(f"metrics: serving http://{stack.metrics.host}:{stack.metrics.port}/metrics")
+
+    def on_event(event: Event) -> None:
+        with lock:
+            holder["state"] = apply_event(holder["state"], event, time.time())
+
+    run(on_event, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

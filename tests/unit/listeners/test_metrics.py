@@ -1,0 +1,61 @@
+"""The metrics listener: state from events, and the families a scrape serves."""
+
+from __future__ import annotations
+
+from protea_supervisor.listeners.metrics import MetricsState, apply_event, from_process_info, samples
+from protea_supervisor.listeners.protocol import Event
+
+
+def event(state: str, name: str, group: str, pid: int = 0) -> Event:
+    fields = {"processname": name, "groupname": group}
+    if pid:
+        fields["pid"] = str(pid)
+    return Event(f"PROCESS_STATE_{state}", fields=fields)
+
+
+def families(state: MetricsState, files: dict[str, dict[str, object]] | None = None, now: float = 100.0):  # type: ignore[no-untyped-def]
+    return {f.name: f for f in samples(state, files or {}, now, lambda pid: 1024.0 * pid)}
+
+
+def test_a_crash_and_restart_show_as_state_changes_and_a_restart() -> None:
+    state = from_process_info(
+        [{"group": "api", "name": "api", "statename": "RUNNING", "pid": 7, "start": 10}]
+    )
+    for ev, at in [(event("EXITED", "api", "api"), 50.0), (event("STARTING", "api", "api"), 51.0),
+                   (event("RUNNING", "api", "api", pid=9), 52.0)]:  # fmt: skip
+        state = apply_event(state, ev, at)
+    got = families(state, now=60.0)
+    assert got["protea_process_restarts"].samples == ((("api:api", "api"), 1.0),)
+    assert got["protea_process_up"].samples == ((("api:api", "api"), 1.0),)
+    assert got["protea_process_uptime_seconds"].samples == ((("api:api", "api"), 8.0),)
+    assert got["protea_process_rss_bytes"].samples == ((("api:api", "api"), 9216.0),)
+    running = [labels for labels, value in got["protea_process_state"].samples if value]
+    assert running == [("api:api", "api", "RUNNING")]
+
+
+def test_a_down_process_has_no_uptime_or_rss_and_is_not_up() -> None:
+    state = apply_event(MetricsState(), event("FATAL", "web", "web"), 1.0)
+    got = families(state)
+    assert got["protea_process_up"].samples == ((("web:web", "web"), 0.0),)
+    assert (
+        got["protea_process_uptime_seconds"].samples == () and got["protea_process_rss_bytes"].samples == ()
+    )
+
+
+def test_gate_tunnel_deploy_and_lock_come_from_their_files() -> None:
+    files = {
+        "gate": {"phase": "failed", "step": "api"},
+        "tunnel": {"last_ok": True, "restarts": [10.0, 90.0], "consecutive_failures": 0},
+        "deploy": {"revision": "abc", "previous": "def", "last_exit": 20, "last_tick_epoch": 95.0},
+        "lock": {"owner": "export", "task_id": "exp-1"},
+    }
+    got = families(MetricsState(), files, now=3650.0)
+    assert got["protea_gate_failed"].samples == (((), 1.0),)
+    assert got["protea_tunnel_restarts_last_hour"].samples == (((), 1.0),)
+    assert got["protea_deploy_info"].samples == ((("abc", "def"), 1.0),)
+    assert got["protea_deploy_last_tick_exit_code"].samples == (((), 20.0),)
+    assert got["protea_stack_owner"].samples == ((("export", "exp-1"), 1.0),)
+
+
+def test_with_no_files_the_lock_reads_free() -> None:
+    assert families(MetricsState())["protea_stack_owner"].samples == ((("free", ""), 1.0),)
