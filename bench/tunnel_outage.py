@@ -10,7 +10,7 @@ the public URL answering again from a new process.
                 every 60 s (TRIGGER_CHECK_INTERVAL_SEC); on failure pkill, sleep 1, start ngrok again. It
                 never looks at the agent API, so `drop` goes unnoticed. The failure lands at a random point
                 of the 60 s cycle (seeded).
-Run: .venv/bin/python bench/tunnel_outage.py [--samples N]
+Run: .venv/bin/python bench/tunnel_outage.py [--samples N] [--probe-interval S] [--modes hang,exit]
 """
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ def tunnel_pid(stack: Path) -> int:
     )
 
 
-def watchdog(mode: str, phases: list[float]) -> list[float]:
+def watchdog(mode: str, phases: list[float], probe_interval: float = PROBE_INTERVAL) -> list[float]:
     root = Path(tempfile.mkdtemp(prefix="bt-"))
     api, web, agent, public = free_port(), free_port(), free_port(), free_port()
     stack = stack_file(
         root, api_port=api, web_port=web, agent_port=agent, public_port=public, api_ready_after=0.5
     )
+    if probe_interval != PROBE_INTERVAL:
+        stack.write_text(stack.read_text() + f"[tunnel_watch]\nprobe_interval = {int(probe_interval)}\n")
     url, agent_url = f"http://127.0.0.1:{public}/", f"http://127.0.0.1:{agent}/api/tunnels"
     ps(stack, "up")
     times = []
@@ -146,14 +148,22 @@ def deploy_keeper(mode: str, phase: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3, help="outages per mode for the watchdog")
+    parser.add_argument(
+        "--probe-interval", type=float, default=PROBE_INTERVAL, help="tunnel_watch.probe_interval"
+    )
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated failure modes")
     args = parser.parse_args()
     rng = random.Random(42)
     rows = []
-    for mode in MODES:
-        ours = watchdog(mode, [rng.uniform(0, PROBE_INTERVAL) for _ in range(args.samples)])
+    for mode in args.modes.split(","):
+        phases = [rng.uniform(0, args.probe_interval) for _ in range(args.samples)]
+        ours = watchdog(mode, phases, args.probe_interval)
         theirs = deploy_keeper(mode, rng.uniform(0, CHECK_INTERVAL))
         rows.append((mode, ours, theirs))
-    print(f"outage to serving again, seconds (watchdog: {args.samples} outages per mode; deploy-keeper: one)")
+    print(
+        f"outage to serving again, seconds (watchdog: probe_interval {args.probe_interval:g} s, "
+        f"{args.samples} outages per mode; deploy-keeper: one)"
+    )
     print(f"{'failure':<8} {'watchdog median':>16} {'worst':>6} {'deploy-keeper':>14} {'ratio':>7}")
     for mode, ours, theirs in rows:
         median = statistics.median(ours)
