@@ -147,6 +147,7 @@ class Deploy:
     web_current: Path
     enabled: bool  # the deploy-timer listener runs
     check_interval: int  # seconds between `git ls-remote` checks for a new commit (0: none)
+    prerequisite_timeout: float  # how long a tick waits for Postgres and RabbitMQ to accept connections
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ SCHEMA: dict[str, Spec] = {
         "web_current": str,
         "enabled": bool,
         "check_interval": int,
+        "prerequisite_timeout": (int, float),
     },
     "lock": {"file": str, "flock_timeout": (int, float)},
     "metrics": {"enabled": bool, "host": str, "port": int},
@@ -819,4 +821,5 @@ def _parse_deploy(reader: _Reader, expand: _Expander, root: Path) -> Deploy:
         ),
         enabled=reader.get("deploy.enabled", True),
         check_interval=_positive(reader, "deploy.check_interval", reader.get("deploy.check_interval", 60)),
+        prerequisite_timeout=float(reader.get("deploy.prerequisite_timeout", 15)),
     )

@@ -35,7 +35,6 @@ from protea_supervisor.reconcile import ReloadPlan, describe_plan, plan_from_doc
 from protea_supervisor.stack import Stack
 
 Report = Callable[[str], None]
-PREREQUISITE_DEADLINE = 15.0
 HEALTH_PROBE_DEADLINE = 5.0
 BUILDS_KEPT = 3
 
@@ -341,7 +340,7 @@ def _tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     targets, problems = parse_infra(stack.probes.infra_from_env, env.environ)
     if problems:
         return deploy.PREREQUISITES_DOWN, f"prerequisites: {'; '.join(problems)}"
-    closed = wait_ports(targets, PREREQUISITE_DEADLINE)
+    closed = wait_ports(targets, stack.deploy.prerequisite_timeout)
     if closed:
         return deploy.PREREQUISITES_DOWN, f"prerequisites down: {', '.join(closed)}"
     try:

@@ -16,7 +16,7 @@ import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import Stack, wait_for
+from conftest import Stack, free_port, wait_for
 from deploy_app import AMQP, AppRepo, deploy_stack, serving
 
 pytestmark = pytest.mark.integration
@@ -105,3 +105,32 @@ def test_failing_ticks_run_the_ladder_then_escalate_once_even_across_a_listener_
     state = json.loads((host / "run" / "deploy-timer.json").read_text())
     assert state["retry_at"] == 0 and state["paused_until"] > time.time() + 1700 and not state["running"]
     assert ticks(stack, 30) == 3
+
+
+def test_prerequisite_failures_retry_with_backoff_and_never_escalate(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
+) -> None:
+    repo = AppRepo(short_tmp)
+    host = short_tmp / "host"
+    closed = free_port()
+    timer = {
+        "deploy": {
+            "enabled": True,
+            "poll_interval": 3600,
+            "check_interval": 0,
+            "retry_ladder": [1, 1],
+            "prerequisite_timeout": 1,
+            "escalation_command": f"echo escalated >> {host}/escalations.log",
+        }
+    }
+    stack = deploy_stack(
+        short_tmp, repo, queue_name, db_url=f"postgresql://postgres@127.0.0.1:{closed}/x", extra=timer
+    )
+    supervisord(stack)
+    wait_for(lambda: "polling every" in timer_log(stack), 20, "the timer listener")
+    assert stack.ps("trigger").code == 0
+    # Twice the ladder's length plus one: a deploy failure would have escalated by now.
+    wait_for(lambda: ticks(stack, 40) >= 4, 90, "four ticks with the database down")
+    wait_for(lambda: timer_log(stack).count("tick exit=40 ") >= 4, 10, "the timer to read them")
+    assert not (host / "escalations.log").exists()
+    assert "escalated" not in timer_log(stack) and "retry in 1s" in timer_log(stack)
