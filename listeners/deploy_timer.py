@@ -27,6 +27,7 @@ from typing import Any
 from protea_supervisor.deploy import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
 from protea_supervisor.env import secret_values
 
+from .actions import Log
 from .edge import (
     ListenerLog,
     Rpc,
@@ -95,11 +96,6 @@ class Escalate:
 @dataclass(frozen=True)
 class Publish:
     state: TimerState
-
-
-@dataclass(frozen=True)
-class Log:
-    message: str
 
 
 Action = StartTick | CheckRemote | Escalate | Publish | Log

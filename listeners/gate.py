@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from protea_supervisor.env import secret_values
 
+from .actions import Log
 from .edge import (
     ListenerLog,
     Rpc,
@@ -128,11 +129,6 @@ class Probe:
 @dataclass(frozen=True)
 class Publish:
     state: GateState
-
-
-@dataclass(frozen=True)
-class Log:
-    message: str
 
 
 Action = Start | Probe | Publish | Log

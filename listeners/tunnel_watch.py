@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from protea_supervisor.env import secret_values
 from protea_supervisor.stack import TunnelWatch
 
+from .actions import Log
 from .deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from .edge import (
     ListenerLog,
@@ -101,11 +102,6 @@ class ReportOutage:
     """Tell the deploy timer (its trigger; it keeps its own spacing) that the tunnel had to be restarted."""
 
     why: str
-
-
-@dataclass(frozen=True)
-class Log:
-    message: str
 
 
 Action = Probe | StartTunnel | StopTunnel | Publish | Log | ReportOutage

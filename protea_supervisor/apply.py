@@ -81,6 +81,11 @@ def wait_started(
         time.sleep(POLL)
 
 
+def start_group(supervisor: Supervisor, group: str, deadlines: Deadlines) -> None:
+    supervisor.start_group(group)
+    wait_started(supervisor, group, deadlines.start)
+
+
 def sync_group(
     supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report, wait: bool = True
 ) -> dict[str, list[str]]:
@@ -109,8 +114,7 @@ def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, repo
         wait_until_gone_or_down(supervisor, group, before, deadlines.stop, report)
     supervisor.replace_group(group)
     if was_up:
-        supervisor.start_group(group)
-        wait_started(supervisor, group, deadlines.start)
+        start_group(supervisor, group, deadlines)
         report(f"  {group}: restarted")
     else:
         report(f"  {group}: new config in place (it was not running, so it stays stopped)")
@@ -134,8 +138,7 @@ def apply_plan(
     for group in plan.in_start_order(plan.added):
         supervisor.add_group(group)
         if stack_is_up:
-            supervisor.start_group(group)
-            wait_started(supervisor, group, deadlines.start)
+            start_group(supervisor, group, deadlines)
             report(f"  {group}: added and started")
         else:
             report(f"  {group}: added (the stack is not up, so it stays stopped)")

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,13 @@ def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Calla
     yield start
     for name in names:
         xprocess.getinfo(name).terminate()
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A queue name of this test's own on this machine's RabbitMQ, deleted afterwards."""
+    from rabbit import delete_queue
+
+    name = f"test.{request.node.name[5:20].replace('_', '-')}.{uuid.uuid4().hex[:8]}"
+    yield name
+    delete_queue(name)

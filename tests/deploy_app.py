@@ -16,11 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pika
 from conftest import Stack, deep_update, free_port, stack_file
+from rabbit import AMQP, WORKER_COMMAND
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
-WORKER = Path(__file__).parent / "fixtures" / "rabbit_worker.py"
 GIT_ENV = {
     **os.environ,
     "GIT_AUTHOR_NAME": "dev",
@@ -103,10 +101,9 @@ def deploy_stack(
     env_file.chmod(0o600)
     api = free_port()
     python = sys.executable
-    worker = f"{{python}} -P {WORKER} --queue {{queue}} --record {host}/acks.log"
     path = stack_file(
         host,
-        queues={queue: {"processes": 1, "command": worker, "stop_grace": 30}},
+        queues={queue: {"processes": 1, "command": WORKER_COMMAND, "stop_grace": 30}},
         env_files=[str(env_file)],
         api_port=api,
         extra=deep_update(
@@ -151,12 +148,3 @@ def lines(path: Path) -> int:
 
 def record(stack: Stack) -> dict[str, object]:
     return json.loads((stack.root / "run" / "deployed.json").read_text())
-
-
-def publish(queue: str, jobs: int, seconds: float) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    channel = connection.channel()
-    channel.queue_declare(queue, durable=False, auto_delete=False)
-    for job in range(jobs):
-        channel.basic_publish("", queue, json.dumps({"id": job, "seconds": seconds}).encode())
-    connection.close()

@@ -6,38 +6,35 @@ import collections
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import Stack, free_port, wait_for
-from deploy_app import AMQP, AppRepo, deploy_stack, git, lines, publish, record, serving
+from deploy_app import AppRepo, deploy_stack, git, lines, record, serving
+from rabbit import publish
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def queue_name() -> Iterator[str]:
-    name = f"test.deploy.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    connection.channel().queue_delete(name)
-    connection.close()
-
-
-def test_new_commits_are_deployed_installing_and_building_only_when_needed(
-    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
-) -> None:
+def deployed(short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str) -> tuple[AppRepo, Stack]:
+    """The app repo at v1, deployed by a first tick on a running supervisord."""
     repo = AppRepo(short_tmp)
     stack = deploy_stack(short_tmp, repo, queue_name)
-    installs, builds = stack.root / "installs.log", stack.root / "builds.log"
     supervisord(stack)
     first = stack.ps("tick")
     assert first.code == 10, first.both
+    return repo, stack
+
+
+def test_new_commits_are_deployed_installing_and_building_only_when_needed(
+    deployed: tuple[AppRepo, Stack], queue_name: str
+) -> None:
+    repo, stack = deployed
+    installs, builds = stack.root / "installs.log", stack.root / "builds.log"
     rev1 = git(repo.dev, "rev-parse", "HEAD")
     assert serving(stack) == f"v1 {rev1}"
     assert (
@@ -81,12 +78,9 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
 
 
 def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
-    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
+    deployed: tuple[AppRepo, Stack],
 ) -> None:
-    repo = AppRepo(short_tmp)
-    stack = deploy_stack(short_tmp, repo, queue_name)
-    supervisord(stack)
-    assert stack.ps("tick").code == 10
+    repo, stack = deployed
     rev1 = git(repo.dev, "rev-parse", "HEAD")
     bad = repo.commit("broken", {"BROKEN": "yes", "VERSION": "v2\n"})
     failed = stack.ps("tick")
@@ -102,13 +96,8 @@ def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
     assert serving(stack) == f"v3 {fixed}"
 
 
-def test_an_export_defers_the_tick_and_nothing_restarts(
-    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
-) -> None:
-    repo = AppRepo(short_tmp)
-    stack = deploy_stack(short_tmp, repo, queue_name)
-    supervisord(stack)
-    assert stack.ps("tick").code == 10
+def test_an_export_defers_the_tick_and_nothing_restarts(deployed: tuple[AppRepo, Stack]) -> None:
+    repo, stack = deployed
     before = {n: p["pid"] for n, p in stack.status().items() if p["pid"]}
     repo.commit("v2", {"VERSION": "v2\n"})
     assert stack.ps("lock", "acquire", "export", "exp-42", "multi-day export").code == 0
@@ -134,13 +123,8 @@ def test_prerequisites_down_exit_40_naming_the_one_that_failed(
     assert git(repo.worktree, "rev-parse", "HEAD") == git(repo.dev, "rev-parse", "HEAD")
 
 
-def test_a_vanished_worktree_is_recreated(
-    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
-) -> None:
-    repo = AppRepo(short_tmp)
-    stack = deploy_stack(short_tmp, repo, queue_name)
-    supervisord(stack)
-    assert stack.ps("tick").code == 10
+def test_a_vanished_worktree_is_recreated(deployed: tuple[AppRepo, Stack]) -> None:
+    repo, stack = deployed
     rev2 = repo.commit("v2", {"VERSION": "v2\n"})
     subprocess.run(["rm", "-rf", str(repo.worktree)], check=True)
     result = stack.ps("tick")

@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import Stack, free_port, wait_for
-from deploy_app import AMQP, AppRepo, deploy_stack, serving
+from deploy_app import AppRepo, deploy_stack, serving
 
 pytestmark = pytest.mark.integration
 SEND = (
@@ -27,15 +25,6 @@ SEND = (
     "p = xmlrpc.client.ServerProxy('http://127.0.0.1', transport=t)\n"
     "p.supervisor.sendRemoteCommEvent('protea-deploy-timer', sys.argv[2])\n"
 )
-
-
-@pytest.fixture
-def queue_name() -> Iterator[str]:
-    name = f"test.timer.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    connection.channel().queue_delete(name)
-    connection.close()
 
 
 def timer_log(stack: Stack) -> str:

@@ -12,15 +12,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import Stack, free_port, stack_file, wait_for
+from rabbit import WORKER_COMMAND, connect, delete_queue
 
 pytestmark = pytest.mark.integration
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
-WORKER = Path(__file__).parent.parent / "fixtures" / "rabbit_worker.py"
 SECRET = "s3cret-Value-that-must-not-leak"
 
 
@@ -71,20 +69,15 @@ def test_a_scrape_reflects_a_crash_and_restart_and_carries_no_secret(
 def prefix() -> Iterator[str]:
     prefix = f"protea.qt{uuid.uuid4().hex[:8]}."
     yield prefix
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    channel = connection.channel()
-    for suffix in ("jobs",):
-        channel.queue_delete(prefix + suffix)
-    connection.close()
+    delete_queue(prefix + "jobs")
 
 
 def monitored_stack(root: Path, prefix: str, api: str = "http://127.0.0.1:15672") -> Stack:
-    worker = f"{{python}} -P {WORKER} --queue {{queue}} --record {{root}}/acks.log"
     root.mkdir(parents=True, exist_ok=True)
     return Stack(
         stack_file(
             root,
-            queues={prefix + "jobs": {"processes": 1, "command": worker, "starved_after": 600}},
+            queues={prefix + "jobs": {"processes": 1, "command": WORKER_COMMAND, "starved_after": 600}},
             extra={"monitor": {"rabbit_api": api, "queue_prefix": prefix}},
         )
     )
@@ -95,7 +88,7 @@ def test_queues_flags_a_stalled_queue_and_a_consumer_mismatch_and_exits_2_withou
 ) -> None:
     stack = monitored_stack(short_tmp, prefix)
     queue = prefix + "jobs"
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
+    connection = connect()
     channel = connection.channel()
     channel.queue_declare(queue, durable=False, auto_delete=False)
     for n in range(3):

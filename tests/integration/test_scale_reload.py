@@ -6,42 +6,20 @@ import collections
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, stack_file, wait_for
+from rabbit import WORKER_COMMAND, publish
 
 pytestmark = pytest.mark.integration
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
-WORKER = Path(__file__).parent.parent / "fixtures" / "rabbit_worker.py"
-
-
-@pytest.fixture
-def queue_name() -> Iterator[str]:
-    name = f"test.scale.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    connection.channel().queue_delete(name)
-    connection.close()
-
-
-def publish(queue: str, jobs: int, seconds: float) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP))
-    channel = connection.channel()
-    channel.queue_declare(queue, durable=False, auto_delete=False)
-    for job in range(jobs):
-        channel.basic_publish("", queue, json.dumps({"id": job, "seconds": seconds}).encode())
-    connection.close()
 
 
 def rabbit_stack(root: Path, queue: str, processes: int = 1, **queue_settings: object) -> Stack:
-    command = f"{{python}} -P {WORKER} --queue {{queue}} --record {{root}}/acks.log"
-    settings = {"processes": processes, "numbered": True, "command": command, "stop_grace": 30}
+    settings = {"processes": processes, "numbered": True, "command": WORKER_COMMAND, "stop_grace": 30}
     return Stack(stack_file(root, queues={queue: settings | queue_settings}))
 
 
@@ -120,11 +98,10 @@ def test_reload_restarts_only_the_worker_whose_command_changed(
 ) -> None:
     other = f"{queue_name}.other"
     stack = rabbit_stack(short_tmp, queue_name, processes=2)
-    command = f"{{python}} -P {WORKER} --queue {{queue}} --record {{root}}/acks.log"
     text = stack.file.read_text()
     # A second queue beside it, which must not move.
     stack.file.write_text(
-        text + f'\n[queues."{other}"]\nprocesses = 1\nnumbered = true\ncommand = "{command}"\n'
+        text + f'\n[queues."{other}"]\nprocesses = 1\nnumbered = true\ncommand = "{WORKER_COMMAND}"\n'
     )
     supervisord(stack)
     assert stack.ps("up").code == 0
