@@ -3,9 +3,9 @@
 The tunnel stand-in is told to fail as ngrok does (hang: alive but the public URL stops answering; exit;
 5xx with an ngrok error code; drop: the agent API no longer lists the tunnel). Measured: from the failure to
 the public URL answering again from a new process.
-  watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 10 s,
+  watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 5 s,
                 3 failures 2 s apart, HEAD with a 5 s timeout). A failure lands at a random point (seeded)
-                of the 10 s probe cycle, several times per mode on one stack; median and worst are shown.
+                of the probe cycle, several times per mode on one stack; median and worst are shown.
   deploy-keeper its `ngrok_tunnel_down` trigger as it runs today: `curl -sfI --max-time 5` on the public URL
                 every 60 s (TRIGGER_CHECK_INTERVAL_SEC); on failure pkill, sleep 1, start ngrok again. It
                 never looks at the agent API, so `drop` goes unnoticed. The failure lands at a random point
@@ -35,7 +35,7 @@ from _stacks import free_port, ps, stack_file
 MODES = ("hang", "exit", "5xx", "drop")
 CHECK_INTERVAL = 60.0
 GRACE = 20.0  # tunnel_watch.grace, shipped default
-PROBE_INTERVAL = 10.0  # tunnel_watch.probe_interval, shipped default
+PROBE_INTERVAL = 5.0  # tunnel_watch.probe_interval, shipped default
 
 
 def public_serves(url: str, timeout: float = 0.5) -> bool:

@@ -777,7 +777,7 @@ def _parse_tunnel_watch(reader: _Reader) -> TunnelWatch:
             raise reader.fail("tunnel_watch.down_statuses", f"must hold HTTP status codes, got {status}")
     watch = TunnelWatch(
         enabled=bool(reader.get("tunnel_watch.enabled", True)),
-        probe_interval=number("probe_interval", 10, 5),
+        probe_interval=number("probe_interval", 5, 5),
         probe_timeout=float(number("probe_timeout", 5, 0.1)),
         failures=number("failures", 3, 1),
         confirm_interval=float(number("confirm_interval", 2, 0)),
