@@ -1,4 +1,6 @@
-"""The operator CLI. The only place that reads the environment, prints, and turns errors into exit codes."""
+"""The operator CLI: the command group, the stack commands and the entry point that turns errors into exit
+codes. The CLI modules (this one, cli_common, cli_deploy, cli_ops) are the only place that reads the
+environment and prints."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -20,37 +21,37 @@ from typing import Any
 import click
 
 from protea_supervisor import __version__
-from protea_supervisor.apply import UP, Deadlines, apply_plan, sync_group
-from protea_supervisor.backup import (
-    BackupFailed,
-    Postgres,
-    RestoreChecks,
-    check_restored,
-    restore_into,
-    run_backup,
-    target_from_url,
+from protea_supervisor import cli_deploy as deploy_commands
+from protea_supervisor import cli_ops as ops_commands
+from protea_supervisor.apply import apply_plan, sync_group
+from protea_supervisor.cli_common import (
+    POLL,
+    Settings,
+    _stack_flag,
+    exe_argv,
+    load,
+    prepare_dirs,
+    refuse_during_export,
+    rendered,
+    run_gate,
+    stack_is_up,
+    stop_deadline,
 )
-from protea_supervisor.backup import drill as run_drill
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
-from protea_supervisor.deploy import MEANING, DeployRecord
+from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import check_required, merged_environment, redact, secret_values
 from protea_supervisor.errors import (
     CommandNotFound,
     EnvError,
-    LockContention,
     ProteaError,
-    StackError,
     StackFailed,
     SupervisorDown,
     UsageError,
 )
-from protea_supervisor.files import load_stack, write_atomic
-from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
-from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
+from protea_supervisor.files import write_atomic
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
-from protea_supervisor.listeners.deploy_timer import next_tick_at, trigger_message
+from protea_supervisor.listeners.deploy_timer import next_tick_at
 from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.tunnel_watch import COMM_TYPE as TUNNEL_COMM_TYPE
 from protea_supervisor.listeners.tunnel_watch import STATE_FILE as TUNNEL_STATE_FILE
@@ -58,7 +59,6 @@ from protea_supervisor.listeners.tunnel_watch import reset_message as tunnel_res
 from protea_supervisor.lock import (
     FREE,
     LockFile,
-    export_holder,
     resolve_path,
     resolve_timeout,
 )
@@ -68,13 +68,10 @@ from protea_supervisor.overrides import (
     load_counts,
     load_numbered,
     save_counts,
-    with_overrides,
 )
-from protea_supervisor.queues import Watch, fetch_queues, judge, readings, running_counts
-from protea_supervisor.queues import table as queues_table
 from protea_supervisor.reconcile import describe_plan, plan_from_document, scaled_count
-from protea_supervisor.render import check_config, listener_blocks, render
-from protea_supervisor.stack import HostFacts, Stack
+from protea_supervisor.render import listener_blocks
+from protea_supervisor.stack import Stack
 from protea_supervisor.status import (
     group_rss_kb,
     older_revision,
@@ -84,55 +81,7 @@ from protea_supervisor.status import (
     spawn_counts,
     table,
 )
-from protea_supervisor.tick import TickEnv, finish, read_record, run_tick
-from protea_supervisor.unit import next_steps, render_unit, unit_path
-
-POLL = 0.2
-QUEUES_STATE_FILE = "queues-heartbeat.json"
-
-
-@dataclass
-class Settings:
-    stack_choice: str | None
-
-
-def exe_argv() -> list[str]:
-    """How rendered programs call back into protea-supervisor: the console script beside this Python."""
-    script = Path(sys.executable).parent / "protea-supervisor"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-P", "-m", "protea_supervisor"]
-
-
-def host_facts() -> HostFacts:
-    return HostFacts(home=Path.home(), python=sys.executable)
-
-
-def load(ctx: click.Context, overrides: bool = True) -> Stack:
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    stack = load_stack(settings.stack_choice, host_facts())
-    return with_overrides(stack) if overrides else stack
-
-
-def prepare_dirs(stack: Stack, need_root: bool = True) -> None:
-    if need_root and not stack.paths.root.is_dir():
-        if not stack.paths.create_root:
-            raise StackError(
-                f"{stack.sources[-1]}: paths.root {stack.paths.root} does not exist "
-                "(create the deploy worktree first, or set paths.create_root = true)."
-            )
-        stack.paths.root.mkdir(parents=True, exist_ok=True)
-    stack.paths.logs.mkdir(parents=True, exist_ok=True)
-    stack.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def rendered(stack: Stack, revision: str | None = None) -> str:
-    """The checked config text; the deployed revision (from the tick's record) unless one is given."""
-    if revision is None:
-        revision = read_record(stack).revision
-    text = render(stack, exe_argv(), revision)
-    check_config(text)
-    return text
+from protea_supervisor.tick import read_record
 
 
 def last_lines(path: Path, count: int) -> list[str]:
@@ -241,51 +190,6 @@ def apply_idle_changes(stack: Stack, supervisor: Supervisor) -> None:
             supervisor.replace_group(group)
 
 
-def _stack_flag(ctx: click.Context) -> str:
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    return f" --stack {shlex.quote(settings.stack_choice)}" if settings.stack_choice else ""
-
-
-def run_gate(stack: Stack, supervisor: Supervisor, retry: bool = False) -> None:
-    """Ask the gate listener to run and follow its state file until it is done or has failed."""
-    request, payload = start_request(retry)
-    supervisor.send_comm(COMM_TYPE, payload)
-    began = time.monotonic()
-    deadline = stack.probes.infra_timeout + stack.probes.api_ready_timeout + stack.probes.web_timeout + 300
-    shown: set[str] = set()
-    current = ""
-    while True:
-        doc = read_gate_state(stack.paths.run) or {}
-        mine = request in doc.get("requests", [])
-        for step in doc.get("steps", []) if mine else []:
-            if step["finished_at"] and step["step"] not in shown:
-                shown.add(step["step"])
-                click.echo(f"  {step['step']:<8} ready in {step['finished_at'] - step['started_at']:.1f} s")
-        if mine and doc.get("step") != current and doc.get("phase") == "running":
-            current = doc["step"]
-            click.echo(f"  {current:<8} ...")
-        if mine and doc.get("phase") == "done":
-            return
-        if mine and doc.get("phase") == "failed":
-            tail = "".join(f"\n    {line}" for line in doc.get("log_tail", []))
-            where = (
-                f" Last lines of {stack.paths.logs}/{doc['failed_process'].split(':', 1)[-1]}.log:"
-                if tail
-                else ""
-            )
-            message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
-            raise StackFailed(redact(message + where + tail, secret_values(stack.env.files)))
-        gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
-        # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
-        if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
-            raise StackFailed(
-                f"the gate listener is {gate[0]['statename']}; see {stack.paths.logs}/gate.log."
-            )
-        if time.monotonic() - began > deadline:
-            raise StackFailed(f"the gate did not finish within {deadline:g} s (step {doc.get('step', '?')}).")
-        time.sleep(POLL)
-
-
 @cli.command("down")
 @click.option("--force", is_flag=True, help="Stop even while an export holds the stack-owner lock.")
 @click.pass_context
@@ -323,18 +227,6 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     if not wait_gone(pid, 30):
         raise StackFailed(f"supervisord (pid {pid}) did not exit within 30 s.")
     click.echo("stack is down.")
-
-
-def stop_deadline(stack: Stack) -> Deadlines:
-    return Deadlines(
-        stop=max([q.stop_grace for q in stack.queues] + [p.stop_grace for p in stack.programs]) + 30
-    )
-
-
-def stack_is_up(stack: Stack, supervisor: Supervisor) -> bool:
-    """Any of the stack's own programs up (listeners do not count): then new programs are started too."""
-    own = {p.role for p in stack.programs} | {q.program for q in stack.queues}
-    return any(i["statename"] in UP for i in supervisor.all_process_info() if i["group"] in own)
 
 
 @cli.command("scale", context_settings={"ignore_unknown_options": True})
@@ -464,267 +356,6 @@ def deploy_line(record: DeployRecord, behind: Sequence[str], next_at: float | No
     )
     older = f"; running an older revision: {', '.join(behind)}" if behind else ""
     return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{last}{upcoming}{older}"
-
-
-def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
-    lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
-    holder = export_holder(lock)
-    if holder and not force:
-        raise LockContention(
-            f"refusing to {what}: export task {holder.task_id} holds the stack-owner lock since "
-            f"{holder.acquired_at} ({holder.reason}); use --force to interrupt it."
-        )
-
-
-@cli.command("tick")
-@click.option("--dry-run", is_flag=True, help="Fetch and print the plan; change nothing.")
-@click.option("--force", is_flag=True, help="Deploy the remote head even when nothing changed.")
-@click.pass_context
-def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
-    """One deploy tick: keep the worktree on the head of the deploy ref, safely.
-
-    \b
-    Exit codes:
-      0   no-op, skipped (a revision that failed before) or deferred (an export holds the stack)
-      10  redeployed (or revived)
-      20  deploy failed; rolled back to the previous revision
-      21  deploy failed and the rollback failed too
-      30  git fetch or worktree failure
-      40  prerequisites down (Postgres or RabbitMQ not accepting connections)
-    """
-    stack = load(ctx)
-    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
-    environ = merged_environment(os.environ, stack.env.files)
-    secrets = secret_values(stack.env.files)
-    supervisor = Supervisor(stack.socket_path)
-    by_hand = os.environ.get("SUPERVISOR_PROCESS_NAME") != "deploy-tick"
-    log_path = stack.paths.logs / "deploy-tick.log"
-
-    def report(line: str) -> None:
-        stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
-        click.echo(stamped)
-        if by_hand and not dry_run:  # under supervisord, stdout already is this log
-            with log_path.open("a", encoding="utf-8") as log:
-                log.write(stamped + "\n")
-
-    def write_config(revision: str) -> None:
-        write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)
-
-    env = TickEnv(
-        stack=stack,
-        supervisor=supervisor,
-        lock=LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout),
-        environ=environ,
-        secrets=secrets,
-        write_config=write_config,
-        run_gate=lambda: run_gate(stack, supervisor),
-        deadlines=stop_deadline(stack),
-        report=report,
-    )
-    code, summary = run_tick(env, dry_run, force)
-    report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
-    if not dry_run:
-        finish(stack, code, summary)
-    return code
-
-
-@cli.command("trigger")
-@click.argument("reason", nargs=-1)
-@click.pass_context
-def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
-    """Ask the deploy timer for a tick now. REASON (free text, first 200 characters) goes to its log.
-
-    The marker file <run>/deploy-trigger is written atomically, and when supervisord answers the same
-    trigger is sent as a REMOTE_COMMUNICATION event, which the timer acts on at once (otherwise it finds the
-    marker at its next TICK_5). Other tools can send the event themselves: supervisor.sendRemoteCommEvent(
-    "protea-deploy-timer", '{"kind": "trigger", "trigger": "manual", "reason": "..."}').
-    """
-    stack = load(ctx)
-    prepare_dirs(stack, need_root=False)
-    text = " ".join(reason)[:200] or "manual trigger"
-    write_atomic(stack.paths.run / TRIGGER_MARKER, text + "\n")
-    supervisor = Supervisor(stack.socket_path)
-    if supervisor.is_running():
-        supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
-        click.echo(f"triggered: {text}")
-    else:
-        click.echo(f"supervisord is not running; the trigger waits in {stack.paths.run / TRIGGER_MARKER}")
-
-
-@cli.command("queues")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def queues_cmd(ctx: click.Context, as_json: bool) -> int:
-    """Flag stalled, starved and under-staffed queues from the RabbitMQ management API.
-
-    \b
-    Exit codes (today's queue_heartbeat.py contract):
-      0  healthy
-      1  a queue is stalled, starved, or its consumers differ from its RUNNING workers
-      2  the broker's management API is unreachable
-    """
-    stack = load(ctx)
-    prepare_dirs(stack, need_root=False)
-    env = merged_environment(os.environ, stack.env.files)
-    user, password = rabbit_credentials(env)
-    doc = fetch_queues(stack.monitor.rabbit_api, user, password)
-    supervisor = Supervisor(stack.socket_path)
-    running = running_counts(supervisor.all_process_info()) if supervisor.is_running() else {}
-    watches = {
-        q.name: Watch(q.starved_after, q.program, running.get(q.program, 0) if running else None)
-        for q in stack.queues
-        if q.processes
-    } | {q.name: Watch(q.starved_after) for q in stack.queues if not q.processes}
-    state_path = stack.paths.run / QUEUES_STATE_FILE
-    previous = read_json(state_path) or {}
-    verdicts, since = judge(
-        readings(doc, stack.monitor.queue_prefix, stack.monitor.exempt),
-        watches,
-        {k: float(v) for k, v in previous.items()},
-        time.time(),
-        stack.monitor.starved_after,
-    )
-    write_atomic(state_path, json.dumps(since, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps([v.__dict__ for v in verdicts], indent=2))
-    else:
-        click.echo(queues_table(verdicts))
-    return 1 if any(v.fault for v in verdicts) else 0
-
-
-def rabbit_credentials(env: dict[str, str]) -> tuple[str, str]:
-    """PROTEA_RABBIT_USER/PASS (today's script), else the user in PROTEA_AMQP_URL, else guest/guest."""
-    from urllib.parse import unquote, urlsplit
-
-    if env.get("PROTEA_RABBIT_USER"):
-        return env["PROTEA_RABBIT_USER"], env.get("PROTEA_RABBIT_PASS", "")
-    amqp = urlsplit(env.get("PROTEA_AMQP_URL", ""))
-    if amqp.username:
-        return unquote(amqp.username), unquote(amqp.password or "")
-    return "guest", "guest"
-
-
-def database(stack: Stack) -> Postgres:
-    env = merged_environment(os.environ, stack.env.files)
-    variable = stack.backup.database_url_env
-    if not env.get(variable):
-        raise EnvError(f"{variable} is not set (in the environment or the env files); backup needs it.")
-    return Postgres(target_from_url(env[variable], variable))
-
-
-@cli.command("backup")
-@click.option("--label", default="", help="Appended to the dump's name (protea-<time>-<label>.dump).")
-@click.pass_context
-def backup_cmd(ctx: click.Context, label: str) -> None:
-    """pg_dump (custom format, no owner) into backup.dir, verified with pg_restore --list, with a .sha256;
-    keeps the newest backup.keep dumps. Refused when backup.min_free_gb is not free there."""
-    stack = load(ctx)
-    pg = database(stack)
-    began = time.monotonic()
-    result = run_backup(
-        pg, stack.backup.dir, stack.backup.keep, int(stack.backup.min_free_gb * 1e9), label, datetime.now()
-    )
-    click.echo(
-        f"backed up {pg.target.describe()} to {result.path} ({result.size / 1e6:.1f} MB, {result.entries} "
-        f"entries) in {time.monotonic() - began:.1f} s"
-    )
-    for name in result.deleted:
-        click.echo(f"  retention: deleted {name}")
-
-
-@cli.command("restore")
-@click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--yes", is_flag=True, help="Do not ask for the database name.")
-@click.option("--force", is_flag=True, help="Restore even while an export holds the stack-owner lock.")
-@click.option("--drill", is_flag=True, help="Restore into a scratch database, compare counts, drop it.")
-@click.pass_context
-def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: bool) -> None:
-    """Restore DUMP: stop the stack, drop and recreate the database, create backup.extensions first,
-    pg_restore, check (tables, rows, extensions), then start the stack through the gate (which migrates).
-
-    With --drill nothing live is touched: the dump goes into a scratch database whose row counts are
-    compared with the live one's, and the scratch database is dropped.
-    """
-    stack = load(ctx)
-    pg = database(stack)
-    settings = stack.backup
-    began = time.monotonic()
-    if drill:
-        counts, problems = run_drill(
-            pg, dump, settings.extensions, settings.check_tables, settings.jobs, datetime.now()
-        )
-        if problems:
-            raise BackupFailed(f"drill of {dump.name}: " + "; ".join(problems))
-        click.echo(
-            f"drill of {dump.name}: {len(counts)} tables match the live database "
-            f"({sum(counts.values())} rows) in {time.monotonic() - began:.1f} s"
-        )
-        return
-    refuse_during_export(stack, "restore", force)
-    name = pg.target.database
-    if not yes:
-        typed = click.prompt(f"This drops {pg.target.describe()}. Type the database name to go on")
-        if typed != name:
-            raise UsageError(f"{typed!r} is not {name!r}; nothing was changed.")
-    supervisor = Supervisor(stack.socket_path)
-    running = supervisor.is_running()
-    if running:
-        click.echo("stopping the stack (workers finish their jobs within their grace)")
-        supervisor.stop_all()
-        own = [i["name"] for i in supervisor.all_process_info()]
-        wait_stopped_all(supervisor, own, stop_deadline(stack).stop)
-    click.echo(f"restoring {dump.name} into {pg.target.describe()}")
-    warnings = restore_into(pg, dump, name, settings.extensions, settings.jobs)
-    problems = check_restored(
-        pg, name, RestoreChecks(settings.extensions, settings.check_tables, settings.min_tables)
-    )
-    if problems:
-        tail = f" (pg_restore said: {warnings.strip().splitlines()[-1]})" if warnings.strip() else ""
-        raise BackupFailed(f"restore of {dump.name} failed its checks: {'; '.join(problems)}{tail}")
-    click.echo(f"restored and checked in {time.monotonic() - began:.1f} s")
-    if running:
-        click.echo("starting the stack through the gate (it runs migrate first)")
-        run_gate(stack, supervisor)
-        click.echo("stack is up.")
-    else:
-        click.echo("supervisord is not running; `protea-supervisor up` starts the stack (migrate first).")
-
-
-def wait_stopped_all(supervisor: Supervisor, names: Sequence[str], deadline: float) -> None:
-    end = time.monotonic() + deadline
-    while any(i["statename"] in RUNNING_STATES for i in supervisor.all_process_info() if i["name"] in names):
-        if time.monotonic() > end:
-            raise StackFailed(f"the stack did not stop within {deadline:g} s.")
-        time.sleep(POLL)
-
-
-@cli.command("install-unit")
-@click.option("--user", "kind", flag_value="user", default=True, help="A user unit (default).")
-@click.option("--system", "kind", flag_value="system", help="A system unit, run as the current user.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead.")
-@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
-@click.pass_context
-def install_unit_cmd(ctx: click.Context, kind: str, output: Path | None, print_only: bool) -> None:
-    """Write the systemd unit that runs supervisord (foreground) with the rendered config at boot."""
-    import getpass
-
-    stack = load(ctx)
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    choice = settings.stack_choice or ""
-    if choice and choice != "demo":
-        choice = str(Path(choice).resolve())  # the unit does not run from this directory
-    user = getpass.getuser()
-    text = render_unit(
-        kind, exe_argv(), sys.executable, choice, stack.config_path, int(stop_deadline(stack).stop), user
-    )
-    if print_only:
-        click.echo(text, nl=False)
-        return
-    path = output or unit_path(kind, Path.home())
-    write_atomic(path, text, mode=0o644)
-    click.echo(f"wrote {path}; then:")
-    for step in next_steps(kind, path, user):
-        click.echo(f"  {step}")
 
 
 @cli.command("status")
@@ -981,6 +612,10 @@ def lock_run(lock: LockFile, task_id: str, reason: str, command: tuple[str, ...]
             signal.signal(sig, handler)
         lock.release(task_id)
     return 128 - code if code < 0 else code
+
+
+for command in (*deploy_commands.COMMANDS, *ops_commands.COMMANDS):
+    cli.add_command(command)
 
 
 # --- entry point ----------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Deploy commands: one deploy tick, and the trigger for the deploy timer."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import click
+
+from protea_supervisor.cli_common import load, prepare_dirs, rendered, run_gate, stop_deadline
+from protea_supervisor.control import Supervisor
+from protea_supervisor.deploy import MEANING
+from protea_supervisor.env import merged_environment, redact, secret_values
+from protea_supervisor.files import write_atomic
+from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
+from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
+from protea_supervisor.listeners.deploy_timer import trigger_message
+from protea_supervisor.lock import (
+    LockFile,
+    resolve_path,
+)
+from protea_supervisor.tick import TickEnv, finish, run_tick
+
+
+@click.command("tick")
+@click.option("--dry-run", is_flag=True, help="Fetch and print the plan; change nothing.")
+@click.option("--force", is_flag=True, help="Deploy the remote head even when nothing changed.")
+@click.pass_context
+def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
+    """One deploy tick: keep the worktree on the head of the deploy ref, safely.
+
+    \b
+    Exit codes:
+      0   no-op, skipped (a revision that failed before) or deferred (an export holds the stack)
+      10  redeployed (or revived)
+      20  deploy failed; rolled back to the previous revision
+      21  deploy failed and the rollback failed too
+      30  git fetch or worktree failure
+      40  prerequisites down (Postgres or RabbitMQ not accepting connections)
+    """
+    stack = load(ctx)
+    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
+    environ = merged_environment(os.environ, stack.env.files)
+    secrets = secret_values(stack.env.files)
+    supervisor = Supervisor(stack.socket_path)
+    by_hand = os.environ.get("SUPERVISOR_PROCESS_NAME") != "deploy-tick"
+    log_path = stack.paths.logs / "deploy-tick.log"
+
+    def report(line: str) -> None:
+        stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
+        click.echo(stamped)
+        if by_hand and not dry_run:  # under supervisord, stdout already is this log
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(stamped + "\n")
+
+    def write_config(revision: str) -> None:
+        write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)
+
+    env = TickEnv(
+        stack=stack,
+        supervisor=supervisor,
+        lock=LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout),
+        environ=environ,
+        secrets=secrets,
+        write_config=write_config,
+        run_gate=lambda: run_gate(stack, supervisor),
+        deadlines=stop_deadline(stack),
+        report=report,
+    )
+    code, summary = run_tick(env, dry_run, force)
+    report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+    if not dry_run:
+        finish(stack, code, summary)
+    return code
+
+
+@click.command("trigger")
+@click.argument("reason", nargs=-1)
+@click.pass_context
+def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
+    """Ask the deploy timer for a tick now. REASON (free text, first 200 characters) goes to its log.
+
+    The marker file <run>/deploy-trigger is written atomically, and when supervisord answers the same
+    trigger is sent as a REMOTE_COMMUNICATION event, which the timer acts on at once (otherwise it finds the
+    marker at its next TICK_5). Other tools can send the event themselves: supervisor.sendRemoteCommEvent(
+    "protea-deploy-timer", '{"kind": "trigger", "trigger": "manual", "reason": "..."}').
+    """
+    stack = load(ctx)
+    prepare_dirs(stack, need_root=False)
+    text = " ".join(reason)[:200] or "manual trigger"
+    write_atomic(stack.paths.run / TRIGGER_MARKER, text + "\n")
+    supervisor = Supervisor(stack.socket_path)
+    if supervisor.is_running():
+        supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
+        click.echo(f"triggered: {text}")
+    else:
+        click.echo(f"supervisord is not running; the trigger waits in {stack.paths.run / TRIGGER_MARKER}")
+
+
+COMMANDS = (tick_cmd, trigger_cmd)
