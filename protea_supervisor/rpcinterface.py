@@ -332,17 +332,19 @@ class ProteaNamespace:
         return {"on": on, "reason": self.reason, "wakeups": self.waker.wakeups if self.waker else 0}
 
 
-_syncers: dict[int, GroupSyncer] = {}
+_current_syncer: GroupSyncer | None = None
 
 
 def _syncer(supervisord: Any) -> GroupSyncer:
     # supervisord clears its event subscriptions on every (re)start of its run loop, then opens the HTTP
     # servers, which call this factory: one syncer per run, shared by every server section.
+    global _current_syncer
     from supervisor import events
 
-    current = _syncers.get(id(supervisord))
-    if current is None or not any(cb == current._on_state for _, cb in events.callbacks):
-        current = _syncers[id(supervisord)] = GroupSyncer(supervisord)
+    current = _current_syncer
+    subscribed = current is not None and any(cb == current._on_state for _, cb in events.callbacks)
+    if current is None or current.supervisord is not supervisord or not subscribed:
+        current = _current_syncer = GroupSyncer(supervisord)
     return current
 
 
