@@ -11,7 +11,6 @@ and a pause; prerequisite failures (exit 40) back off and never escalate. Never 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from protea_supervisor.deploy import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
-from protea_supervisor.env import secret_values
 
 from .actions import Log
 from .edge import (
@@ -33,6 +31,7 @@ from .edge import (
     Rpc,
     call_tolerating,
     execute_each,
+    listener_stack,
     read_json,
     rpc_factory,
     send_event,
@@ -367,19 +366,9 @@ def config_from_stack(stack: Any) -> TimerConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="protea-supervisor deploy timer (a supervisord event listener)"
-    )
-    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
-    args = parser.parse_args(argv)
-
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.stack import HostFacts
-
-    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    stack, log = listener_stack(argv, "deploy timer")
     config = config_from_stack(stack)
     rpc = rpc_factory(os.environ)
-    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
     state_path = stack.paths.run / STATE_FILE
     executor = Executor(rpc, stack, state_path, log)
     doc = read_json(state_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
@@ -78,3 +80,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def listener_stack(argv: Sequence[str] | None, what: str) -> tuple[Any, ListenerLog]:
+    """A listener's `--stack` argument, the stack it names, and a log that redacts that stack's secrets."""
+    from protea_supervisor.env import secret_values
+    from protea_supervisor.files import load_stack
+    from protea_supervisor.stack import HostFacts
+
+    parser = argparse.ArgumentParser(description=f"protea-supervisor {what} (a supervisord event listener)")
+    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
+    args = parser.parse_args(argv)
+    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    return stack, ListenerLog(sys.stderr, secret_values(stack.env.files))

@@ -8,7 +8,6 @@ input reaches the handler through the same loop and the listener acknowledges ea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protea_supervisor.env import secret_values
+from protea_supervisor.overrides import with_overrides
 
 from .actions import Log
 from .edge import (
@@ -30,6 +29,7 @@ from .edge import (
     Rpc,
     call_tolerating,
     execute_each,
+    listener_stack,
     read_json,
     rpc_factory,
     send_event,
@@ -608,22 +608,11 @@ def start_request(retry: bool = False) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="protea-supervisor readiness gate (a supervisord event listener)"
-    )
-    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
-    args = parser.parse_args(argv)
-
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.overrides import with_overrides
-    from protea_supervisor.stack import HostFacts
-
-    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    stack, log = listener_stack(argv, "readiness gate")
     stack = with_overrides(stack)
     plan, problems = plan_from_stack(stack, os.environ)
     rpc = rpc_factory(os.environ)
     pid = int(rpc().supervisor.getPID())
-    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
     executor = Executor(rpc, plan, stack.paths.run, stack.paths.logs, pid, log)
     for problem in problems:
         log(f"gate: {problem}")

@@ -11,7 +11,6 @@ metric families as plain data; the collector only turns them into prometheus_cli
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -22,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .edge import ListenerLog, read_json, rpc_factory
+from protea_supervisor.lock import resolve_path
+
+from .edge import listener_stack, read_json, rpc_factory
 from .protocol import Event, run
 
 STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
@@ -285,17 +286,7 @@ def serve(collector: Collector, host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="protea-supervisor metrics (a supervisord event listener)")
-    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
-    args = parser.parse_args(argv)
-
-    from protea_supervisor.env import secret_values
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.lock import resolve_path
-    from protea_supervisor.stack import HostFacts
-
-    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
-    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
+    stack, log = listener_stack(argv, "metrics")
     rpc = rpc_factory(os.environ)
     lock = threading.Lock()
     holder = {"state": from_process_info(rpc().supervisor.getAllProcessInfo())}

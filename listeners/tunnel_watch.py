@@ -10,8 +10,8 @@ autorestart=false: this listener is the only thing that restarts it.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protea_supervisor.env import secret_values
 from protea_supervisor.stack import TunnelWatch
 
 from .actions import Log
@@ -32,6 +31,7 @@ from .edge import (
     Rpc,
     call_tolerating,
     execute_each,
+    listener_stack,
     read_json,
     rpc_factory,
     send_event,
@@ -420,20 +420,9 @@ def reset_message() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="protea-supervisor tunnel watchdog (a supervisord event listener)"
-    )
-    parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
-    args = parser.parse_args(argv)
-    import os
-
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.stack import HostFacts
-
-    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    stack, log = listener_stack(argv, "tunnel watchdog")
     config = config_from_stack(stack)
     rpc = rpc_factory(os.environ)
-    log = ListenerLog(sys.stderr, secret_values(stack.env.files))
     state_path = stack.paths.run / STATE_FILE
     executor = Executor(rpc, config, state_path, log)
     doc = read_json(state_path)
