@@ -158,7 +158,9 @@ def build_web(env: TickEnv, revision: str) -> Path:
         check=False,
     )
     if archive.returncode != 0:
-        raise StepFailed(f"cannot export {stack.deploy.web_dir} at {deploy.short(revision)}", 20)
+        raise StepFailed(
+            f"cannot export {stack.deploy.web_dir} at {deploy.short(revision)}", deploy.FAILED_ROLLED_BACK
+        )
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
     env.report(f"building the frontend in {target}")
@@ -168,7 +170,9 @@ def build_web(env: TickEnv, revision: str) -> Path:
     public = {str(p.relative_to(target / "public")) for p in (target / "public").rglob("*") if p.is_file()}
     problems = deploy.web_build_problems(files, public)
     if problems:
-        raise StepFailed(f"the frontend build is incomplete: {'; '.join(problems)}", 20)
+        raise StepFailed(
+            f"the frontend build is incomplete: {'; '.join(problems)}", deploy.FAILED_ROLLED_BACK
+        )
     return target
 
 
@@ -219,11 +223,7 @@ def own_groups(stack: Stack) -> set[str]:
 
 def healthy(env: TickEnv) -> bool:
     """Every long-running program RUNNING and the API and web probes answering."""
-    if not env.supervisor.is_running():
-        return False
-    groups = own_groups(env.stack)
-    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    if {i["group"] for i in infos} != groups or any(i["statename"] != "RUNNING" for i in infos):
+    if not env.supervisor.is_running() or not all_running(env):
         return False
     probes = env.stack.probes
     return not any(
@@ -313,7 +313,9 @@ def verify(env: TickEnv) -> None:
         if url:
             problem = wait_http(url, deadline)
             if problem:
-                raise StepFailed(f"{what} probe {url}: {problem} after {deadline} s", 20)
+                raise StepFailed(
+                    f"{what} probe {url}: {problem} after {deadline} s", deploy.FAILED_ROLLED_BACK
+                )
 
 
 # --- the tick -------------------------------------------------------------------------------------------
