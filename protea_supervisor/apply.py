@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from protea_supervisor.control import Supervisor
+from protea_supervisor.control import RUNNING_STATES, Supervisor
 from protea_supervisor.errors import StackFailed
 from protea_supervisor.reconcile import ReloadPlan
+from protea_supervisor.stack import Stack
 
-LIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
+# Not yet stopped (STOPPING included), and up (starting or running).
+LIVE = RUNNING_STATES
 UP = ("STARTING", "RUNNING", "BACKOFF")
 POLL = 0.2
 # How long a started program may take to reach RUNNING (its startsecs plus a margin).
@@ -39,10 +41,16 @@ def states(supervisor: Supervisor, group: str | None = None) -> dict[str, str]:
     }
 
 
+def stack_is_up(stack: Stack, supervisor: Supervisor) -> bool:
+    """Any of the stack's own programs up (listeners do not count): then new programs are started too."""
+    own = {p.role for p in stack.programs} | {q.program for q in stack.queues}
+    return any(i["statename"] in UP for i in supervisor.all_process_info() if i["group"] in own)
+
+
 def wait_until_gone_or_down(
-    supervisor: Supervisor, group: str, names: Iterable[str], deadline: float, report: Report
+    supervisor: Supervisor, group: str | None, names: Iterable[str], deadline: float, report: Report
 ) -> None:
-    """Wait until each named process is stopped or dropped from the group."""
+    """Wait until each named process (of one group, or of any) is stopped or dropped."""
     wanted = set(names)
     end = time.monotonic() + deadline
     shown: tuple[str, ...] = ()
@@ -121,7 +129,7 @@ def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, repo
 
 
 def apply_plan(
-    supervisor: Supervisor, plan: ReloadPlan, deadlines: Deadlines, report: Report, stack_is_up: bool
+    supervisor: Supervisor, plan: ReloadPlan, deadlines: Deadlines, report: Report, start_added: bool
 ) -> None:
     """Count-only changes in place; removed groups stopped in parallel and dropped; changed ones restarted
     one at a time; added ones started in priority order when the stack is up."""
@@ -137,7 +145,7 @@ def apply_plan(
         restart_group(supervisor, group, deadlines, report)
     for group in plan.in_start_order(plan.added):
         supervisor.add_group(group)
-        if stack_is_up:
+        if start_added:
             start_group(supervisor, group, deadlines)
             report(f"  {group}: added and started")
         else:

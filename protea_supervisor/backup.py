@@ -19,15 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from protea_supervisor.errors import ProteaError
+from protea_supervisor.errors import BackupFailed
 
 DUMP_PREFIX = "protea-"
 DUMP_SUFFIX = ".dump"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]*$")
-
-
-class BackupFailed(ProteaError):
-    exit_code = 9
 
 
 @dataclass(frozen=True)

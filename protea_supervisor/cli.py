@@ -23,7 +23,7 @@ import click
 from protea_supervisor import __version__
 from protea_supervisor import cli_deploy as deploy_commands
 from protea_supervisor import cli_ops as ops_commands
-from protea_supervisor.apply import apply_plan, sync_group
+from protea_supervisor.apply import apply_plan, stack_is_up, sync_group
 from protea_supervisor.cli_common import (
     POLL,
     Settings,
@@ -34,7 +34,6 @@ from protea_supervisor.cli_common import (
     refuse_during_export,
     rendered,
     run_gate,
-    stack_is_up,
     stop_deadline,
 )
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
@@ -265,7 +264,9 @@ def scale_cmd(ctx: click.Context, queue: str, count: str, yes: bool, no_wait: bo
         )
     numbered = load_numbered(stack.paths.run) | ({program} if renaming else set())
     counts = load_counts(stack.paths.run) | {program: after}
-    new_stack = apply_counts(load(ctx, overrides=False), counts, numbered)
+    # counts and numbered hold every earlier record plus this step: over the already-overridden stack they
+    # give what they would give over the stack file, without reading it again.
+    new_stack = apply_counts(stack, counts, numbered)
     prepare_dirs(new_stack)
     text = rendered(new_stack)
     save_counts(stack.paths.run, counts, numbered)

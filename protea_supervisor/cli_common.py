@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from protea_supervisor.apply import UP, Deadlines
+from protea_supervisor.apply import Deadlines
 from protea_supervisor.control import Supervisor
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import (
@@ -130,12 +130,6 @@ def stop_deadline(stack: Stack) -> Deadlines:
     return Deadlines(
         stop=max([q.stop_grace for q in stack.queues] + [p.stop_grace for p in stack.programs]) + 30
     )
-
-
-def stack_is_up(stack: Stack, supervisor: Supervisor) -> bool:
-    """Any of the stack's own programs up (listeners do not count): then new programs are started too."""
-    own = {p.role for p in stack.programs} | {q.program for q in stack.queues}
-    return any(i["statename"] in UP for i in supervisor.all_process_info() if i["group"] in own)
 
 
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:

@@ -6,14 +6,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import click
 
+from protea_supervisor.apply import wait_until_gone_or_down
 from protea_supervisor.backup import (
-    BackupFailed,
     Postgres,
     RestoreChecks,
     check_restored,
@@ -23,7 +22,6 @@ from protea_supervisor.backup import (
 )
 from protea_supervisor.backup import drill as run_drill
 from protea_supervisor.cli_common import (
-    POLL,
     Settings,
     exe_argv,
     load,
@@ -32,11 +30,11 @@ from protea_supervisor.cli_common import (
     run_gate,
     stop_deadline,
 )
-from protea_supervisor.control import RUNNING_STATES, Supervisor
+from protea_supervisor.control import Supervisor
 from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import (
+    BackupFailed,
     EnvError,
-    StackFailed,
     UsageError,
 )
 from protea_supervisor.files import write_atomic
@@ -169,8 +167,8 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
     if running:
         click.echo("stopping the stack (workers finish their jobs within their grace)")
         supervisor.stop_all()
-        own = [i["name"] for i in supervisor.all_process_info()]
-        wait_stopped_all(supervisor, own, stop_deadline(stack).stop)
+        every = [i["name"] for i in supervisor.all_process_info()]
+        wait_until_gone_or_down(supervisor, None, every, stop_deadline(stack).stop, click.echo)
     click.echo(f"restoring {dump.name} into {pg.target.describe()}")
     warnings = restore_into(pg, dump, name, settings.extensions, settings.jobs)
     problems = check_restored(
@@ -186,14 +184,6 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
         click.echo("stack is up.")
     else:
         click.echo("supervisord is not running; `protea-supervisor up` starts the stack (migrate first).")
-
-
-def wait_stopped_all(supervisor: Supervisor, names: Sequence[str], deadline: float) -> None:
-    end = time.monotonic() + deadline
-    while any(i["statename"] in RUNNING_STATES for i in supervisor.all_process_info() if i["name"] in names):
-        if time.monotonic() > end:
-            raise StackFailed(f"the stack did not stop within {deadline:g} s.")
-        time.sleep(POLL)
 
 
 @click.command("install-unit")

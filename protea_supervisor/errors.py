@@ -63,6 +63,18 @@ class StackFailed(ProteaError):
     exit_code = 7
 
 
+class BackupFailed(ProteaError):
+    """A backup, restore or drill failed: low disk, a failing pg tool, a missing extension, failed checks."""
+
+    exit_code = 9
+
+
+class BrokerUnreachable(ProteaError):
+    """`queues`: the RabbitMQ management API cannot be read (today's queue_heartbeat.py exits 2 for it)."""
+
+    exit_code = 2
+
+
 class CommandNotFound(ProteaError):
     """The command given to `exec` or `lock run` does not exist or cannot be executed (shell's 127)."""
 

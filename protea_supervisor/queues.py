@@ -15,13 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protea_supervisor.errors import ProteaError
+from protea_supervisor.errors import BrokerUnreachable
 
 DEFAULT_GRACE = 1800
-
-
-class BrokerUnreachable(ProteaError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protea_supervisor import deploy
-from protea_supervisor.apply import UP, Deadlines, apply_plan, states, wait_until_gone_or_down
+from protea_supervisor.apply import Deadlines, apply_plan, stack_is_up, states, wait_until_gone_or_down
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord, Work
 from protea_supervisor.env import redact
@@ -288,9 +288,7 @@ def apply_revision(env: TickEnv, revision: str, migrate: bool) -> None:
         replace_idle(env, "migrate")
     for line in describe_plan(moving):
         env.report(line)
-    up = any(
-        i["statename"] in UP for i in env.supervisor.all_process_info() if i["group"] in own_groups(env.stack)
-    )
+    up = stack_is_up(env.stack, env.supervisor)
     apply_plan(env.supervisor, moving, env.deadlines, env.report, up)
     if not up or not all_running(env):
         env.report("starting what is not running through the gate")
