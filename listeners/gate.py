@@ -69,6 +69,8 @@ class GatePlan:
     web_url: str
     web_timeout: float
     tunnel: str | None
+    # How long the workers and tunnel steps may wait for their processes to reach RUNNING.
+    start_timeout: float = 60.0
 
     def groups(self, step: str) -> tuple[str, ...]:
         by_step = {
@@ -99,7 +101,7 @@ class Proc:
 
 @dataclass(frozen=True)
 class GateState:
-    phase: str = "idle"  # idle | running | done | failed
+    phase: str = "idle"  # idle | running | done | failed | cancelled (by `down`)
     generation: int = 0
     since: float = 0.0
     step: str = ""
@@ -190,6 +192,22 @@ def resume(
     return advance(plan, begin(state, now), now, [Log("gate: supervisord started; running the gate")])
 
 
+def refresh(
+    plan: GatePlan, state: GateState, procs: Mapping[str, Proc], now: float
+) -> tuple[GateState, list[Action]]:
+    """supervisord's live process list replaces what the events built up: processes a scale-down dropped are
+    no longer waited for or started, and new ones are. While running, the step is checked again (its
+    deadline included). A process whose state the events already know keeps its record: the events' times
+    are exact, while supervisord reports a stop time in whole seconds."""
+    known = state.processes
+    merged = {
+        key: known[key] if key in known and known[key].state == live.state else live
+        for key, live in procs.items()
+    }
+    state = replace(state, processes=merged)
+    return advance(plan, state, now) if state.phase == "running" else (state, [])
+
+
 def handle(plan: GatePlan, state: GateState, event: Event, now: float) -> tuple[GateState, list[Action]]:
     if event.name.startswith("PROCESS_STATE_"):
         state = _with_process_event(state, event, now)
@@ -222,6 +240,11 @@ def _message(
     plan: GatePlan, state: GateState, message: Mapping[str, Any], now: float
 ) -> tuple[GateState, list[Action]]:
     command = message.get("command")
+    if command == "cancel":
+        if state.phase != "running":
+            return state, []
+        state = replace(state, phase="cancelled", reason=str(message.get("reason", "")), finished_at=now)
+        return state, [Log(f"gate: cancelled at {state.step}: {state.reason}"), Publish(state)]
     if command in ("start", "retry"):
         request = str(message.get("request", ""))
         if state.phase == "running":
@@ -256,6 +279,8 @@ def advance(
         outcome = _check(plan, state, step)
         if outcome is None:
             continue
+        if not isinstance(outcome, Failure):
+            outcome = _overdue(plan, state, step, now) or outcome
         if isinstance(outcome, Failure):
             state = replace(
                 state, phase="failed", reason=outcome.reason, failed_process=outcome.process, finished_at=now
@@ -324,6 +349,21 @@ def _check(plan: GatePlan, state: GateState, step: str) -> Outcome:
             f"web did not answer {plan.web_url} within {plan.web_timeout:g} s",
         )
     return None
+
+
+def _overdue(plan: GatePlan, state: GateState, step: str, now: float) -> Failure | None:
+    """A step that starts processes and waits for RUNNING cannot wait for ever: after `start_timeout` it
+    fails, naming what never got there."""
+    if step not in ("workers", "tunnel") or step not in state.steps:
+        return None
+    if now - state.steps[step][0] < plan.start_timeout:
+        return None
+    groups = plan.groups(step)
+    slow = sorted(
+        f"{p.name} {p.state}" for p in state.processes.values() if p.group in groups and p.state != "RUNNING"
+    )
+    shown = ", ".join(slow[:6]) + (f" and {len(slow) - 6} more" if len(slow) > 6 else "")
+    return Failure(f"{shown} did not reach RUNNING within {plan.start_timeout:g} s")
 
 
 def _infra_reason(plan: GatePlan, state: GateState) -> str:
@@ -597,6 +637,7 @@ def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, l
         web_url=stack.probes.web_url,
         web_timeout=float(stack.probes.web_timeout),
         tunnel="tunnel" if "tunnel" in enabled else None,
+        start_timeout=float(stack.probes.start_timeout),
     )
     return plan, problems
 
@@ -624,8 +665,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     executor.execute(actions)
     holder = {"state": state}
 
+    def live() -> dict[str, Proc]:
+        return snapshot(rpc().supervisor.getAllProcessInfo())
+
     def on_event(event: Event) -> None:
-        new_state, actions = handle(plan, holder["state"], event, time.time())
+        now = time.time()
+        if event.name.startswith("TICK_"):
+            # While a run waits, look at supervisord's live process list every 5 s: the step's deadline is
+            # checked, and processes a scale-down dropped (which send no event) stop being waited for.
+            if holder["state"].phase != "running":
+                return
+            new_state, actions = refresh(plan, holder["state"], live(), now)
+        else:
+            ours = event.name == "REMOTE_COMMUNICATION" and event.fields.get("type") == COMM_TYPE
+            if ours and holder["state"].phase != "running":
+                # A new run starts from what supervisord has now, not from what the events built up.
+                holder["state"] = replace(holder["state"], processes=live())
+            new_state, actions = handle(plan, holder["state"], event, now)
         holder["state"] = new_state
         executor.execute(actions)
 

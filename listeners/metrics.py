@@ -248,13 +248,25 @@ def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
         "gate": read_json(run_dir / "gate.json") or {},
         "tunnel": read_json(run_dir / "tunnel-watch.json") or {},
         "deploy": read_json(run_dir / "deployed.json") or {},
-        "lock": read_json(lock_file) or {},
+        "lock": lock_document(lock_file),
     }
     tick = files["deploy"].get("last_tick_at")
     if tick:
         with contextlib.suppress(ValueError):
             files["deploy"]["last_tick_epoch"] = datetime.fromisoformat(str(tick)).timestamp()
     return files
+
+
+def lock_document(lock_file: Path) -> dict[str, Any]:
+    """The lock as it is: a corrupt file is `corrupt`, never `free`."""
+    from protea_supervisor.errors import LockCorrupt
+    from protea_supervisor.lock import LockFile
+
+    try:
+        record = LockFile(lock_file, 5).read()
+    except LockCorrupt:
+        return {"owner": "corrupt", "task_id": ""}
+    return {"owner": record.owner, "task_id": record.task_id}
 
 
 class Collector:

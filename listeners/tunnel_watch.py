@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from protea_supervisor.oplock import attempt
 from protea_supervisor.stack import TunnelWatch
 
 from .actions import Log
@@ -59,6 +60,7 @@ class WatchState:
     tunnel: str = "UNKNOWN"
     armed: bool = False  # started by the gate (or by hand); a deliberate stop disarms
     started_at: float = 0.0
+    tunnel_pid: int = 0  # the tunnel process the failures were counted against
     failures: int = 0
     in_flight: tuple[int, ...] = ()
     probe_id: int = 0
@@ -72,6 +74,8 @@ class WatchState:
     next_restart_at: float = 0.0
     restarting: bool = False
     capped: bool = False
+    # A start the operation lock deferred (another command was changing the stack): tried again on ticks.
+    start_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,17 +142,23 @@ def agent_verdict(listing: Any, public_url: str) -> tuple[bool, str]:
     return False, f"agent API: no tunnel for {want or 'any domain'}"
 
 
-def resume(config: WatchConfig, saved: WatchState | None, tunnel_state: str, now: float) -> WatchState:
-    """Listener (re)start: restart history and backoff survive; the tunnel's state comes from supervisord."""
+def resume(
+    config: WatchConfig, saved: WatchState | None, tunnel_state: str, tunnel_pid: int, now: float
+) -> WatchState:
+    """Listener (re)start: restart history, backoff and (for the same tunnel process) the consecutive failures
+    survive; the tunnel's state comes from supervisord."""
     base = saved or WatchState()
     armed = tunnel_state in ("STARTING", "RUNNING") or (base.armed and tunnel_state in ("EXITED", "FATAL"))
+    same_tunnel = tunnel_state == "RUNNING" and tunnel_pid > 0 and base.tunnel_pid == tunnel_pid
     return replace(
         base,
         tunnel=tunnel_state,
+        tunnel_pid=tunnel_pid if tunnel_state == "RUNNING" else 0,
         armed=armed,
         in_flight=(),
         restarting=False,
-        started_at=base.started_at or now,
+        failures=base.failures if same_tunnel else 0,
+        started_at=base.started_at if same_tunnel and base.started_at else now,
         next_probe_at=now,
     )
 
@@ -160,6 +170,8 @@ def handle(
         now = float(event.fields.get("when", now))
         return _tick(config, state, now)
     if event.name.startswith("PROCESS_STATE_") and event.process == TUNNEL:
+        if event.state == "RUNNING":
+            state = replace(state, tunnel_pid=int(event.fields.get("pid", "0") or 0))
         return _tunnel_event(config, state, event.state, now)
     if event.name == "REMOTE_COMMUNICATION" and event.fields.get("type") == COMM_TYPE:
         try:
@@ -173,6 +185,10 @@ def handle(
             ]
             state, more = _tick(config, state, now)
             return state, [*actions, *more, Publish(state)]
+        if message.get("kind") == "busy":
+            return _deferred(
+                config, state, str(message.get("action", "")), str(message.get("holder", "")), now
+            )
         probe_id = message.get("probe_id")
         if probe_id not in state.in_flight:
             return state, []  # a probe from before a restart: it says nothing about the new process
@@ -184,9 +200,27 @@ def handle(
     return state, []
 
 
+def _deferred(
+    config: WatchConfig, state: WatchState, action: str, holder: str, now: float
+) -> tuple[WatchState, list[Action]]:
+    """The executor could not take the operation lock: another command is changing the stack. The restart
+    does not count against the budget, and is tried again on the next tick."""
+    state = replace(
+        state,
+        restarts=state.restarts[:-1],
+        restarting=False,
+        next_restart_at=now,
+        failures=config.rules.failures if state.tunnel == "RUNNING" else state.failures,
+        start_pending=action == "start",
+    )
+    return state, [Log(f"tunnel-watch: {action} deferred: {holder} is changing the stack"), Publish(state)]
+
+
 def _tick(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
     if not state.armed:
         return state, []
+    if state.start_pending and state.tunnel == "STOPPED":
+        return replace(state, start_pending=False), [StartTunnel(), Log("tunnel-watch: starting the tunnel")]
     if state.tunnel in ("EXITED", "FATAL"):
         return _restart(config, state, now, "still down")
     if state.tunnel == "RUNNING" and state.failures >= config.rules.failures:
@@ -226,10 +260,13 @@ def _tunnel_event(
     state = replace(state, tunnel=new)
     if new == "RUNNING":
         # Probes in the grace period after a start do not count (ngrok needs a moment to bind the domain).
-        return replace(state, armed=True, started_at=now, failures=0, next_probe_at=now), [Publish(state)]
+        state = replace(state, armed=True, started_at=now, failures=0, next_probe_at=now, start_pending=False)
+        return state, [Publish(state)]
     if new == "STOPPED":
         if state.restarting:
             return replace(state, restarting=False), [StartTunnel(), Log("tunnel-watch: starting the tunnel")]
+        if state.start_pending:
+            return state, []
         state = replace(state, armed=False, failures=0)
         return state, [Log("tunnel-watch: tunnel stopped by hand; not watching"), Publish(state)]
     if new in ("EXITED", "FATAL") and state.armed and not state.restarting:
@@ -321,6 +358,8 @@ def state_document(state: WatchState) -> dict[str, Any]:
         "next_restart_at": state.next_restart_at,
         "capped": state.capped,
         "started_at": state.started_at,
+        "start_pending": state.start_pending,
+        "tunnel_pid": state.tunnel_pid,
     }
 
 
@@ -335,6 +374,9 @@ def state_from_document(doc: Mapping[str, Any]) -> WatchState:
         backoff=float(doc.get("backoff", 0.0)),
         next_restart_at=float(doc.get("next_restart_at", 0.0)),
         capped=bool(doc.get("capped", False)),
+        failures=int(doc.get("consecutive_failures", 0)),
+        tunnel_pid=int(doc.get("tunnel_pid", 0)),
+        start_pending=bool(doc.get("start_pending", False)),
     )
 
 
@@ -371,6 +413,17 @@ class Executor:
         self.config = config
         self.state_path = state_path
         self.log = log
+        self.run_dir = state_path.parent
+
+    def _under_lock(self, action: str, method: str, harmless: str) -> None:
+        """A restart is a change to the stack: it takes the operation lock, without waiting. When another
+        command holds it (and does not spare the tunnel, as a tick does), the handler hears it is deferred."""
+        with attempt(self.run_dir, "tunnel-watch", "tunnel") as holder:
+            if holder is None:
+                call_tolerating(self.rpc, method, TUNNEL, False, harmless=harmless)
+                return
+        message = {"kind": "busy", "action": action, "holder": holder.describe()}
+        threading.Thread(target=send_event, args=(self.rpc, COMM_TYPE, message), daemon=True).start()
 
     def execute(self, actions: Sequence[Action]) -> None:
         execute_each(actions, self._one, self.log, "tunnel-watch")
@@ -381,9 +434,9 @@ class Executor:
         elif isinstance(action, Probe):
             threading.Thread(target=self._probe, args=(action,), daemon=True).start()
         elif isinstance(action, StartTunnel):
-            call_tolerating(self.rpc, "startProcess", TUNNEL, False, harmless="ALREADY_STARTED")
+            self._under_lock("start", "startProcess", "ALREADY_STARTED")
         elif isinstance(action, StopTunnel):
-            call_tolerating(self.rpc, "stopProcess", TUNNEL, False, harmless="NOT_RUNNING")
+            self._under_lock("stop", "stopProcess", "NOT_RUNNING")
         elif isinstance(action, Publish):
             write_json(self.state_path, state_document(action.state))
         elif isinstance(action, ReportOutage):
@@ -427,9 +480,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     executor = Executor(rpc, config, state_path, log)
     doc = read_json(state_path)
     info = rpc().supervisor.getProcessInfo(TUNNEL)
-    holder = {
-        "state": resume(config, state_from_document(doc) if doc else None, info["statename"], time.time())
-    }
+    saved = state_from_document(doc) if doc else None
+    holder = {"state": resume(config, saved, info["statename"], int(info["pid"]), time.time())}
     watched = " and ".join(url for url in (config.public_url, config.agent_url) if url) or "nothing"
     log(f"tunnel-watch: watching {watched}")
 

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from protea_supervisor.control import RUNNING_STATES, Supervisor
-from protea_supervisor.errors import StackFailed
+from protea_supervisor.errors import ProgramFailed, StopTimeout
+from protea_supervisor.progress import Ticker, names
 from protea_supervisor.reconcile import ReloadPlan
 from protea_supervisor.stack import Stack
 
@@ -48,68 +49,90 @@ def stack_is_up(stack: Stack, supervisor: Supervisor) -> bool:
 
 
 def wait_until_gone_or_down(
-    supervisor: Supervisor, group: str | None, names: Iterable[str], deadline: float, report: Report
+    supervisor: Supervisor, group: str | None, processes: Iterable[str], deadline: float, report: Report
 ) -> None:
     """Wait until each named process (of one group, or of any) is stopped or dropped."""
-    wanted = set(names)
+    wanted = set(processes)
     end = time.monotonic() + deadline
-    shown: tuple[str, ...] = ()
+    ticker = Ticker(report)
     while True:
         now = states(supervisor, group)
-        busy = tuple(sorted(n for n in wanted if now.get(n) in LIVE))
+        busy = sorted(n for n in wanted if now.get(n) in LIVE)
         if not busy:
             return
-        if busy != shown:
-            report(f"  waiting for {', '.join(busy)} to finish (each within its grace)")
-            shown = busy
         if time.monotonic() > end:
-            raise StackFailed(f"{', '.join(busy)} did not stop within {deadline:g} s.")
+            raise StopTimeout(f"{names(busy)} did not stop within {deadline:g} s.")
+        ticker.say(f"  waiting for {len(busy)} to finish their jobs (each within its grace): {names(busy)}")
         time.sleep(POLL)
 
 
 def wait_started(
-    supervisor: Supervisor, group: str, deadline: float, names: Iterable[str] | None = None
+    supervisor: Supervisor,
+    group: str,
+    deadline: float,
+    processes: Iterable[str] | None = None,
+    report: Report | None = None,
 ) -> None:
     """Wait until every process of the group (or the named ones) is RUNNING, or a one-shot has exited;
     fail on FATAL."""
-    wanted = None if names is None else set(names)
+    wanted = None if processes is None else set(processes)
     end = time.monotonic() + deadline
+    ticker = Ticker(report) if report else None
     while True:
         now = {n: s for n, s in states(supervisor, group).items() if wanted is None or n in wanted}
-        failed = sorted(n for n, s in now.items() if s in ("FATAL", "BACKOFF"))
-        if failed and any(now[n] == "FATAL" for n in failed):
-            raise StackFailed(
-                f"{', '.join(failed)} failed to start; see `protea-supervisor logs {failed[0]}`."
-            )
+        failed = sorted(n for n, s in now.items() if s == "FATAL")
+        if failed:
+            raise ProgramFailed(f"{names(failed)} failed to start; see `protea-supervisor logs {failed[0]}`.")
         if now and all(s in ("RUNNING", "EXITED") for s in now.values()):
             return
+        slow = [f"{n} {s}" for n, s in sorted(now.items()) if s != "RUNNING"]
         if time.monotonic() > end:
-            slow = ", ".join(f"{n} {s}" for n, s in sorted(now.items()) if s != "RUNNING")
-            raise StackFailed(f"{group} did not reach RUNNING within {deadline:g} s ({slow}).")
+            raise ProgramFailed(f"{group} did not reach RUNNING within {deadline:g} s ({names(slow)}).")
+        if ticker:
+            ticker.say(f"  waiting for {group} to reach RUNNING: {names(slow)}")
         time.sleep(POLL)
 
 
-def start_group(supervisor: Supervisor, group: str, deadlines: Deadlines) -> None:
+def start_group(supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report) -> None:
     supervisor.start_group(group)
-    wait_started(supervisor, group, deadlines.start)
+    wait_started(supervisor, group, deadlines.start, report=report)
 
 
 def sync_group(
     supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report, wait: bool = True
 ) -> dict[str, list[str]]:
+    draining = supervisor.draining().get(group, [])
+    wanted = set(supervisor.plan_reload().get("scaled", {}).get(group, {}).get("added", []))
+    back = sorted(wanted & set(draining))
+    if back:
+        # Asked for again while still finishing their jobs: they must be gone before they are added anew.
+        report(f"  {group}: {names(back)} still finishing a job; waiting before adding them again")
+        wait_until_gone_or_down(supervisor, group, back, deadlines.stop, report)
+        wait_dropped(supervisor, group, back, deadlines.stop)
     result = supervisor.sync_group(group)
     if result["started"]:
-        wait_started(supervisor, group, deadlines.start, result["started"])
+        wait_started(supervisor, group, deadlines.start, result["started"], report)
     if result["added"]:
         started = " and running" if result["started"] else " (not started: the group is stopped)"
-        report(f"  {group}: added {', '.join(result['added'])}{started}")
+        report(f"  {group}: added {names(result['added'])}{started}")
     if result["removed"]:
-        report(f"  {group}: stopping {', '.join(result['removed'])}")
-    report(f"  {group}: untouched {', '.join(result['unchanged']) or 'none'}")
+        report(f"  {group}: stopping {names(result['removed'])}")
+    report(f"  {group}: untouched {names(result['unchanged']) or 'none'}")
     if wait and result["draining"]:
         wait_until_gone_or_down(supervisor, group, result["draining"], deadlines.stop, report)
-        report(f"  {group}: {', '.join(result['draining'])} finished and removed")
+        report(f"  {group}: {names(result['draining'])} finished and removed")
     return result
+
+
+def wait_dropped(supervisor: Supervisor, group: str, processes: Iterable[str], deadline: float) -> None:
+    """Wait until stopped processes the extension is draining are dropped from the group (it drops them on
+    their state event, or on the next TICK_5)."""
+    wanted = set(processes)
+    end = time.monotonic() + deadline
+    while wanted & set(supervisor.draining().get(group, [])):
+        if time.monotonic() > end:
+            raise StopTimeout(f"{names(sorted(wanted))} were not dropped within {deadline:g} s.")
+        time.sleep(POLL)
 
 
 def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report) -> None:
@@ -122,7 +145,7 @@ def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, repo
         wait_until_gone_or_down(supervisor, group, before, deadlines.stop, report)
     supervisor.replace_group(group)
     if was_up:
-        start_group(supervisor, group, deadlines)
+        start_group(supervisor, group, deadlines, report)
         report(f"  {group}: restarted")
     else:
         report(f"  {group}: new config in place (it was not running, so it stays stopped)")
@@ -146,7 +169,7 @@ def apply_plan(
     for group in plan.in_start_order(plan.added):
         supervisor.add_group(group)
         if start_added:
-            start_group(supervisor, group, deadlines)
+            start_group(supervisor, group, deadlines, report)
             report(f"  {group}: added and started")
         else:
             report(f"  {group}: added (the stack is not up, so it stays stopped)")

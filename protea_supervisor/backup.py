@@ -225,8 +225,29 @@ def run_backup(
 
 def verify_checksum(path: Path) -> None:
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.exists() and sidecar.read_text().split()[0] != sha256_of(path):
+    if not sidecar.exists():
+        return
+    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    if not words or not re.fullmatch(r"[0-9a-f]{64}", words[0]):
+        raise BackupFailed(f"{sidecar} holds no SHA-256; it cannot vouch for {path.name}.")
+    if words[0] != sha256_of(path):
         raise BackupFailed(f"{path} does not match its {sidecar.name}; the dump is damaged.")
+
+
+def check_dump(pg: Postgres, path: Path, extensions: Sequence[str]) -> int:
+    """Everything that can refuse a dump without touching anything live: its checksum, that pg_restore can
+    read its table of contents, and that the extensions it needs exist on the server. Returns its entries."""
+    verify_checksum(path)
+    try:
+        entries = pg.list_entries(path)
+    except BackupFailed as why:
+        raise BackupFailed(
+            f"{path.name} is not a dump pg_restore can read ({why}); nothing was changed."
+        ) from None
+    if entries < 1:
+        raise BackupFailed(f"{path.name} lists no entries; nothing was changed.")
+    pg.require_extensions(extensions)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -237,9 +258,8 @@ class RestoreChecks:
 
 
 def restore_into(pg: Postgres, path: Path, database: str, extensions: Sequence[str], jobs: int) -> str:
-    """Drop and recreate `database`, create the extensions first, then pg_restore; returns its warnings."""
-    verify_checksum(path)
-    pg.require_extensions(extensions)
+    """Drop and recreate `database`, create the extensions first, then pg_restore; returns its warnings.
+    The caller has run `check_dump`."""
     pg.recreate(database)
     pg.create_extensions(database, extensions)
     return pg.restore(path, database, jobs)
@@ -266,6 +286,7 @@ def drill(pg: Postgres, path: Path, extensions: Sequence[str], tables: Sequence[
           now: datetime) -> tuple[dict[str, int], list[str]]:  # fmt: skip
     """Restore into a scratch database, compare row counts with the live one, drop the scratch database."""
     scratch = f"{pg.target.database}_drill_{now:%Y%m%d%H%M%S}"
+    check_dump(pg, path, extensions)
     try:
         restore_into(pg, path, scratch, extensions, jobs)
         wanted = list(tables) or pg.tables(pg.target.database)

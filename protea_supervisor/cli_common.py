@@ -1,45 +1,32 @@
-"""What every CLI command shares: the stack as the command line chose it, rendering, the gate, grace."""
+"""What every CLI command shares: the stack as the command line chose it, rendering, the operation lock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from protea_supervisor.apply import Deadlines
-from protea_supervisor.control import Supervisor
-from protea_supervisor.env import redact, secret_values
-from protea_supervisor.errors import (
-    LockContention,
-    StackError,
-    StackFailed,
-)
+from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.files import load_stack
-from protea_supervisor.listeners.gate import COMM_TYPE, start_request
-from protea_supervisor.listeners.gate import read_state as read_gate_state
-from protea_supervisor.lock import (
-    LockFile,
-    export_holder,
-    resolve_path,
-)
-from protea_supervisor.overrides import (
-    with_overrides,
-)
+from protea_supervisor.lock import LockFile, export_holder, resolve_path, resolve_timeout
+from protea_supervisor.oplock import operation, resolve_wait
+from protea_supervisor.overrides import shadowed_counts, with_overrides
 from protea_supervisor.render import check_config, render
 from protea_supervisor.stack import HostFacts, Stack
 from protea_supervisor.tick import read_record
-
-POLL = 0.2
 
 
 @dataclass
 class Settings:
     stack_choice: str | None
+    lock_wait: float | None = None
 
 
 def exe_argv() -> list[str]:
@@ -54,76 +41,65 @@ def host_facts() -> HostFacts:
     return HostFacts(home=Path.home(), python=sys.executable)
 
 
+def settings(ctx: click.Context) -> Settings:
+    found: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
+    return found
+
+
 def load(ctx: click.Context, overrides: bool = True) -> Stack:
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    stack = load_stack(settings.stack_choice, host_facts())
+    stack = load_stack(settings(ctx).stack_choice, host_facts())
     return with_overrides(stack) if overrides else stack
 
 
+def missing_dirs(stack: Stack, need_root: bool = True) -> list[Path]:
+    """The directories `prepare_dirs` would create; raises when the worktree is missing and may not be."""
+    if need_root and not stack.paths.root.is_dir() and not stack.paths.create_root:
+        raise StackError(
+            f"{stack.sources[-1]}: paths.root {stack.paths.root} does not exist "
+            "(create the deploy worktree first, or set paths.create_root = true)."
+        )
+    wanted = [stack.paths.root] if need_root else []
+    return [d for d in (*wanted, stack.paths.logs, stack.paths.run) if not d.is_dir()]
+
+
 def prepare_dirs(stack: Stack, need_root: bool = True) -> None:
-    if need_root and not stack.paths.root.is_dir():
-        if not stack.paths.create_root:
-            raise StackError(
-                f"{stack.sources[-1]}: paths.root {stack.paths.root} does not exist "
-                "(create the deploy worktree first, or set paths.create_root = true)."
-            )
-        stack.paths.root.mkdir(parents=True, exist_ok=True)
-    stack.paths.logs.mkdir(parents=True, exist_ok=True)
-    stack.paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for directory in missing_dirs(stack, need_root):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700 if directory == stack.paths.run else 0o777)
 
 
-def rendered(stack: Stack, revision: str | None = None) -> str:
-    """The checked config text; the deployed revision (from the tick's record) unless one is given."""
+def rendered(stack: Stack, revision: str | None = None, dry_run: bool = False) -> str:
+    """The checked config text; the deployed revision (from the tick's record) unless one is given. A dry
+    run checks as if the directories `prepare_dirs` would create existed, and creates nothing."""
     if revision is None:
         revision = read_record(stack).revision
     text = render(stack, exe_argv(), revision)
-    check_config(text)
+    check_config(text, missing_dirs(stack, need_root=False) if dry_run else ())
     return text
 
 
-def _stack_flag(ctx: click.Context) -> str:
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    return f" --stack {shlex.quote(settings.stack_choice)}" if settings.stack_choice else ""
+def stack_flag(ctx: click.Context) -> str:
+    choice = settings(ctx).stack_choice
+    return f" --stack {shlex.quote(choice)}" if choice else ""
 
 
-def run_gate(stack: Stack, supervisor: Supervisor, retry: bool = False) -> None:
-    """Ask the gate listener to run and follow its state file until it is done or has failed."""
-    request, payload = start_request(retry)
-    supervisor.send_comm(COMM_TYPE, payload)
-    began = time.monotonic()
-    deadline = stack.probes.infra_timeout + stack.probes.api_ready_timeout + stack.probes.web_timeout + 300
-    shown: set[str] = set()
-    current = ""
-    while True:
-        doc = read_gate_state(stack.paths.run) or {}
-        mine = request in doc.get("requests", [])
-        for step in doc.get("steps", []) if mine else []:
-            if step["finished_at"] and step["step"] not in shown:
-                shown.add(step["step"])
-                click.echo(f"  {step['step']:<8} ready in {step['finished_at'] - step['started_at']:.1f} s")
-        if mine and doc.get("step") != current and doc.get("phase") == "running":
-            current = doc["step"]
-            click.echo(f"  {current:<8} ...")
-        if mine and doc.get("phase") == "done":
-            return
-        if mine and doc.get("phase") == "failed":
-            tail = "".join(f"\n    {line}" for line in doc.get("log_tail", []))
-            where = (
-                f" Last lines of {stack.paths.logs}/{doc['failed_process'].split(':', 1)[-1]}.log:"
-                if tail
-                else ""
-            )
-            message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
-            raise StackFailed(redact(message + where + tail, secret_values(stack.env.files)))
-        gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
-        # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
-        if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
-            raise StackFailed(
-                f"the gate listener is {gate[0]['statename']}; see {stack.paths.logs}/gate.log."
-            )
-        if time.monotonic() - began > deadline:
-            raise StackFailed(f"the gate did not finish within {deadline:g} s (step {doc.get('step', '?')}).")
-        time.sleep(POLL)
+def shadow_notes(ctx: click.Context, stack: Stack) -> list[str]:
+    """Lines naming every stack-file count an override shadows, and how to drop it."""
+    base = load(ctx, overrides=False)
+    return [
+        f"note: {key} is {wanted} in {source}, but {stack.paths.run / 'overrides.json'} runs {count} "
+        f"(set by `up N` or `scale`); `protea-supervisor{stack_flag(ctx)} scale {queue} --reset` goes back "
+        "to the stack file."
+        for queue, key, source, wanted, count in shadowed_counts(base, stack)
+    ]
+
+
+@contextlib.contextmanager
+def changing(ctx: click.Context, stack: Stack, command: str, spares: tuple[str, ...] = ()) -> Iterator[None]:
+    """Hold the host's operation lock while `command` changes the stack (waiting, with progress, for
+    another holder up to the bound)."""
+    wait = resolve_wait(settings(ctx).lock_wait, dict(os.environ), stack.control.operation_wait)
+    with operation(stack.paths.run, command, wait, click.echo, spares):
+        yield
 
 
 def stop_deadline(stack: Stack) -> Deadlines:
@@ -132,10 +108,26 @@ def stop_deadline(stack: Stack) -> Deadlines:
     )
 
 
+def stack_lock(stack: Stack) -> LockFile:
+    """The stack-owner lock file as the shell tool finds it (see lock.resolve_path)."""
+    environ = dict(os.environ)
+    return LockFile(
+        resolve_path(None, environ, stack.lock.file), resolve_timeout(None, environ, stack.lock.flock_timeout)
+    )
+
+
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
-    lock = LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout)
-    holder = export_holder(lock)
-    if holder and not force:
+    """Refuse to interrupt an export. With --force the lock is not even read: a corrupt lock file must not
+    keep `down --force` (the unit's ExecStop) from stopping the stack."""
+    if force:
+        return
+    try:
+        holder = export_holder(stack_lock(stack))
+    except LockCorrupt as why:
+        raise LockCorrupt(
+            f"{why} Refusing to {what} without knowing the owner; --force skips the check."
+        ) from None
+    if holder:
         raise LockContention(
             f"refusing to {what}: export task {holder.task_id} holds the stack-owner lock since "
             f"{holder.acquired_at} ({holder.reason}); use --force to interrupt it."

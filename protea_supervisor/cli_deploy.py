@@ -7,23 +7,54 @@ from datetime import UTC, datetime
 
 import click
 
-from protea_supervisor.cli_common import load, prepare_dirs, rendered, run_gate, stop_deadline
+from protea_supervisor.cli_common import changing, load, prepare_dirs, rendered, stack_lock, stop_deadline
 from protea_supervisor.control import Supervisor
-from protea_supervisor.deploy import MEANING
+from protea_supervisor.deploy import INFRA_FAILED, MEANING, TICK_TASK_ID
 from protea_supervisor.env import merged_environment, redact, secret_values
+from protea_supervisor.errors import OperationBusy
 from protea_supervisor.files import write_atomic
+from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
 from protea_supervisor.listeners.deploy_timer import trigger_message
-from protea_supervisor.lock import (
-    LockFile,
-    resolve_path,
-)
+from protea_supervisor.stack import Stack
 from protea_supervisor.tick import TickEnv, finish, run_tick
 
 
+def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: bool) -> TickEnv:
+    """What a tick touches; its progress lines go to the terminal and (by hand, not dry) to the tick's log."""
+    environ = merged_environment(os.environ, stack.env.files)
+    secrets = secret_values(stack.env.files)
+    by_hand = os.environ.get("SUPERVISOR_PROCESS_NAME") != TICK_TASK_ID
+    log_path = stack.paths.logs / "deploy-tick.log"
+
+    def report(line: str) -> None:
+        stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
+        click.echo(stamped)
+        if by_hand and not dry_run:  # under supervisord, stdout already is this log
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(stamped + "\n")
+
+    def write_config(revision: str) -> None:
+        write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)
+
+    return TickEnv(
+        stack=stack,
+        supervisor=supervisor,
+        lock=stack_lock(stack),
+        environ=environ,
+        secrets=secrets,
+        write_config=write_config,
+        run_gate=lambda: run_gate(stack, supervisor, report),
+        start_supervisord=lambda: start_supervisord(stack, supervisor, report),
+        deadlines=stop_deadline(stack),
+        report=report,
+    )
+
+
 @click.command("tick")
-@click.option("--dry-run", is_flag=True, help="Fetch and print the plan; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the decision and the plan; change nothing.")
 @click.option("--force", is_flag=True, help="Deploy the remote head even when nothing changed.")
 @click.pass_context
 def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
@@ -33,44 +64,32 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
     Exit codes:
       0   no-op, skipped (a revision that failed before) or deferred (an export holds the stack)
       10  redeployed (or revived)
-      20  deploy failed; rolled back to the previous revision
+      20  deploy failed (the revision's own migration, build or health); rolled back; the revision is
+          marked failed and skipped until a newer commit
       21  deploy failed and the rollback failed too
       30  git fetch or worktree failure
       40  prerequisites down (Postgres or RabbitMQ not accepting connections)
+      50  infrastructure failure (supervisord down, a refused or timed-out call, a stop that outlasted its
+          grace, the operation lock, a corrupt stack-owner lock); rolled back, nothing marked failed
     """
     stack = load(ctx)
-    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
-    environ = merged_environment(os.environ, stack.env.files)
-    secrets = secret_values(stack.env.files)
     supervisor = Supervisor(stack.socket_path)
-    by_hand = os.environ.get("SUPERVISOR_PROCESS_NAME") != "deploy-tick"
-    log_path = stack.paths.logs / "deploy-tick.log"
-
-    def report(line: str) -> None:
-        stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
-        click.echo(stamped)
-        if by_hand and not dry_run:  # under supervisord, stdout already is this log
-            with log_path.open("a", encoding="utf-8") as log:
-                log.write(stamped + "\n")
-
-    def write_config(revision: str) -> None:
-        write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)
-
-    env = TickEnv(
-        stack=stack,
-        supervisor=supervisor,
-        lock=LockFile(resolve_path(None, dict(os.environ), stack.lock.file), stack.lock.flock_timeout),
-        environ=environ,
-        secrets=secrets,
-        write_config=write_config,
-        run_gate=lambda: run_gate(stack, supervisor),
-        deadlines=stop_deadline(stack),
-        report=report,
-    )
-    code, summary = run_tick(env, dry_run, force)
-    report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
-    if not dry_run:
-        finish(stack, code, summary)
+    if dry_run:
+        env = tick_env(ctx, stack, supervisor, dry_run=True)
+        code, summary = run_tick(env, dry_run=True, force=force)
+        env.report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+        return code
+    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
+    env = tick_env(ctx, stack, supervisor, dry_run=False)
+    try:
+        with changing(ctx, stack, "tick", spares=("tunnel",)):
+            code, summary = run_tick(env, dry_run=False, force=force)
+            env.report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+            finish(stack, code, summary)
+    except OperationBusy as busy:
+        # The record belongs to the holder: nothing is written.
+        code = INFRA_FAILED
+        env.report(f"tick exit={code} {MEANING[code]}: {busy}")
     return code
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from protea_supervisor.apply import wait_until_gone_or_down
 from protea_supervisor.backup import (
     Postgres,
     RestoreChecks,
+    check_dump,
     check_restored,
     restore_into,
     run_backup,
@@ -22,12 +22,12 @@ from protea_supervisor.backup import (
 )
 from protea_supervisor.backup import drill as run_drill
 from protea_supervisor.cli_common import (
-    Settings,
+    changing,
     exe_argv,
     load,
     prepare_dirs,
     refuse_during_export,
-    run_gate,
+    settings,
     stop_deadline,
 )
 from protea_supervisor.control import Supervisor
@@ -38,6 +38,7 @@ from protea_supervisor.errors import (
     UsageError,
 )
 from protea_supervisor.files import write_atomic
+from protea_supervisor.lifecycle import run_gate, stop_programs
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.queues import Watch, fetch_queues, judge, readings, running_counts
 from protea_supervisor.queues import table as queues_table
@@ -143,11 +144,11 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
     """
     stack = load(ctx)
     pg = database(stack)
-    settings = stack.backup
+    rules = stack.backup
     began = time.monotonic()
     if drill:
         counts, problems = run_drill(
-            pg, dump, settings.extensions, settings.check_tables, settings.jobs, datetime.now()
+            pg, dump, rules.extensions, rules.check_tables, rules.jobs, datetime.now()
         )
         if problems:
             raise BackupFailed(f"drill of {dump.name}: " + "; ".join(problems))
@@ -157,33 +158,37 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
         )
         return
     refuse_during_export(stack, "restore", force)
+    # Everything that can refuse the dump comes before anything is stopped or dropped.
+    check_dump(pg, dump, rules.extensions)
     name = pg.target.database
     if not yes:
         typed = click.prompt(f"This drops {pg.target.describe()}. Type the database name to go on")
         if typed != name:
             raise UsageError(f"{typed!r} is not {name!r}; nothing was changed.")
-    supervisor = Supervisor(stack.socket_path)
-    running = supervisor.is_running()
-    if running:
-        click.echo("stopping the stack (workers finish their jobs within their grace)")
-        supervisor.stop_all()
-        every = [i["name"] for i in supervisor.all_process_info()]
-        wait_until_gone_or_down(supervisor, None, every, stop_deadline(stack).stop, click.echo)
-    click.echo(f"restoring {dump.name} into {pg.target.describe()}")
-    warnings = restore_into(pg, dump, name, settings.extensions, settings.jobs)
-    problems = check_restored(
-        pg, name, RestoreChecks(settings.extensions, settings.check_tables, settings.min_tables)
-    )
-    if problems:
-        tail = f" (pg_restore said: {warnings.strip().splitlines()[-1]})" if warnings.strip() else ""
-        raise BackupFailed(f"restore of {dump.name} failed its checks: {'; '.join(problems)}{tail}")
-    click.echo(f"restored and checked in {time.monotonic() - began:.1f} s")
-    if running:
-        click.echo("starting the stack through the gate (it runs migrate first)")
-        run_gate(stack, supervisor)
-        click.echo("stack is up.")
-    else:
-        click.echo("supervisord is not running; `protea-supervisor up` starts the stack (migrate first).")
+    with changing(ctx, stack, "restore"):
+        supervisor = Supervisor(stack.socket_path)
+        running = supervisor.is_running()
+        if running:
+            click.echo("stopping the stack's programs (workers finish their jobs within their grace)")
+            stop_programs(stack, supervisor, stop_deadline(stack).stop, click.echo)
+        click.echo(f"restoring {dump.name} into {pg.target.describe()}")
+        warnings = restore_into(pg, dump, name, rules.extensions, rules.jobs)
+        problems = check_restored(
+            pg, name, RestoreChecks(rules.extensions, rules.check_tables, rules.min_tables)
+        )
+        if problems:
+            tail = f" (pg_restore said: {warnings.strip().splitlines()[-1]})" if warnings.strip() else ""
+            stopped = "; the stack stays stopped" if running else ""
+            raise BackupFailed(
+                f"restore of {dump.name} failed its checks: {'; '.join(problems)}{tail}{stopped}"
+            )
+        click.echo(f"restored and checked in {time.monotonic() - began:.1f} s")
+        if running:
+            click.echo("starting the stack through the gate (it runs migrate first)")
+            run_gate(stack, supervisor, click.echo)
+            click.echo("stack is up.")
+        else:
+            click.echo("supervisord is not running; `protea-supervisor up` starts the stack (migrate first).")
 
 
 @click.command("install-unit")
@@ -197,8 +202,7 @@ def install_unit_cmd(ctx: click.Context, kind: str, output: Path | None, print_o
     import getpass
 
     stack = load(ctx)
-    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
-    choice = settings.stack_choice or ""
+    choice = settings(ctx).stack_choice or ""
     if choice and choice != "demo":
         choice = str(Path(choice).resolve())  # the unit does not run from this directory
     user = getpass.getuser()

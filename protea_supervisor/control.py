@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from protea_supervisor.errors import StackFailed, SupervisorDown
+from protea_supervisor.errors import RpcRefused, StackFailed, SupervisorDown
 
 ProcessInfo = dict[str, Any]
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
@@ -43,7 +43,7 @@ class Supervisor:
         except (OSError, http.client.HTTPException):
             raise SupervisorDown(f"supervisord is not running (no answer on {self.socket_path}).") from None
         except xmlrpc.client.Fault as fault:
-            raise StackFailed(f"supervisord refused {method}: {fault.faultString}.") from None
+            raise RpcRefused(f"supervisord refused {method}: {fault.faultString}.") from None
 
     def is_running(self) -> bool:
         try:
@@ -60,7 +60,7 @@ class Supervisor:
     def start(self, name: str) -> None:
         try:
             self._call("startProcess", name, False)
-        except StackFailed as failed:
+        except RpcRefused as failed:
             if "ALREADY_STARTED" not in str(failed):
                 raise
 
@@ -100,6 +100,10 @@ class Supervisor:
     def sync_group(self, name: str) -> dict[str, list[str]]:
         """protea.syncGroup: reconcile a worker group with the re-read config in place."""
         return cast(dict[str, list[str]], self._call("protea.syncGroup", name))
+
+    def draining(self) -> dict[str, list[str]]:
+        """protea.getDraining: processes a scale-down removed that are still finishing their job."""
+        return cast(dict[str, list[str]], self._call("protea.getDraining"))
 
     def plan_reload(self, path: Path | None = None) -> dict[str, Any]:
         """protea.planReload: every group sorted into added, removed, scaled, changed, unchanged. With

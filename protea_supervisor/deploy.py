@@ -18,6 +18,7 @@ FAILED_ROLLED_BACK = 20
 FAILED_ROLLBACK_FAILED = 21
 FETCH_FAILED = 30
 PREREQUISITES_DOWN = 40
+INFRA_FAILED = 50
 MEANING = {
     NOOP: "no-op or deferred",
     REDEPLOYED: "redeployed",
@@ -25,6 +26,7 @@ MEANING = {
     FAILED_ROLLBACK_FAILED: "deploy failed and the rollback failed",
     FETCH_FAILED: "fetch or worktree failure",
     PREREQUISITES_DOWN: "prerequisites down",
+    INFRA_FAILED: "infrastructure failure; the revision is not blamed",
 }
 TICK_TASK_ID = "deploy-tick"
 RECORD_FILE = "deployed.json"
@@ -154,6 +156,85 @@ def after_success(record: DeployRecord, revision: str, web_build: str, now: str)
 def after_failure(record: DeployRecord, revision: str, rolled_back: bool) -> DeployRecord:
     failed = (*[r for r in record.failed if r != revision], revision)[-20:]
     return replace(record, failed=failed, result="rolled back" if rolled_back else "rollback failed")
+
+
+# --- the plan: steps, their failure classes and their undo --------------------------------------------
+
+# Who a failure is attributed to. Only "revision" puts a revision on the failed list.
+Blame = Literal["revision", "infra", "fetch"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a deploy. `undo` names the step that reverses it in a rollback ("" when nothing does)."""
+
+    name: str
+    says: str
+    undo: str = ""
+
+
+# A step's failure is the revision's own only for these kinds of failure (its migration, its build, its
+# health after start); anything supervisord, the host or the network did is infrastructure.
+REVISION_FAILURES: dict[str, frozenset[str]] = {
+    "build": frozenset({"command", "incomplete"}),
+    "migrate": frozenset({"exit"}),
+    "apply": frozenset({"program"}),
+    "start": frozenset({"exit", "program", "probe"}),
+    "verify": frozenset({"probe"}),
+}
+
+
+def blame(step: str, failure: str) -> Blame:
+    """`failure` is the kind of thing that went wrong: `exit` (a one-shot exited non-zero), `program` (a
+    program went FATAL or exited during start), `probe` (a readiness probe never answered), `command` (a
+    command exited non-zero), `incomplete` (a build lacks files), or an infrastructure kind (`supervisord`,
+    `refused`, `stop-timeout`, `lock`, `git`)."""
+    if step == "checkout" or failure == "git":
+        return "fetch"
+    return "revision" if failure in REVISION_FAILURES.get(step, frozenset()) else "infra"
+
+
+def deploy_plan(revision: str, work: Work, supervisord_up: bool) -> tuple[Step, ...]:
+    """The steps that take the stack to `revision`. With supervisord down (a first deploy), supervisord is
+    started at the end and the gate runs migrate and starts everything in order."""
+    rev = short(revision)
+    steps = [Step("checkout", f"check out {rev} (detached)", undo="checkout")]
+    if work.install:
+        steps.append(Step("install", "install dependencies (a lock file changed)", undo="install"))
+    if work.build:
+        steps.append(Step("build", f"build the frontend at {rev} into a fresh directory and verify it"))
+        steps.append(Step("switch", "switch the served frontend to the new build", undo="switch"))
+    if supervisord_up:
+        steps.append(Step("migrate", "run migrate (it must exit 0)"))
+        steps.append(Step("apply", f"render with PROTEA_REVISION={rev}; restart what changed", undo="apply"))
+    else:
+        steps.append(Step("start", f"render with PROTEA_REVISION={rev}; start supervisord; the gate "
+                                   "migrates and starts the stack in order", undo="stop"))  # fmt: skip
+    steps.append(Step("verify", "probe API readiness and web"))
+    return tuple(steps)
+
+
+def rollback_plan(done: Sequence[Step], supervisord_up: bool) -> tuple[Step, ...]:
+    """Undo what ran, newest first; then bring the previous revision back up and verify it. Steps that
+    changed nothing on disk or in supervisord (build, migrate, verify) have no undo: the fresh build is only
+    left unused, and a migration that ran is not undone."""
+    undo = {step.undo for step in done if step.undo}
+    steps = [
+        Step(f"undo-{name}", f"undo {name}") for name in ("switch", "install", "checkout") if name in undo
+    ]
+    if "stop" in undo:
+        steps.append(Step("undo-stop", "stop the stack that was started"))
+    elif supervisord_up:
+        steps.append(Step("undo-apply", "render with the previous revision; restart what changed"))
+        steps.append(Step("verify", "probe API readiness and web"))
+    return tuple(steps)
+
+
+def outcome(blamed: Blame, rolled_back: bool) -> int:
+    """The tick's exit code after a failed deploy."""
+    if not rolled_back:
+        return FAILED_ROLLBACK_FAILED
+    return {"revision": FAILED_ROLLED_BACK, "infra": INFRA_FAILED, "fetch": FETCH_FAILED}[blamed]
 
 
 def short(revision: str) -> str:

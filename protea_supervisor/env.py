@@ -69,6 +69,9 @@ def load_env_files(files: Sequence[Path]) -> dict[str, str]:
         except (OSError, UnicodeDecodeError) as why:
             raise EnvError(f"env file {path} cannot be read ({type(why).__name__}).") from None
         for key, value in parsed.items():
+            if value is not None and ("\0" in value or "\0" in key):
+                name = key.replace("\0", "")
+                raise EnvError(f"env file {path}: {name} holds a NUL byte, which no program can receive.")
             if value is not None:
                 values[key] = value
     return values

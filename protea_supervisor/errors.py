@@ -63,6 +63,34 @@ class StackFailed(ProteaError):
     exit_code = 7
 
 
+class ProgramFailed(StackFailed):
+    """A program went FATAL, exited during start-up or never reached RUNNING: its own fault (for a deploy,
+    the revision's health)."""
+
+
+class StopTimeout(StackFailed):
+    """A program did not stop within its grace: not the revision's fault."""
+
+
+class RpcRefused(StackFailed):
+    """supervisord answered a call with a fault (BAD_NAME, STILL_RUNNING, ...): not the revision's fault."""
+
+
+class GateFailed(StackFailed):
+    """The readiness gate stopped at `step` (infra, migrate, api, workers, web, tunnel; or `gate` when the
+    listener itself failed or the gate did not finish in time)."""
+
+    def __init__(self, message: str, step: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class OperationBusy(ProteaError):
+    """Another command held the host's operation lock for longer than the wait allows."""
+
+    exit_code = 8
+
+
 class BackupFailed(ProteaError):
     """A backup, restore or drill failed: low disk, a failing pg tool, a missing extension, failed checks."""
 

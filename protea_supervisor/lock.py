@@ -8,7 +8,8 @@ guarded by a flock on `<file>.lock`. The decisions are pure functions; `LockFile
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,10 @@ from protea_supervisor.files import write_atomic
 OWNERS = ("free", "deploy", "export")
 KEYS = ("acquired_at", "owner", "reason", "task_id")
 FILE_ENV = "STACK_OWNER_FILE"
+ROOT_ENV = "AGENT_FARM_ROOT"
 TIMEOUT_ENV = "STACK_OWNER_FLOCK_TIMEOUT_SEC"
+# A flock held longer than this is a stuck holder, not contention.
+MAX_FLOCK_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -95,24 +99,33 @@ def decide_release(current: LockRecord, task_id: str, now: datetime) -> LockReco
     return LockRecord(owner="free", task_id="", acquired_at=timestamp(now), reason=f"released by {task_id}")
 
 
-def resolve_path(option: str | None, environ: dict[str, str], stack_default: Path) -> Path:
-    """--file, then $STACK_OWNER_FILE (the shell tool's variable), then the stack description."""
+def resolve_path(option: str | None, environ: Mapping[str, str], stack_default: Path) -> Path:
+    """Where the shell tool looks, in its order: --file, then $STACK_OWNER_FILE, then
+    $AGENT_FARM_ROOT/state/stack-owner.json; only then the stack description's lock.file."""
     chosen = option or environ.get(FILE_ENV) or ""
-    return Path(chosen).expanduser() if chosen else stack_default
+    if chosen:
+        return Path(chosen).expanduser()
+    if environ.get(ROOT_ENV):
+        return Path(environ[ROOT_ENV]).expanduser() / "state" / "stack-owner.json"
+    return stack_default
 
 
-def resolve_timeout(option: float | None, environ: dict[str, str], stack_default: float) -> float:
+def resolve_timeout(option: float | None, environ: Mapping[str, str], stack_default: float) -> float:
     if option is not None:
-        return option
-    raw = environ.get(TIMEOUT_ENV)
-    if raw is None or raw == "":
-        return stack_default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}.") from None
-    if value <= 0:
-        raise UsageError(f"{TIMEOUT_ENV} must be greater than 0, got {raw!r}.")
+        value, where = option, "--timeout"
+    else:
+        raw = environ.get(TIMEOUT_ENV)
+        if raw is None or raw == "":
+            return stack_default
+        where = TIMEOUT_ENV
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}.") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_FLOCK_TIMEOUT:
+        raise UsageError(
+            f"{where} must be a number of seconds above 0 and at most {MAX_FLOCK_TIMEOUT}, got {value!r}."
+        )
     return value
 
 
@@ -142,7 +155,8 @@ class LockFile:
                 current = self.read()
                 updated = change(current)
                 if updated is not None and updated != current:
-                    write_atomic(self.path, updated.to_json(), mode=0o644)
+                    # 0600, as the shell tool's mktemp + mv leaves it.
+                    write_atomic(self.path, updated.to_json(), mode=0o600)
                 return updated if updated is not None else current
         except filelock.Timeout:
             raise LockTimeout(

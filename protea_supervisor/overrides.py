@@ -9,7 +9,7 @@ from pathlib import Path
 
 from protea_supervisor.errors import StackError
 from protea_supervisor.files import write_atomic
-from protea_supervisor.stack import Stack
+from protea_supervisor.stack import MAX_PROCESSES, Stack, quoted
 
 FILENAME = "overrides.json"
 
@@ -33,6 +33,17 @@ def apply_counts(stack: Stack, counts: Mapping[str, int], numbered: Collection[s
 def with_overrides(stack: Stack) -> Stack:
     """The stack as it runs: with the counts and numbering recorded by `up N` and `scale`."""
     return apply_counts(stack, load_counts(stack.paths.run), load_numbered(stack.paths.run))
+
+
+def shadowed_counts(base: Stack, running: Stack) -> list[tuple[str, str, str, int, int]]:
+    """Queues whose stack-file count an override shadows: (queue, dotted key, file, stack count, count)."""
+    wanted = {q.name: q.processes for q in base.queues}
+    shadowed = []
+    for queue in running.queues:
+        if queue.name in wanted and wanted[queue.name] != queue.processes:
+            key = f"queues.{quoted(queue.name)}.processes"
+            shadowed.append((queue.name, key, base.origin(key), wanted[queue.name], queue.processes))
+    return shadowed
 
 
 def batch_counts(stack: Stack, count: int) -> dict[str, int]:
@@ -59,7 +70,9 @@ def _load(run_dir: Path) -> dict[str, object]:
 
 def load_counts(run_dir: Path) -> dict[str, int]:
     counts = _load(run_dir).get("processes", {})
-    if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+    if not isinstance(counts, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_PROCESSES for v in counts.values()
+    ):
         raise StackError(
             f"{run_dir / FILENAME}: processes must map program names to counts; remove the file."
         )

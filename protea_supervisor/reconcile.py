@@ -7,6 +7,7 @@ apart: a count-only change is reconciled in place by the extension; anything els
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -136,14 +137,15 @@ def describe_plan(plan: ReloadPlan) -> list[str]:
     return lines
 
 
-def scaled_count(current: int, spec: str) -> int:
-    """`scale QUEUE N` (absolute) or `+N` / `-N` (relative to the current count)."""
+def scaled_count(current: int, spec: str, maximum: int) -> int:
+    """`scale QUEUE N` (absolute) or `+N` / `-N` (relative to the current count), at most `maximum`."""
     text = spec.strip()
-    try:
-        number = int(text)
-    except ValueError:
-        raise ValueError(f"the count must be N, +N or -N, got {spec!r}") from None
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):
+        raise ValueError(f"the count must be N, +N or -N with N at most {maximum}, got {spec!r}")
+    number = int(text)
     target = current + number if text[:1] in "+-" else number
     if target < 0:
         raise ValueError(f"{current} {text} would leave {target} processes")
+    if target > maximum:
+        raise ValueError(f"{target} processes is more than the maximum of {maximum} per queue")
     return target

@@ -6,13 +6,16 @@ can be checked with supervisor's own parser (`check_config`) before anything wri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
+import os
 import shlex
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import jinja2
 
@@ -48,6 +51,8 @@ class ProgramBlock:
     log_name: str
     numprocs: int
     numbered: bool
+    # None: supervisord's default (3). A watched tunnel gets 0: the watchdog is its only restarter.
+    startretries: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ def tunnel_watched(stack: Stack) -> bool:
 
 def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
     stack_args = ["--stack", stack.choice] if stack.choice else []
-    listeners = [("gate", "PROCESS_STATE,REMOTE_COMMUNICATION")]
+    # TICK_5: while a run waits, the gate re-reads supervisord's live process list and checks its deadline.
+    listeners = [("gate", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION")]
     if tunnel_watched(stack):
         listeners.append(("tunnel-watch", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
     if stack.deploy.enabled:
@@ -175,8 +181,10 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
         if not program.enabled:
             continue
         oneshot = program.role == "migrate"
-        # The watchdog is the only thing that restarts a watched tunnel (with backoff and a budget).
-        restart = "false" if oneshot or (program.role == "tunnel" and tunnel_watched(stack)) else "true"
+        # The watchdog is the only thing that restarts a watched tunnel (with backoff and a budget): no
+        # autorestart, and no retries of a start that exits within startsecs (it goes FATAL at once).
+        watched = program.role == "tunnel" and tunnel_watched(stack)
+        restart = "false" if oneshot or watched else "true"
         blocks.append(
             ProgramBlock(
                 name=program.role,
@@ -193,6 +201,7 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
                 log_name=f"{program.role}.log",
                 numprocs=1,
                 numbered=False,
+                startretries=0 if watched else None,
             )
         )
     blocks.extend(_queue_block(stack, exe, queue, stamp) for queue in stack.queues if queue.processes)
@@ -262,15 +271,62 @@ def render(stack: Stack, exe: Sequence[str], revision: str = "") -> str:
         raise RenderError(f"template {TEMPLATE}: {why}") from None
 
 
-def check_config(text: str) -> None:
-    """Parse with supervisor's own ServerOptions; raise RenderError with supervisord's words if it refuses.
+def check_config(text: str, assume_dirs: Collection[Path] = ()) -> Any:
+    """Parse `text` with supervisor's own ServerOptions, from a file written the way the config is written
+    and opened the way supervisord opens it (so a carriage return breaks a line exactly as it would there).
+    Returns the parsed options; raises RenderError with supervisord's words if it refuses.
 
-    Log directories must exist for this check, as they must for supervisord.
+    supervisord requires log directories to exist. `assume_dirs` are directories a dry run would create
+    but must not: paths under them count as existing for this check only.
     """
     from supervisor.options import ServerOptions
 
-    options = ServerOptions()
+    with tempfile.TemporaryDirectory(prefix="protea-check-") as tmp:
+        path = Path(tmp) / "supervisord.conf"
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+        options = ServerOptions()
+        try:
+            with _assuming(assume_dirs):
+                options.read_config(str(path))
+        except ValueError as why:
+            first = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
+            raise RenderError(f"supervisord would refuse the rendered config: {first}") from None
+    return options
+
+
+@contextlib.contextmanager
+def _assuming(dirs: Collection[Path]) -> Iterator[None]:
+    """Make supervisor's directory checks accept paths under `dirs` for the duration of one parse. The CLI
+    is single-threaded, and the originals are put back whatever happens."""
+    if not dirs:
+        yield
+        return
+    from supervisor import datatypes, options
+
+    roots = [str(d) for d in dirs]
+    real_dirpath, real_directory = datatypes.existing_dirpath, datatypes.existing_directory
+
+    def under(value: str) -> bool:
+        return any(value == root or value.startswith(root.rstrip("/") + "/") for root in roots)
+
+    def dirpath(value: str) -> str:
+        return value if under(os.path.dirname(os.path.expanduser(value))) else str(real_dirpath(value))
+
+    def directory(value: str) -> str:
+        return value if under(os.path.expanduser(value)) else str(real_directory(value))
+
+    patched = [
+        (datatypes, "existing_dirpath", dirpath),
+        (options, "existing_dirpath", dirpath),
+        (datatypes, "existing_directory", directory),
+        (options, "existing_directory", directory),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patched]
     try:
-        options.read_config(io.StringIO(text))
-    except ValueError as why:
-        raise RenderError(f"supervisord would refuse the rendered config: {why}") from None
+        for module, name, replacement in patched:
+            setattr(module, name, replacement)
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)

@@ -169,10 +169,20 @@ class GroupSyncer:
                 workers = set(str(settings.get("worker_groups", "")).split())
         return {config.name: config for config in section.process_group_configs}, workers
 
-    @staticmethod
-    def _diff(group: Any, config: Any) -> GroupDiff:
-        running = {p.config.name: p.config for p in group.processes.values()}
+    def _diff(self, group: Any, config: Any) -> GroupDiff:
+        """A process still draining after a scale-down is on its way out: it is not a member the config can
+        keep, so asking for it again shows as `added` (and is refused until it is gone)."""
+        leaving = self.draining.get(group.config.name, set())
+        running = {p.config.name: p.config for p in group.processes.values() if p.config.name not in leaving}
         return diff_group(running, [(pc.name, pc) for pc in config.process_configs])
+
+    def draining_now(self) -> dict[str, list[str]]:
+        groups = self.supervisord.process_groups
+        return {
+            name: sorted(n for n in names if name in groups and n in groups[name].processes)
+            for name, names in self.draining.items()
+            if names
+        }
 
     # --- XML-RPC entry points ----------------------------------------------------------------------------
     def plan(self, path: str = "") -> dict[str, Any]:
@@ -221,7 +231,10 @@ class GroupSyncer:
             )
         still = sorted(set(diff.added) & self.draining.get(name, set()))
         if still:
-            raise _fault("STILL_RUNNING", f"{', '.join(still)} still finishing a job; try again once stopped")
+            raise _fault(
+                "STILL_RUNNING",
+                f"{', '.join(still)} still finishing a job; add them again once they are gone",
+            )
         kept = {n: p for n, p in group.processes.items() if n in diff.unchanged}
         # Meant to run if anything in it runs, including a worker about to be replaced by a renamed one.
         running = any(_state_name(p) in _LIVE for p in group.processes.values())
@@ -322,6 +335,13 @@ class ProteaNamespace:
         @return struct plan
         """
         return self.syncer.plan(path)
+
+    def getDraining(self) -> dict[str, list[str]]:  # noqa: N802
+        """Processes a scale-down removed that are still finishing their job, by group.
+
+        @return struct draining  group name -> process names
+        """
+        return self.syncer.draining_now()
 
     def getWakerState(self) -> dict[str, Any]:  # noqa: N802 - XML-RPC names follow supervisor's style
         """The waker's state: whether it is on, why not, and how often it woke the main loop.

@@ -22,6 +22,9 @@ STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIAL", re.IGNORECASE)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROGRAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Processes per queue. Each worker is a Python process holding its model and connections (PROTEA's use
+# hundreds of MB), and supervisord's getAllProcessInfo grows with the count (75 ms at 200).
+MAX_PROCESSES = 100
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Control:
     username: str
     password_sha: str
     fast_reactions: bool
+    operation_wait: float  # how long a command waits for another to release the host's operation lock
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Probes:
     ngrok_api_url: str
     infra_from_env: tuple[str, ...]
     infra_timeout: int
+    start_timeout: int  # how long the gate waits for started workers and the tunnel to reach RUNNING
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,12 @@ class Stack:
     python: str = field(default="")
     # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
     choice: str = field(default="")
+    # Which file set each dotted key (queues."protea.ping".processes -> /etc/protea/stack.toml).
+    origins: tuple[tuple[str, str], ...] = field(default=())
+
+    def origin(self, dotted: str) -> str:
+        """The file that set `dotted`, or "the default" when no file did."""
+        return dict(self.origins).get(dotted, "the default")
 
     def program(self, role: str) -> Program:
         for program in self.programs:
@@ -266,6 +277,7 @@ SCHEMA: dict[str, Spec] = {
         "username": str,
         "password_sha": str,
         "fast_reactions": bool,
+        "operation_wait": (int, float),
     },
     "programs": ("roles", PROGRAM_SCHEMA),
     "workers": {"command": str, "stop_signal": str, "stop_grace": int, "startsecs": int, "directory": str},
@@ -279,6 +291,7 @@ SCHEMA: dict[str, Spec] = {
         "ngrok_api_url": str,
         "infra_from_env": ("list", str),
         "infra_timeout": int,
+        "start_timeout": int,
     },
     "deploy": {
         "repository": str,
@@ -425,8 +438,12 @@ def _split_key(dotted: str) -> list[str]:
     return [part.strip('"') for part in re.findall(r'"[^"]*"|[^.]+', dotted)]
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
+    """A key as it appears in a dotted key: queue names with dots are quoted (queues."protea.ping")."""
     return f'"{name}"' if "." in name else name
+
+
+_quoted = quoted
 
 
 class _Expander:
@@ -573,14 +590,17 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
             _env_names(reader, "probes.infra_from_env", reader.get("probes.infra_from_env", []))
         ),
         infra_timeout=_positive(reader, "probes.infra_timeout", reader.get("probes.infra_timeout", 180), 1),
+        start_timeout=_positive(reader, "probes.start_timeout", reader.get("probes.start_timeout", 60), 1),
     )
     deploy = _parse_deploy(reader, expand, root)
     lock = LockSettings(
         file=expand.path("lock.file", reader.get("lock.file"), root),
         flock_timeout=float(reader.get("lock.flock_timeout", 5)),
     )
-    if lock.flock_timeout <= 0:
-        raise reader.fail("lock.flock_timeout", f"must be greater than 0, got {lock.flock_timeout}")
+    if not 0 < lock.flock_timeout <= 3600:
+        raise reader.fail(
+            "lock.flock_timeout", f"must be greater than 0 and at most 3600, got {lock.flock_timeout}"
+        )
 
     tunnel_watch = _parse_tunnel_watch(reader)
     port = reader.get("metrics.port", 9108)
@@ -628,6 +648,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         monitor=monitor,
         backup=backup,
         python=host.python,
+        origins=tuple(sorted(origin.items())),
     )
 
 
@@ -645,7 +666,10 @@ def _parse_control(reader: _Reader) -> Control:
         username=reader.get("control.username", ""),
         password_sha=reader.get("control.password_sha", ""),
         fast_reactions=bool(reader.get("control.fast_reactions", True)),
+        operation_wait=float(reader.get("control.operation_wait", 900)),
     )
+    if not 0 <= control.operation_wait <= 86400:
+        raise reader.fail("control.operation_wait", f"must be 0-86400 seconds, got {control.operation_wait}")
     if not 0 <= control.inet_port <= 65535:
         raise reader.fail("control.inet_port", f"must be 0 (off) or a port 1-65535, got {control.inet_port}")
     if control.inet_port:
@@ -725,6 +749,8 @@ def _parse_queues(
             raise reader.fail(f"{key}.program", f"{program!r} is already the program of {seen[program]}")
         seen[program] = key
         processes = _positive(reader, f"{key}.processes", table.get("processes", 1))
+        if processes > MAX_PROCESSES:
+            raise reader.fail(f"{key}.processes", f"must be at most {MAX_PROCESSES}, got {processes}")
         numbered = table.get("numbered", False)
         if processes > 1 and not numbered:
             raise reader.fail(

@@ -1,15 +1,17 @@
-"""One deploy tick: the edge that runs git, the install and build commands, and supervisord.
+"""One deploy tick: the executor of `deploy.py`'s plan, and the edge that runs git, commands and supervisord.
 
-The decisions are `deploy.py`'s; the order is DESIGN.md section 5: lock -> prerequisites -> fetch -> check
-out -> install (only when lock files changed) -> build the frontend into a fresh directory, verify it and
-switch the served build atomically (only when the frontend changed) -> migrate -> re-render with the
-revision and apply the reload plan -> verify with the gate's probes. A failure after the checkout rolls
-back to the previous revision and build, and records the failed revision so later ticks skip it.
+The order is DESIGN.md section 5: stack-owner lock -> prerequisites -> supervisord -> fetch -> decide -> the
+plan (`deploy.deploy_plan`: check out, install when lock files changed, build and switch the frontend when
+it changed, migrate, apply, verify). `Deployer` runs the steps and records what ran; a failure is
+classified by `deploy.blame` from the step and the kind of failure, and the rollback plan undoes what ran.
+Only a failure that is the revision's own (its migration, its build, its health after start) puts it on
+the failed list; anything supervisord, the host or the network did exits 50 and blames nothing.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -23,28 +25,39 @@ from pathlib import Path
 from protea_supervisor import deploy
 from protea_supervisor.apply import Deadlines, apply_plan, stack_is_up, states, wait_until_gone_or_down
 from protea_supervisor.control import Supervisor
-from protea_supervisor.deploy import DeployRecord, Work
+from protea_supervisor.deploy import DeployRecord, Step, Work
 from protea_supervisor.env import redact
-from protea_supervisor.errors import ProteaError
+from protea_supervisor.errors import (
+    GateFailed,
+    LockCorrupt,
+    LockTimeout,
+    OperationBusy,
+    ProgramFailed,
+    ProteaError,
+    StopTimeout,
+    SupervisorDown,
+)
 from protea_supervisor.files import write_atomic
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.gate import parse_infra, wait_http, wait_ports
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.lock import LockFile
-from protea_supervisor.reconcile import ReloadPlan, describe_plan, plan_from_document
+from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.stack import Stack
 
 Report = Callable[[str], None]
 HEALTH_PROBE_DEADLINE = 5.0
 BUILDS_KEPT = 3
+# What a failed gate step says about the revision (see deploy.blame).
+GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "web": "probe"}
 
 
-class StepFailed(ProteaError):
-    """A tick step failed; `code` is the tick's exit code for it."""
+class StepError(ProteaError):
+    """A step failed; `kind` is what went wrong (deploy.blame's vocabulary)."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -56,9 +69,11 @@ class TickEnv:
     lock: LockFile
     environ: Mapping[str, str]  # the process environment merged with the env files
     secrets: Sequence[str]
-    # Renders the stack with a revision and writes <run>/supervisord.conf; returns nothing.
+    # Renders the stack with a revision and writes <run>/supervisord.conf.
     write_config: Callable[[str], None]
     run_gate: Callable[[], None]
+    # Starts supervisord with the written config (a first deploy).
+    start_supervisord: Callable[[], None]
     deadlines: Deadlines
     report: Report
 
@@ -72,13 +87,28 @@ def read_record(stack: Stack) -> DeployRecord:
 
 
 def write_record(stack: Stack, record: DeployRecord) -> None:
-    import json
-
     write_atomic(record_path(stack), json.dumps(record.to_doc(), indent=2) + "\n")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def failure_kind(error: Exception) -> str:
+    """deploy.blame's word for an exception raised by a step."""
+    if isinstance(error, StepError):
+        return error.kind
+    if isinstance(error, GateFailed):
+        return GATE_FAILURE_KIND.get(error.step, "refused")
+    if isinstance(error, ProgramFailed):
+        return "program"
+    if isinstance(error, StopTimeout):
+        return "stop-timeout"
+    if isinstance(error, SupervisorDown):
+        return "supervisord"
+    if isinstance(error, (OperationBusy, LockCorrupt, LockTimeout)):
+        return "lock"
+    return "refused"  # RpcRefused and anything else supervisord or the host refused
 
 
 # --- git ------------------------------------------------------------------------------------------------
@@ -88,16 +118,34 @@ def git(cwd: Path, *args: str) -> str:
     result = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise StepFailed(
-            f"git {' '.join(args)} failed: {detail[-1] if detail else result.returncode}", deploy.FETCH_FAILED
-        )
+        raise StepError(f"git {' '.join(args)} failed: {detail[-1] if detail else result.returncode}", "git")
     return result.stdout.strip()
+
+
+def is_worktree(root: Path) -> bool:
+    return (root / ".git").exists()
+
+
+def stack_parts_inside(stack: Stack, directory: Path) -> list[Path]:
+    """The stack's own directories (run, logs) inside `directory`: moving it would move the live stack."""
+    inside = []
+    for part in (stack.paths.run, stack.paths.logs):
+        if part == directory or directory in part.parents:
+            inside.append(part)
+    return inside
 
 
 def fetch(stack: Stack, report: Report) -> tuple[str, str]:
     """Fetch the remote ref; recreate the worktree if it vanished. Returns (remote revision, HEAD)."""
     settings, root = stack.deploy, stack.paths.root
-    if not (root / ".git").exists():
+    if not is_worktree(root):
+        inside = stack_parts_inside(stack, root) if root.exists() else []
+        if inside:
+            raise StepError(
+                f"paths.root {root} is not a git worktree and holds the stack's own "
+                f"{', '.join(str(p) for p in inside)}; a tick will not move it (deploy needs a worktree)",
+                "git",
+            )
         report(f"worktree {root} is missing; recreating it from {settings.repository}")
         if root.exists():
             # Something recreated the directory (a program's log or cache): keep it aside, never delete it.
@@ -111,10 +159,28 @@ def fetch(stack: Stack, report: Report) -> tuple[str, str]:
     return git(root, "rev-parse", "FETCH_HEAD"), git(root, "rev-parse", "HEAD")
 
 
-def changed_files(root: Path, old: str, new: str) -> list[str] | None:
+def peek(stack: Stack, report: Report) -> tuple[str, str, Path]:
+    """What a fetch would find, changing no ref, no FETCH_HEAD and no worktree: `ls-remote` for the sha, then
+    the commit's objects only (no ref is written). Returns (remote revision, HEAD or "", where git ran)."""
+    settings, root = stack.deploy, stack.paths.root
+    where = root if is_worktree(root) else settings.repository
+    if where is settings.repository:
+        report(f"worktree {root} is missing or not a worktree; a tick would recreate it from {where}")
+    line = git(where, "ls-remote", settings.remote, f"refs/heads/{settings.ref}")
+    if not line:
+        raise StepError(f"{settings.remote} has no branch {settings.ref}", "git")
+    remote = line.split()[0]
+    if subprocess.run(["git", "-C", str(where), "cat-file", "-e", f"{remote}^{{commit}}"],
+                      capture_output=True, check=False).returncode != 0:  # fmt: skip
+        git(where, "fetch", "--quiet", "--no-write-fetch-head", "--refmap=", settings.remote, settings.ref)
+    head = git(root, "rev-parse", "HEAD") if where == root else ""
+    return remote, head, where
+
+
+def changed_files(cwd: Path, old: str, new: str) -> list[str] | None:
     try:
-        return [line for line in git(root, "diff", "--name-only", old, new).splitlines() if line]
-    except StepFailed:
+        return [line for line in git(cwd, "diff", "--name-only", old, new).splitlines() if line]
+    except StepError:
         return None  # the old revision is unknown here (history rewritten): treat as a first deploy
 
 
@@ -127,9 +193,7 @@ def run_command(command: str, cwd: Path, env: Mapping[str, str], what: str, secr
     )
     if result.returncode != 0:
         tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
-        raise StepFailed(
-            redact(f"{what} exited {result.returncode}: {tail}", secrets), deploy.FAILED_ROLLED_BACK
-        )
+        raise StepError(redact(f"{what} exited {result.returncode}: {tail}", secrets), "command")
 
 
 def install(env: TickEnv) -> None:
@@ -158,9 +222,7 @@ def build_web(env: TickEnv, revision: str) -> Path:
         check=False,
     )
     if archive.returncode != 0:
-        raise StepFailed(
-            f"cannot export {stack.deploy.web_dir} at {deploy.short(revision)}", deploy.FAILED_ROLLED_BACK
-        )
+        raise StepError(f"cannot export {stack.deploy.web_dir} at {deploy.short(revision)}", "incomplete")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(target, filter="data")
     env.report(f"building the frontend in {target}")
@@ -170,9 +232,7 @@ def build_web(env: TickEnv, revision: str) -> Path:
     public = {str(p.relative_to(target / "public")) for p in (target / "public").rglob("*") if p.is_file()}
     problems = deploy.web_build_problems(files, public)
     if problems:
-        raise StepFailed(
-            f"the frontend build is incomplete: {'; '.join(problems)}", deploy.FAILED_ROLLED_BACK
-        )
+        raise StepError(f"the frontend build is incomplete: {'; '.join(problems)}", "incomplete")
     return target
 
 
@@ -188,9 +248,12 @@ def assemble_standalone(target: Path) -> None:
         shutil.copytree(target / "public", standalone / "public", dirs_exist_ok=True)
 
 
-def switch_web(stack: Stack, build: Path) -> None:
-    """Point the served symlink at `build` in one rename."""
+def switch_web(stack: Stack, build: str) -> None:
+    """Point the served symlink at `build` in one rename (remove it when `build` is "": nothing served)."""
     current = stack.deploy.web_current
+    if not build:
+        current.unlink(missing_ok=True)
+        return
     current.parent.mkdir(parents=True, exist_ok=True)
     staged = current.with_name(f".{current.name}.{os.getpid()}")
     staged.unlink(missing_ok=True)
@@ -221,6 +284,12 @@ def own_groups(stack: Stack) -> set[str]:
     }
 
 
+def all_running(env: TickEnv) -> bool:
+    groups = own_groups(env.stack)
+    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
+    return {i["group"] for i in infos} == groups and all(i["statename"] == "RUNNING" for i in infos)
+
+
 def healthy(env: TickEnv) -> bool:
     """Every long-running program RUNNING and the API and web probes answering."""
     if not env.supervisor.is_running() or not all_running(env):
@@ -231,10 +300,11 @@ def healthy(env: TickEnv) -> bool:
     )
 
 
-def run_migrate(env: TickEnv, plan: ReloadPlan) -> None:
+def run_migrate(env: TickEnv) -> None:
     stack, supervisor = env.stack, env.supervisor
     if not stack.program("migrate").enabled:
         return
+    plan = plan_from_document(supervisor.plan_reload())
     if "migrate" in plan.changed:
         replace_idle(env, "migrate")
     env.report("running migrate")
@@ -244,12 +314,12 @@ def run_migrate(env: TickEnv, plan: ReloadPlan) -> None:
         info = next(i for i in supervisor.all_process_info() if i["name"] == "migrate")
         if info["statename"] == "EXITED":
             if info["exitstatus"] != 0:
-                raise StepFailed(f"migrate exited {info['exitstatus']}", deploy.FAILED_ROLLED_BACK)
+                raise StepError(f"migrate exited {info['exitstatus']}", "exit")
             return
         if info["statename"] in ("FATAL", "STOPPED"):
-            raise StepFailed(f"migrate is {info['statename']}", deploy.FAILED_ROLLED_BACK)
+            raise StepError(f"migrate is {info['statename']}", "exit")
         time.sleep(0.2)
-    raise StepFailed("migrate did not finish", deploy.FAILED_ROLLED_BACK)
+    raise StepError("migrate did not finish", "exit")
 
 
 def replace_idle(env: TickEnv, group: str) -> None:
@@ -270,21 +340,19 @@ def wait_gate_idle(env: TickEnv) -> None:
             env.report("the gate is starting the stack; waiting for it to finish")
             announced = True
         if time.monotonic() > deadline:
-            raise StepFailed("the gate did not finish", deploy.FAILED_ROLLED_BACK)
+            raise StepError("the gate did not finish", "refused")
         time.sleep(0.5)
 
 
-def apply_revision(env: TickEnv, revision: str, migrate: bool) -> None:
-    """Render with the revision, migrate, restart what changed (workers within their grace), start what is
-    not running, and verify with the gate's probes."""
+def apply_revision(env: TickEnv, revision: str) -> None:
+    """Render with the revision, restart what changed (workers within their grace) and start what is not
+    running through the gate. migrate is not run here (its own step, only going forward)."""
     env.write_config(revision)
     plan = plan_from_document(env.supervisor.plan_reload())
-    if migrate:
-        run_migrate(env, plan)
-    # The tick must not restart itself; migrate already ran (or must not run again in a rollback).
+    # The tick must not restart itself; migrate takes its new config when it is next run.
     keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
     moving = plan.only(keep - {"migrate"})
-    if "migrate" in plan.changed and not migrate:
+    if "migrate" in plan.changed:
         replace_idle(env, "migrate")
     for line in describe_plan(moving):
         env.report(line)
@@ -293,16 +361,11 @@ def apply_revision(env: TickEnv, revision: str, migrate: bool) -> None:
     if not up or not all_running(env):
         env.report("starting what is not running through the gate")
         env.run_gate()
-    verify(env)
-
-
-def all_running(env: TickEnv) -> bool:
-    groups = own_groups(env.stack)
-    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    return {i["group"] for i in infos} == groups and all(i["statename"] == "RUNNING" for i in infos)
 
 
 def verify(env: TickEnv) -> None:
+    if not env.supervisor.is_running():
+        raise SupervisorDown("supervisord is not running.")
     probes = env.stack.probes
     for url, deadline, what in (
         (probes.api_ready_url, probes.api_ready_timeout, "API readiness"),
@@ -311,9 +374,125 @@ def verify(env: TickEnv) -> None:
         if url:
             problem = wait_http(url, deadline)
             if problem:
-                raise StepFailed(
-                    f"{what} probe {url}: {problem} after {deadline} s", deploy.FAILED_ROLLED_BACK
-                )
+                raise StepError(f"{what} probe {url}: {problem} after {deadline} s", "probe")
+
+
+# --- the executor ---------------------------------------------------------------------------------------
+
+
+class Deployer:
+    """Runs plan steps in order and remembers which ran, so the rollback plan undoes exactly those."""
+
+    def __init__(self, env: TickEnv, revision: str, previous: str, work: Work) -> None:
+        self.env = env
+        self.revision = revision
+        self.previous = previous
+        self.work = work
+        self.old_build = served_build(env.stack)
+        self.new_build = self.old_build
+        self.done: list[Step] = []
+
+    def run(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            self.env.report(f"step {step.name}: {step.says}")
+            getattr(self, "_" + step.name.replace("-", "_"))()
+            self.done.append(step)
+
+    # --- forward steps ---
+    def _checkout(self) -> None:
+        git(self.env.stack.paths.root, "checkout", "--quiet", "--detach", "--force", self.revision)
+
+    def _install(self) -> None:
+        install(self.env)
+
+    def _build(self) -> None:
+        self.new_build = str(build_web(self.env, self.revision))
+
+    def _switch(self) -> None:
+        switch_web(self.env.stack, self.new_build)
+        self.env.report(f"serving the new frontend build {self.new_build}")
+
+    def _migrate(self) -> None:
+        run_migrate(self.env)
+
+    def _apply(self) -> None:
+        apply_revision(self.env, self.revision)
+
+    def _start(self) -> None:
+        self.env.write_config(self.revision)
+        self.env.start_supervisord()
+        self.env.run_gate()
+
+    def _verify(self) -> None:
+        verify(self.env)
+
+    # --- undo steps ---
+    def _undo_checkout(self) -> None:
+        git(self.env.stack.paths.root, "checkout", "--quiet", "--detach", "--force", self.previous)
+
+    def _undo_install(self) -> None:
+        install(self.env)
+
+    def _undo_switch(self) -> None:
+        switch_web(self.env.stack, self.old_build)
+
+    def _undo_apply(self) -> None:
+        apply_revision(self.env, self.previous)
+
+
+def deploy_revision(
+    env: TickEnv, revision: str, previous: str, work: Work, supervisord_up: bool
+) -> tuple[int, str]:
+    stack = env.stack
+    deployer = Deployer(env, revision, previous, work)
+    try:
+        deployer.run(deploy.deploy_plan(revision, work, supervisord_up))
+    except ProteaError as why:
+        step = _failed_step(deployer, revision, work, supervisord_up)
+        blamed = deploy.blame(step, failure_kind(why))
+        env.report(f"deploy of {deploy.short(revision)} failed at {step} ({blamed}): {why}")
+        rolled_back = rollback(env, deployer, supervisord_up and env.supervisor.is_running())
+        code = deploy.outcome(blamed, rolled_back)
+        record = read_record(stack)
+        if blamed == "revision":
+            record = deploy.after_failure(record, revision, rolled_back)
+        write_record(stack, replace(record, result=deploy.MEANING[code]))
+        back = f"back on {deploy.short(previous)}" if previous else "nothing was deployed before"
+        verdict = {"revision": "marked failed", "infra": "not marked failed", "fetch": "not marked failed"}
+        return code, (
+            f"deploy of {deploy.short(revision)} failed at {step} ({why}); {verdict[blamed]}; "
+            + (back if rolled_back else "rollback FAILED")
+        )
+    write_record(stack, deploy.after_success(read_record(stack), revision, deployer.new_build, now_iso()))
+    prune_builds_safely(stack, keep=[deployer.new_build, deployer.old_build])
+    was = f" (was {deploy.short(previous)})" if previous and previous != revision else ""
+    return deploy.REDEPLOYED, f"deployed {deploy.short(revision)}{was}"
+
+
+def _failed_step(deployer: Deployer, revision: str, work: Work, supervisord_up: bool) -> str:
+    """The first planned step that did not complete."""
+    for step in deploy.deploy_plan(revision, work, supervisord_up):
+        if step not in deployer.done:
+            return step.name
+    return "verify"
+
+
+def prune_builds_safely(stack: Stack, keep: Sequence[str]) -> None:
+    if builds_dir(stack).is_dir():
+        prune_builds(stack, keep)
+
+
+def rollback(env: TickEnv, deployer: Deployer, supervisord_up: bool) -> bool:
+    if not deployer.previous:
+        return True  # a first deploy: nothing ran before; the stack is left for inspection
+    steps = deploy.rollback_plan(deployer.done, supervisord_up)
+    try:
+        deployer.run(steps)
+    except ProteaError as why:
+        env.report(f"rollback to {deploy.short(deployer.previous)} failed: {why}")
+        return False
+    env.report(f"rolled back to {deploy.short(deployer.previous)}")
+    return True
 
 
 # --- the tick -------------------------------------------------------------------------------------------
@@ -321,7 +500,10 @@ def verify(env: TickEnv) -> None:
 
 def run_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     """One tick; returns (exit code, one-line summary)."""
-    holder = env.lock.read()
+    try:
+        holder = env.lock.read()
+    except LockCorrupt as why:
+        return deploy.INFRA_FAILED, f"not deploying: {why}"
     if holder.owner == "export" or (holder.owner == "deploy" and holder.task_id != deploy.TICK_TASK_ID):
         return deploy.NOOP, (
             f"deferred: stack owned by {holder.owner} task {holder.task_id} since {holder.acquired_at}"
@@ -343,89 +525,79 @@ def _tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     closed = wait_ports(targets, stack.deploy.prerequisite_timeout)
     if closed:
         return deploy.PREREQUISITES_DOWN, f"prerequisites down: {', '.join(closed)}"
-    try:
-        remote, head = fetch(stack, env.report)
-        if not dry_run and env.supervisor.is_running():
-            wait_gate_idle(env)
-    except StepFailed as failed:
-        return failed.code, str(failed)
     record = read_record(stack)
-    decision = deploy.decide(record, remote, head, healthy(env), force)
+    supervisord_up = env.supervisor.is_running()
+    if not supervisord_up and not dry_run:
+        return deploy.INFRA_FAILED, (
+            f"supervisord is not running (no answer on {stack.socket_path}); nothing was changed. "
+            "`protea-supervisor up` starts the stack"
+            + ("" if record.revision else " and, on a host with no deploy record, makes the first deploy")
+        )
+    try:
+        if dry_run:
+            remote, head, where = peek(stack, env.report)
+        else:
+            remote, head = fetch(stack, env.report)
+            where = stack.paths.root
+            wait_gate_idle(env)
+    except StepError as failed:
+        return (deploy.FETCH_FAILED if failed.kind == "git" else deploy.INFRA_FAILED), str(failed)
+    try:
+        return _decide_and_act(env, record, remote, head, where, dry_run, force, supervisord_up)
+    except ProteaError as why:  # before the plan started: nothing was changed
+        return deploy.INFRA_FAILED, f"{why}; nothing was changed"
+
+
+def _decide_and_act(env: TickEnv, record: DeployRecord, remote: str, head: str, where: Path,
+                    dry_run: bool, force: bool, supervisord_up: bool) -> tuple[int, str]:  # fmt: skip
+    stack = env.stack
+    decision = deploy.decide(record, remote, head, supervisord_up and healthy(env), force)
     env.report(f"decision: {decision.action}: {decision.reason}")
     previous = record.revision or head
-    changed = changed_files(stack.paths.root, previous, remote) if record.revision else None
+    changed = changed_files(where, previous, remote) if record.revision else None
     work = deploy.work_for(changed, stack.deploy.lock_files, stack.deploy.web_dir, bool(served_build(stack)))
     if dry_run:
         if decision.action == "deploy":
+            for step in deploy.deploy_plan(remote, work, supervisord_up):
+                env.report(f"plan: {step.name}: {step.says}")
             env.report(
                 f"plan: check out {deploy.short(remote)}; install: {'yes' if work.install else 'no'}; "
-                f"frontend build: {'yes' if work.build else 'no'}; migrate; restart what changed; verify"
+                f"frontend build: {'yes' if work.build else 'no'}"
             )
-        return deploy.NOOP, f"dry run: {decision.action}: {decision.reason}"
+        return deploy.NOOP, f"dry run: {decision.action}: {decision.reason}; nothing was changed"
     if decision.action in ("noop", "skip"):
         return deploy.NOOP, decision.reason
     if decision.action == "revive":
-        try:
-            apply_revision(env, previous, migrate=False)
-        except ProteaError as why:
-            return deploy.FAILED_ROLLED_BACK, f"revive failed: {why}"
-        return deploy.REDEPLOYED, f"revived {deploy.short(previous)}"
-    return deploy_revision(env, record, previous, remote, work)
+        return revive(env, previous)
+    return deploy_revision(env, remote, previous, work, supervisord_up)
 
 
-def deploy_revision(
-    env: TickEnv, record: DeployRecord, previous: str, remote: str, work: Work
-) -> tuple[int, str]:
-    stack = env.stack
-    old_build = served_build(stack)
-    new_build = old_build
-    done: set[str] = set()
+def revive(env: TickEnv, revision: str) -> tuple[int, str]:
+    """Same revision, something down: re-apply it and start what is not running. Never marks it failed."""
+    deployer = Deployer(env, revision, revision, Work(install=False, build=False))
     try:
-        git(stack.paths.root, "checkout", "--quiet", "--detach", "--force", remote)
-        done.add("checkout")
-        if work.install:
-            env.report("dependency lock files changed: installing")
-            done.add("install")
-            install(env)
-        if work.build:
-            new_build = str(build_web(env, remote))
-            switch_web(stack, Path(new_build))
-            done.add("switch")
-            env.report(f"serving the new frontend build {new_build}")
-        apply_revision(env, remote, migrate=True)
+        deployer.run((Step("apply", "re-apply the deployed revision"), Step("verify", "probe")))
     except ProteaError as why:
-        env.report(
-            f"deploy of {deploy.short(remote)} failed: {why}; rolling back to {deploy.short(previous)}"
+        step = "verify" if deployer.done else "apply"
+        code = (
+            deploy.FAILED_ROLLED_BACK
+            if deploy.blame(step, failure_kind(why)) == "revision"
+            else deploy.INFRA_FAILED
         )
-        code = rollback(env, previous, old_build, done)
-        write_record(
-            stack, deploy.after_failure(read_record(stack), remote, code == deploy.FAILED_ROLLED_BACK)
-        )
-        return code, f"deploy of {deploy.short(remote)} failed ({why}); " + (
-            f"rolled back to {deploy.short(previous)}"
-            if code == deploy.FAILED_ROLLED_BACK
-            else "rollback FAILED"
-        )
-    write_record(stack, deploy.after_success(read_record(stack), remote, new_build, now_iso()))
-    prune_builds(stack, keep=[new_build, old_build])
-    return deploy.REDEPLOYED, f"deployed {deploy.short(remote)} (was {deploy.short(previous)})"
+        return code, f"revive of {deploy.short(revision)} failed: {why}"
+    return deploy.REDEPLOYED, f"revived {deploy.short(revision)}"
 
 
-def rollback(env: TickEnv, previous: str, old_build: str, done: set[str]) -> int:
+def first_deploy(env: TickEnv) -> tuple[int, str]:
+    """A host with no deploy record and supervisord not running (`up` on a fresh host): fetch the remote
+    head, install, build, then start supervisord; the gate runs migrate and starts everything."""
     stack = env.stack
     try:
-        if "checkout" in done:
-            git(stack.paths.root, "checkout", "--quiet", "--detach", "--force", previous)
-        if "install" in done:
-            install(env)
-        if "switch" in done and old_build:
-            switch_web(stack, Path(old_build))
-        apply_revision(env, previous, migrate=False)
-    except ProteaError as why:
-        env.report(f"rollback to {deploy.short(previous)} failed: {why}")
-        return deploy.FAILED_ROLLBACK_FAILED
-    env.report(f"rolled back: {deploy.short(previous)} serves again")
-    return deploy.FAILED_ROLLED_BACK
+        remote, _head = fetch(stack, env.report)
+    except StepError as failed:
+        return deploy.FETCH_FAILED, str(failed)
+    env.report(f"first deploy: {deploy.short(remote)}")
+    return deploy_revision(env, remote, "", Work(install=True, build=True), supervisord_up=False)
 
 
 def finish(stack: Stack, code: int, summary: str) -> None:

@@ -240,3 +240,12 @@ def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"test.{request.node.name[5:20].replace('_', '-')}.{uuid.uuid4().hex[:8]}"
     yield name
     delete_queue(name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("protea-supervisor")
+    group.addoption("--sequence-steps", default="24", help="steps of the generated command sequence test")
+    group.addoption("--sequence-seed", default="13", help="seed of the generated command sequence test")
+    group.addoption(
+        "--hypothesis-long", action="store_true", help="tens of thousands of generated stack files"
+    )

@@ -79,3 +79,47 @@ def test_the_record_round_trips() -> None:
     record = after_failure(after_success(DEPLOYED, B, "/b", "t1"), C, rolled_back=False)
     assert record_from_doc(record.to_doc()) == record
     assert record_from_doc(None) == DeployRecord()
+
+
+def test_only_the_revisions_own_failures_blame_it() -> None:
+    from protea_supervisor.deploy import blame
+
+    assert blame("migrate", "exit") == "revision"
+    assert blame("build", "command") == "revision" and blame("build", "incomplete") == "revision"
+    assert blame("verify", "probe") == "revision"
+    assert blame("apply", "program") == "revision"  # a worker of the new revision went FATAL
+    # What supervisord, the host or the network did is not the revision's.
+    for step in ("migrate", "apply", "verify", "start", "switch"):
+        for kind in ("supervisord", "refused", "stop-timeout", "lock"):
+            assert blame(step, kind) == "infra", (step, kind)
+    assert blame("install", "command") == "infra"  # a network failure must not blacklist a good revision
+    assert blame("checkout", "git") == "fetch"
+
+
+def test_the_plan_and_its_rollback_undo_exactly_what_ran() -> None:
+    from protea_supervisor.deploy import Work, deploy_plan, rollback_plan
+
+    plan = deploy_plan(B, Work(install=True, build=True), supervisord_up=True)
+    assert [s.name for s in plan] == ["checkout", "install", "build", "switch", "migrate", "apply", "verify"]
+    # Failed at migrate: the switch, the install and the checkout are undone, newest first, then re-applied.
+    done = plan[:4]
+    assert [s.name for s in rollback_plan(done, supervisord_up=True)] == [
+        "undo-switch", "undo-install", "undo-checkout", "undo-apply", "verify",
+    ]  # fmt: skip
+    # Failed at the checkout: nothing ran, so nothing is undone but the re-apply.
+    assert [s.name for s in rollback_plan((), supervisord_up=True)] == ["undo-apply", "verify"]
+    # With supervisord down, files are put back and nothing is started.
+    assert [s.name for s in rollback_plan(done, supervisord_up=False)] == [
+        "undo-switch", "undo-install", "undo-checkout",
+    ]  # fmt: skip
+    first = deploy_plan(B, Work(install=True, build=True), supervisord_up=False)
+    assert [s.name for s in first][-2:] == ["start", "verify"]
+
+
+def test_exit_codes_after_a_failed_deploy() -> None:
+    from protea_supervisor.deploy import outcome
+
+    assert outcome("revision", rolled_back=True) == 20
+    assert outcome("infra", rolled_back=True) == 50
+    assert outcome("fetch", rolled_back=True) == 30
+    assert outcome("infra", rolled_back=False) == 21 and outcome("revision", rolled_back=False) == 21

@@ -61,15 +61,24 @@ def test_any_resize_keeps_the_common_prefix_and_accounts_for_every_process(befor
     [(2, "4", 4), (2, "+1", 3), (4, "-2", 2), (3, "0", 0), (3, "+0", 3), (1, " 5 ", 5)],
 )
 def test_scaled_count(current: int, spec: str, expected: int) -> None:
-    assert scaled_count(current, spec) == expected
+    assert scaled_count(current, spec, 100) == expected
 
 
 @pytest.mark.parametrize(
-    ("current", "spec", "message"), [(2, "-3", "would leave -1"), (2, "four", "N, +N or -N")]
+    ("current", "spec", "message"),
+    [
+        (2, "-3", "would leave -1"),
+        (2, "four", "N, +N or -N"),
+        (2, "101", "more than the maximum of 100 per queue"),
+        (99, "+2", "more than the maximum of 100 per queue"),
+        (2, "99999999999999999999", "N at most 100"),
+        (2, "1e3", "N, +N or -N"),
+        (2, "٣", "N, +N or -N"),  # a digit int() would take, in another script
+    ],
 )
 def test_scaled_count_refuses(current: int, spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        scaled_count(current, spec)
+        scaled_count(current, spec, 100)
 
 
 def test_plan_document_round_trip_and_description_in_apply_order() -> None:

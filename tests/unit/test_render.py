@@ -86,7 +86,11 @@ def test_rendered_default_loads_in_supervisord_with_manage_sh_process_and_log_na
     assert not any(config.autostart for config in processes.values())  # the gate starts them
     (gate,) = [g for g in options.process_group_configs if g.name == "gate"]
     assert gate.buffer_size >= 256 and gate.process_configs[0].autostart
-    assert set(gate.pool_events) == {EventTypes.PROCESS_STATE, EventTypes.REMOTE_COMMUNICATION}
+    assert set(gate.pool_events) == {
+        EventTypes.PROCESS_STATE,
+        EventTypes.REMOTE_COMMUNICATION,
+        EventTypes.TICK_5,
+    }
     servers = options.server_configs
     assert [s["family"] for s in servers] == [1]  # AF_UNIX only: no inet server unless asked for
     assert servers[0]["chmod"] == 0o700

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 
 from protea_supervisor.listeners.gate import (
     COMM_TYPE,
@@ -17,6 +18,7 @@ from protea_supervisor.listeners.gate import (
     Start,
     handle,
     parse_infra,
+    refresh,
     resume,
     state_document,
     state_from_document,
@@ -208,3 +210,65 @@ def test_parse_infra_takes_host_and_port_never_the_password() -> None:
         "UNSET is not set; its port is not checked",
     ]
     assert "pw" not in repr(targets)
+
+
+def up_to_workers() -> GateState:
+    """A gate run that has reached the workers step at t=103 (workers and web asked to start)."""
+    state, _ = boot()
+    state, _ = replay(state, [probe("infra", True), state_event("EXITED", "migrate"),
+                              state_event("RUNNING", "api"), probe("api", True)])  # fmt: skip
+    assert state.step == "workers"
+    return state
+
+
+def test_a_process_a_scale_down_dropped_is_neither_waited_for_nor_started() -> None:
+    state = up_to_workers()
+    # worker-batch-2 was removed by a scale-down (no event says so): the live list no longer has it.
+    live = {k: p for k, p in state.processes.items() if p.name != "worker-batch-2"}
+    state, actions = refresh(PLAN, state, live, 104.0)
+    state, steps = replay(state, [state_event("RUNNING", "worker-ping"),
+                                  state_event("RUNNING", "worker-batch", "worker-batch-1"),
+                                  state_event("RUNNING", "web")], start=105)  # fmt: skip
+    assert steps[-1] == [Probe("web", 1)]  # on to the web step without worker-batch-2
+    assert not any(isinstance(a, Start) and "batch-2" in a.namespec for a in actions)
+
+
+def test_a_new_run_starts_processes_that_exist_now_and_not_those_that_did() -> None:
+    state, _ = boot()
+    state = replace(state, phase="done")
+    live = {k: p for k, p in PROCS.items() if p.name != "worker-batch-2"}
+    state, _ = refresh(PLAN, state, live, 150.0)  # what the edge does before a start request
+    state, steps = replay(state, [comm({"command": "retry", "request": "r1"}), probe("infra", True, 2),
+                                  state_event("EXITED", "migrate"), state_event("RUNNING", "api"),
+                                  probe("api", True, 2)], start=151)  # fmt: skip
+    started = [a.namespec for step in steps for a in step if isinstance(a, Start)]
+    assert "worker-batch:worker-batch-2" not in started and "worker-batch:worker-batch-1" in started
+
+
+def test_a_step_whose_processes_never_run_fails_within_its_deadline_naming_them() -> None:
+    state = up_to_workers()
+    state, _ = replay(
+        state, [state_event("RUNNING", "worker-ping"), state_event("RUNNING", "web")], start=104
+    )
+    state, _ = refresh(PLAN, state, state.processes, 150.0)
+    assert state.phase == "running"  # 47 s in: still within the 60 s start_timeout
+    state, _ = refresh(PLAN, state, state.processes, 164.0)
+    assert state.phase == "failed" and state.step == "workers"
+    assert "worker-batch-1 STARTING" not in state.reason and "worker-batch-1 STOPPED" in state.reason
+    assert state.reason.endswith("did not reach RUNNING within 60 s")
+
+
+def test_cancel_stops_a_running_gate_and_later_events_start_nothing() -> None:
+    state = up_to_workers()
+    state, steps = replay(state, [comm({"command": "cancel", "reason": "`down`"}),
+                                  state_event("RUNNING", "worker-ping"), probe("web", True)], start=104)  # fmt: skip
+    assert state.phase == "cancelled" and steps == [[], [], []]
+    assert "down" in state.reason
+
+
+def test_a_refresh_keeps_the_exact_exit_time_of_a_migration_that_already_passed() -> None:
+    state = up_to_workers()
+    # supervisord's own `stop` is in whole seconds: before the run's `since` when read back.
+    live = {**state.processes, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, 99.0)}
+    state, _ = refresh(PLAN, state, live, 110.0)
+    assert state.phase == "running" and state.step == "workers"

@@ -212,10 +212,41 @@ def test_restart_history_survives_a_listener_restart() -> None:
     state = running_since(0)
     state, _ = replay(state, [tunnel("EXITED", 100)])
     saved = state_from_document(json.loads(json.dumps(state_document(state))))
-    resumed = resume(CONFIG, saved, "RUNNING", 200)
+    resumed = resume(CONFIG, saved, "RUNNING", 4242, 200)
     assert resumed.restarts == (100,) and resumed.backoff == 15 and resumed.armed
-    assert resume(CONFIG, None, "STOPPED", 200).armed is False
-    assert resume(CONFIG, saved, "FATAL", 200).armed is True
+    assert resume(CONFIG, None, "STOPPED", 0, 200).armed is False
+    assert resume(CONFIG, saved, "FATAL", 0, 200).armed is True
+
+
+def test_consecutive_failures_survive_a_listener_restart_for_the_same_tunnel_process() -> None:
+    state = running_since(0)
+    state, _ = replay(state, [(Event("PROCESS_STATE_RUNNING", fields={"processname": "tunnel",
+                      "groupname": "tunnel", "pid": "4242"}), 1)])  # fmt: skip
+    state, _ = replay(state, [tick(30), result(1, False, 31), result(2, False, 33)])
+    assert state.failures == 2
+    saved = state_from_document(json.loads(json.dumps(state_document(state))))
+    same = resume(CONFIG, saved, "RUNNING", 4242, 34)
+    assert same.failures == 2 and same.started_at == state.started_at
+    # One more failed probe is the third: the restart comes now, not two probes later.
+    same, actions = replay(same, [tick(35), result(1, False, 36)])
+    assert [StopTunnel()] in actions
+    # A tunnel started anew meanwhile (another pid) starts from zero, with a fresh grace.
+    other = resume(CONFIG, saved, "RUNNING", 5555, 34)
+    assert other.failures == 0 and other.started_at == 34
+
+
+def test_a_restart_the_operation_lock_defers_is_not_counted_and_is_tried_again() -> None:
+    state = running_since(0)
+    state, actions = replay(state, [tunnel("EXITED", 100)])
+    assert actions == [[StartTunnel()]] and state.restarts == (100,)
+    busy = json.dumps({"kind": "busy", "action": "start", "holder": "`down` (pid 7)"})
+    state, actions = replay(
+        state, [(Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=busy), 101)]
+    )
+    assert state.restarts == () and actions == [[]]
+    # Still down at the next tick: tried again (and counted once it goes through).
+    state, actions = replay(state, [tick(105)])
+    assert actions == [[StartTunnel()]] and state.restarts == (105,)
 
 
 def test_public_rule() -> None:

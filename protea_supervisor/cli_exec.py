@@ -1,0 +1,66 @@
+"""`protea-supervisor exec`: the wrapper every rendered program starts through."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import click
+
+from protea_supervisor.cli_lock import after_double_dash
+from protea_supervisor.env import check_required, merged_environment
+from protea_supervisor.errors import CommandNotFound, EnvError, UsageError
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option(
+    "--env-file",
+    "env_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Dotenv file to load (repeatable; later files win; missing files are skipped).",
+)
+@click.option("--require", "required", multiple=True, help="Variable that must be set (repeatable).")
+@click.option(
+    "--require-jwt-secret",
+    is_flag=True,
+    help="Require PROTEA_JWT_SECRET unless PROTEA_AUTHN_REQUIRED is false.",
+)
+@click.option(
+    "--requires-file", help="Run --fallback instead when this file (relative to the cwd) is missing."
+)
+@click.option("--fallback", help="Command line used when --requires-file is missing.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(
+    env_files: tuple[Path, ...],
+    required: tuple[str, ...],
+    require_jwt_secret: bool,
+    requires_file: str | None,
+    fallback: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
+    env = merged_environment(os.environ, env_files)
+    check_required(env, required, require_jwt_secret, env_files)
+    argv = list(after_double_dash(command))
+    if not argv:
+        raise UsageError("exec needs a command after --.")
+    if requires_file and not Path(requires_file).exists():
+        if not fallback:
+            raise EnvError(f"{requires_file} is missing and no --fallback was given.")
+        click.echo(
+            f"protea-supervisor exec: {requires_file} is missing; starting the fallback: {fallback}", err=True
+        )
+        argv = shlex.split(fallback)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        raise CommandNotFound(f"command not found: {argv[0]}.") from None
+    except PermissionError:
+        raise CommandNotFound(f"command is not executable: {argv[0]}.") from None
+    except OSError as why:
+        raise CommandNotFound(f"cannot execute {argv[0]}: {why.strerror}.") from None
+
+
+COMMANDS = (exec_cmd,)

@@ -1,0 +1,171 @@
+"""Starting and stopping the whole stack: following the gate, `down`'s parallel drain, orphan recovery.
+
+The edge the CLI, the tick and restore share. It never prints: every line goes to `report`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from protea_supervisor import orphans
+from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
+from protea_supervisor.env import redact, secret_values
+from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
+from protea_supervisor.listeners.gate import COMM_TYPE, start_request
+from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.progress import Ticker, names
+from protea_supervisor.stack import Stack
+
+Report = Callable[[str], None]
+POLL = 0.2
+
+
+def gate_deadline(stack: Stack) -> float:
+    """A bound on a whole gate run (each of its steps has its own, shorter one)."""
+    probes = stack.probes
+    return (
+        probes.infra_timeout + probes.api_ready_timeout + probes.web_timeout + 2 * probes.start_timeout + 120
+    )
+
+
+def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool = False) -> None:
+    """Ask the gate listener to run and follow its state file until it is done or has failed."""
+    request, payload = start_request(retry)
+    supervisor.send_comm(COMM_TYPE, payload)
+    began = time.monotonic()
+    deadline = gate_deadline(stack)
+    shown: set[str] = set()
+    ticker = Ticker(report)
+    while True:
+        doc = read_gate_state(stack.paths.run) or {}
+        mine = request in doc.get("requests", [])
+        for step in doc.get("steps", []) if mine else []:
+            if step["finished_at"] and step["step"] not in shown:
+                shown.add(step["step"])
+                report(f"  {step['step']:<8} ready in {step['finished_at'] - step['started_at']:.1f} s")
+        if mine and doc.get("phase") == "done":
+            return
+        if mine and doc.get("phase") in ("failed", "cancelled"):
+            raise _gate_failure(stack, doc)
+        if mine and doc.get("phase") == "running":
+            ticker.say(f"  {doc.get('step', ''):<8} ...")
+        gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
+        # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
+        if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
+            raise GateFailed(
+                f"the gate listener is {gate[0]['statename']}; see {stack.paths.logs}/gate.log.", "gate"
+            )
+        if time.monotonic() - began > deadline:
+            raise GateFailed(
+                f"the gate did not finish within {deadline:g} s (step {doc.get('step', '?')}).", "gate"
+            )
+        time.sleep(POLL)
+
+
+def _gate_failure(stack: Stack, doc: dict[str, Any]) -> GateFailed:
+    if doc.get("phase") == "cancelled":
+        return GateFailed(f"the gate was cancelled at {doc.get('step')}: {doc.get('reason')}.", "gate")
+    tail = "".join(f"\n    {line}" for line in doc.get("log_tail") or [])
+    failed = str(doc.get("failed_process", ""))
+    where = f" Last lines of {stack.paths.logs}/{failed.split(':', 1)[-1]}.log:" if tail else ""
+    message = f"gate failed at {doc.get('step')}: {doc.get('reason')}; nothing after it was started."
+    return GateFailed(redact(message + where + tail, secret_values(stack.env.files)), str(doc.get("step")))
+
+
+def cancel_gate(supervisor: Supervisor, reason: str) -> None:
+    """Tell a running gate to start nothing more (`down` is stopping the stack)."""
+    supervisor.send_comm(COMM_TYPE, json.dumps({"command": "cancel", "reason": reason}))
+
+
+def app_groups(stack: Stack) -> set[str]:
+    """The stack's own programs (listeners excluded): what `restore` stops and the gate starts again."""
+    return {p.role for p in stack.programs if p.enabled} | {q.program for q in stack.queues if q.processes}
+
+
+def wait_stopped(supervisor: Supervisor, groups: set[str] | None, grace: float, report: Report) -> None:
+    """Until no process of `groups` (all when None) is up or stopping; StopTimeout after `grace`."""
+    began = time.monotonic()
+    ticker = Ticker(report)
+    while True:
+        busy = sorted(
+            i["name"]
+            for i in supervisor.all_process_info()
+            if i["statename"] in RUNNING_STATES and (groups is None or i["group"] in groups)
+        )
+        if not busy:
+            return
+        if time.monotonic() - began > grace:
+            raise StopTimeout(f"{names(busy)} did not stop within {grace:g} s.")
+        ticker.say(f"  waiting for {len(busy)} to stop: {names(busy)}")
+        time.sleep(POLL)
+
+
+def stop_programs(stack: Stack, supervisor: Supervisor, grace: float, report: Report) -> None:
+    """Stop the stack's own programs at once (workers drain in parallel); the listeners keep running, so
+    the gate can start the stack again."""
+    cancel_gate(supervisor, "the stack is being stopped")
+    groups = app_groups(stack)
+    for group in sorted(groups):
+        try:
+            supervisor.stop_group(group)
+        except StackFailed as why:
+            if "BAD_NAME" not in str(why):
+                raise
+    wait_stopped(supervisor, groups, grace, report)
+
+
+def shut_down(supervisor: Supervisor, grace: float, report: Report) -> None:
+    """`down`: every process at once, then supervisord itself."""
+    pid = supervisor.pid()
+    began = time.monotonic()
+    cancel_gate(supervisor, "`down`")
+    supervisor.stop_all()
+    wait_stopped(supervisor, None, grace, report)
+    report(f"  all programs stopped in {time.monotonic() - began:.1f} s; shutting down supervisord")
+    supervisor.shutdown()
+    if not wait_gone(pid, 30):
+        raise StopTimeout(f"supervisord (pid {pid}) did not exit within 30 s.")
+
+
+def supervisord_pid(supervisor: Supervisor) -> int | None:
+    try:
+        return supervisor.pid() if supervisor.is_running() else None
+    except SupervisorDown:
+        return None
+
+
+def recover_orphans(stack: Stack, supervisor: Supervisor, report: Report) -> int:
+    """Stop this stack's programs left running by a supervisord that died, each with its stop signal and
+    grace (so workers finish their jobs), before the stack starts again. Returns how many groups."""
+    found = orphans.find(stack.socket_path, supervisord_pid(supervisor))
+    if not found:
+        return 0
+    report(
+        f"found {len(found)} orphaned process group(s) of this stack from a supervisord that died: "
+        f"{orphans.describe(found)}; stopping them gracefully first"
+    )
+    killed = orphans.stop(found, lambda o: stop_rules(stack, o), report)
+    if killed:
+        report(f"  killed after their grace: {orphans.describe(killed)}")
+    report("  orphans stopped")
+    return len(found)
+
+
+def stop_rules(stack: Stack, orphan: orphans.Orphan) -> tuple[str, float]:
+    """The orphan's program's stop signal and grace, as supervisord would have used them."""
+    for program in stack.programs:
+        if program.role == orphan.group:
+            return program.stop_signal, float(program.stop_grace)
+    for queue in stack.queues:
+        if queue.program == orphan.group:
+            return stack.workers.stop_signal, float(queue.stop_grace)
+    return "TERM", 10.0  # a listener or the tick
+
+
+def start_supervisord(stack: Stack, supervisor: Supervisor, report: Report) -> None:
+    recover_orphans(stack, supervisor, report)
+    report(f"starting supervisord ({stack.config_path})")
+    start_daemon(stack.config_path, supervisor)

@@ -1,0 +1,398 @@
+"""Generated sequences of operator commands and faults on a real supervisord, with invariants after each step.
+
+The stack deploys a real app repo behind a local git remote, runs a numbered queue of real RabbitMQ
+consumers (each acked job journaled), and has the deploy timer on (so `trigger` races a hand `tick`). A
+seeded generator picks the steps: `up [N]`, `scale` (absolute, +N, -N, --no-wait, --reset), `reload`,
+`reload --dry-run`, `render`, `render --check`, `render --diff`, `tick`, `tick --dry-run`, `trigger`,
+`gate retry`, the stack-owner lock taken and released, a new commit, jobs published, `kill -9` of a listener
+and of supervisord, `down`.
+
+After every step: the command ended within its bound and without a traceback; a dry run left every file
+of the host as it was; what supervisord runs equals what the stack file plus overrides say and what
+`status --json` reports; the deploy record matches the worktree and the revision every PROTEA program runs;
+no orphan survives a command that started the stack. At the end every published job was acked exactly once.
+
+`--sequence-steps N` and `--sequence-seed S` make a longer run (the default is short enough for CI).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from conftest import BIN, Result, Stack, wait_for
+from deploy_app import AppRepo, deploy_stack, git
+from rabbit import publish
+
+from protea_supervisor import orphans
+from protea_supervisor.files import load_stack
+from protea_supervisor.overrides import with_overrides
+from protea_supervisor.stack import HostFacts
+
+pytestmark = pytest.mark.integration
+
+# Bounds: what each command may take here at most (a stop grace of 30 s, builds of a second).
+BOUND = {"up": 150, "down": 90, "scale": 90, "reload": 120, "tick": 180, "gate": 150}
+# Exit codes each command may end with in some state of the stack (anything else fails the step).
+ALLOWED = {
+    "up": {0},
+    "down": {0},
+    "scale": {0, 2, 6},  # 2: scale-down during an export; 6: supervisord not running for a re-add
+    "reload": {0, 2, 6},
+    "reload --dry-run": {0, 6},
+    "render": {0},
+    "render --check": {0},
+    "render --diff": {0},
+    "tick": {0, 10, 50},  # 50: supervisord down (or the host busy past the bound)
+    "tick --dry-run": {0},
+    "trigger": {0},
+    "gate retry": {0, 6},
+}
+
+
+@dataclass
+class World:
+    repo: AppRepo
+    stack: Stack
+    queue: str
+    program: str
+    log: list[str] = field(default_factory=list)
+    published: int = 0
+    export_held: bool = False
+    killed_supervisord: bool = False
+
+    def ps(self, *args: str, bound: float = 60) -> Result:
+        began = time.monotonic()
+        try:
+            result = self.stack.ps(*args, timeout=bound)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`{' '.join(args)}` ran past its bound of {bound} s\n" + "\n".join(self.log[-15:]))
+        took = time.monotonic() - began
+        self.log.append(f"$ {' '.join(args)}  -> exit {result.code} in {took:.1f} s")
+        assert "Traceback" not in result.both and "internal error" not in result.both, result.both
+        return result
+
+    @property
+    def run(self) -> Path:
+        return self.stack.root / "run"
+
+    def supervisord_up(self) -> bool:
+        return self.ps("status", "--json").code == 0
+
+
+def make_world(base: Path, queue: str) -> World:
+    repo = AppRepo(base)
+    extra = {
+        "queues": {queue: {"numbered": True, "processes": 2}},
+        "deploy": {"enabled": True, "poll_interval": 3600, "check_interval": 0, "retry_ladder": [3600]},
+        "probes": {"start_timeout": 30},
+        "control": {"operation_wait": 200},
+    }
+    stack = deploy_stack(base, repo, queue, extra=extra)
+    return World(repo, stack, queue, "worker-" + queue.replace(".", "-"))
+
+
+# --- what is compared ----------------------------------------------------------------------------------
+
+
+def supervisorctl_infos(world: World) -> list[dict[str, Any]]:
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{world.run / 'supervisor.sock'}")
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    infos: list[dict[str, Any]] = proxy.supervisor.getAllProcessInfo()
+    draining = proxy.protea.getDraining()
+    leaving = {name for names in draining.values() for name in names}
+    return [i for i in infos if i["name"] not in leaving]
+
+
+def expected_processes(world: World) -> set[str]:
+    stack = with_overrides(load_stack(str(world.stack.file), HostFacts(Path.home(), sys.executable)))
+    names = {p.role for p in stack.programs if p.enabled}
+    names |= {n for q in stack.queues for n in q.process_names()}
+    return names | {"deploy-tick", "gate", "tunnel-watch", "deploy-timer"}
+
+
+def snapshot(world: World) -> dict[str, str]:
+    """Every file under the run dir, the worktree and the logs: what the commands write by content, what the
+    programs and listeners write as they run (logs, state files) by name only."""
+    live = {".log", ".json"}
+    owned = {"supervisord.conf", "overrides.json", "deployed.json", "stack-owner.json"}
+    seen: dict[str, str] = {}
+    for top in (world.run, world.stack.root / "logs", world.repo.worktree):
+        for path in sorted(top.rglob("*")) if top.exists() else []:
+            if ".git" in path.parts or path.name.startswith(".") and path.suffix == ".tmp":
+                continue
+            rel = str(path.relative_to(world.stack.root.parent))
+            if path.is_symlink():
+                seen[rel] = "-> " + os.readlink(path)
+            elif (
+                path.is_file() and (path.name in owned or path.suffix not in live) and path.suffix != ".sock"
+            ):
+                seen[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                seen[rel] = "present"
+    head = git(world.repo.worktree, "rev-parse", "HEAD") if (world.repo.worktree / ".git").exists() else ""
+    seen["HEAD"] = head
+    return seen
+
+
+def wait_quiet(world: World) -> None:
+    """No tick running, nothing draining, the gate not mid-run: the stack is where the last command left it."""
+
+    def quiet() -> bool:
+        infos = {i["name"]: i for i in supervisorctl_infos(world)}
+        tick = infos.get("deploy-tick", {}).get("statename")
+        gate = (
+            json.loads((world.run / "gate.json").read_text()).get("phase")
+            if (world.run / "gate.json").exists()
+            else ""
+        )
+        return tick not in ("STARTING", "RUNNING", "STOPPING") and gate != "running"
+
+    wait_for(quiet, 200, "the timer's tick and the gate to finish")
+
+    def drained() -> bool:
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{world.run / 'supervisor.sock'}")
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return not any(proxy.protea.getDraining().values())
+
+    wait_for(drained, 60, "removed workers to finish their jobs")
+
+
+def check(world: World) -> None:
+    status = world.ps("status", "--json")
+    if status.code == 6:
+        doc = json.loads(status.out)
+        assert doc["supervisord"] == "down"
+        assert world.killed_supervisord or not doc["orphans"], ("orphans with no crash", doc["orphans"])
+        return
+    assert status.code == 0, status.both
+    wait_quiet(world)
+    status = world.ps("status", "--json")
+    doc = json.loads(status.out)
+    infos = supervisorctl_infos(world)
+    running = {i["name"] for i in infos}
+    # What supervisord runs is what the stack file plus overrides say, and what status says.
+    assert running == expected_processes(world), (running ^ expected_processes(world), world.log[-5:])
+    reported = {p["name"]: p["state"] for p in doc["processes"]}
+    assert {n: s for n, s in reported.items() if n in running} == {i["name"]: i["statename"] for i in infos}
+    assert not doc["orphans"], doc["orphans"]
+    # The deploy record matches what runs.
+    record = doc["deploy"]
+    if record["revision"]:
+        assert git(world.repo.worktree, "rev-parse", "HEAD") == record["revision"], world.log[-5:]
+        assert not record["older_revision"], (record["older_revision"], world.log[-5:])
+
+
+# --- the steps -----------------------------------------------------------------------------------------
+
+
+def step_up(world: World, rng: random.Random) -> None:
+    args = ["up"] + ([str(rng.randint(1, 3))] if rng.random() < 0.3 else [])
+    result = world.ps(*args, bound=BOUND["up"])
+    assert result.code == 0, result.both
+    world.killed_supervisord = False
+    infos = {i["name"]: i["statename"] for i in supervisorctl_infos(world)}
+    app = {n: s for n, s in infos.items() if n not in ("deploy-tick", "gate", "tunnel-watch", "deploy-timer")}
+    assert all(s == ("EXITED" if n == "migrate" else "RUNNING") for n, s in app.items()), app
+
+
+def step_down(world: World, rng: random.Random) -> None:
+    result = world.ps("down", "--force", bound=BOUND["down"])
+    assert result.code == 0, result.both
+    world.killed_supervisord = False
+    assert not orphans.find(world.run / "supervisor.sock", None)
+
+
+def step_scale(world: World, rng: random.Random) -> None:
+    spec = rng.choice(["1", "2", "3", "+1", "-1", "+2", "--reset"])
+    args = ["scale", world.queue, *([spec] if spec != "--reset" else ["--reset"])]
+    if rng.random() < 0.4:
+        args.append("--no-wait")
+    result = world.ps(*args, bound=BOUND["scale"])
+    allowed = {0, 1, 2} if spec.startswith("-") or spec == "1" else {0, 1}
+    assert result.code in allowed, result.both
+    if result.code == 1:
+        assert "would leave" in result.err, result.both
+
+
+def step_reload(world: World, rng: random.Random) -> None:
+    if rng.random() < 0.5:
+        dry(world, "reload", "--dry-run")
+        return
+    result = world.ps("reload", bound=BOUND["reload"])
+    assert result.code in ALLOWED["reload"], result.both
+
+
+def step_render(world: World, rng: random.Random) -> None:
+    kind = rng.choice(["--check", "--diff", ""])
+    if kind:
+        dry(world, "render", kind)
+    else:
+        assert world.ps("render").code == 0
+
+
+def step_tick(world: World, rng: random.Random) -> None:
+    if rng.random() < 0.4:
+        dry(world, "tick", "--dry-run")
+        return
+    result = world.ps("tick", bound=BOUND["tick"])
+    assert result.code in ALLOWED["tick"], result.both
+
+
+def step_trigger(world: World, rng: random.Random) -> None:
+    assert world.ps("trigger", "sequence").code == 0
+    if rng.random() < 0.5:  # a hand tick right behind the timer's: they must not run together
+        time.sleep(rng.uniform(0, 2))
+        step_tick(world, rng)
+
+
+def step_gate_retry(world: World, rng: random.Random) -> None:
+    result = world.ps("gate", "retry", bound=BOUND["gate"])
+    assert result.code in ALLOWED["gate retry"], result.both
+
+
+def step_lock(world: World, rng: random.Random) -> None:
+    if world.export_held:
+        assert world.ps("lock", "release", "seq-export").code == 0
+    else:
+        assert world.ps("lock", "acquire", "export", "seq-export", "sequence").code == 0
+    world.export_held = not world.export_held
+
+
+def step_commit(world: World, rng: random.Random) -> None:
+    n = rng.randint(0, 10**6)
+    files = {"VERSION": f"v{n}\n"} if rng.random() < 0.7 else {"apps/web/page.txt": f"page {n}"}
+    world.repo.commit(f"change {n}", files)
+
+
+def step_jobs(world: World, rng: random.Random) -> None:
+    count = rng.randint(2, 6)
+    publish_ids(world, count)
+
+
+def publish_ids(world: World, count: int) -> None:
+    import pika
+
+    from rabbit import connect
+
+    connection = connect()
+    channel = connection.channel()
+    channel.queue_declare(world.queue, durable=False, auto_delete=False)
+    for job in range(world.published, world.published + count):
+        channel.basic_publish("", world.queue, json.dumps({"id": job, "seconds": 1.5}).encode(),
+                              pika.BasicProperties())  # fmt: skip
+    connection.close()
+    world.published += count
+
+
+def step_kill_listener(world: World, rng: random.Random) -> None:
+    if not world.supervisord_up():
+        return
+    name = rng.choice(["gate", "tunnel-watch", "deploy-timer"])
+    pid = world.stack.status()[name]["pid"]
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: world.stack.status()[name]["pid"] not in (0, pid), 30, f"{name} to come back")
+
+
+def step_kill_supervisord(world: World, rng: random.Random) -> None:
+    pidfile = world.run / "supervisord.pid"
+    if not world.supervisord_up() or not pidfile.exists():
+        return
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    world.killed_supervisord = True
+    wait_for(lambda: world.ps("status").code == 6, 20, "supervisord to be gone")
+
+
+def dry(world: World, *args: str) -> None:
+    before = snapshot(world)
+    result = world.ps(*args)
+    assert result.code in ALLOWED[" ".join(args)], result.both
+    after = snapshot(world)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not changed, (f"`{' '.join(args)}` changed {sorted(changed)}", result.both)
+
+
+STEPS = [
+    (step_up, 3), (step_down, 1), (step_scale, 5), (step_reload, 2), (step_render, 2), (step_tick, 3),
+    (step_trigger, 2), (step_gate_retry, 1), (step_lock, 2), (step_commit, 2), (step_jobs, 3),
+    (step_kill_listener, 1), (step_kill_supervisord, 1),
+]  # fmt: skip
+
+
+def generate(rng: random.Random, count: int) -> Iterator[Any]:
+    functions, weights = zip(*STEPS, strict=True)
+    for _ in range(count):
+        yield rng.choices(functions, weights)[0]
+
+
+@pytest.fixture
+def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
+    made = make_world(short_tmp, queue_name)
+    yield made
+    made.stack.ps("down", "--force", timeout=120)
+    for orphan in orphans.find(made.run / "supervisor.sock", None):
+        os.killpg(orphan.pgid, signal.SIGKILL)
+
+
+def test_generated_command_sequences_keep_the_stack_what_the_tool_says(
+    world: World, request: pytest.FixtureRequest
+) -> None:
+    seed = int(request.config.getoption("--sequence-seed"))
+    count = int(request.config.getoption("--sequence-steps"))
+    rng = random.Random(seed)
+    # A fresh host: the first `up` is the first deploy (checkout, install, build, migrate, start).
+    step_up(world, rng)
+    check(world)
+    for number, step in enumerate(generate(rng, count), 1):
+        world.log.append(f"# step {number}: {step.__name__}")
+        try:
+            step(world, rng)
+            check(world)
+        except AssertionError as failure:
+            raise AssertionError(
+                f"seed {seed}, step {number} ({step.__name__}): {failure}\n" + "\n".join(world.log[-25:])
+            ) from None
+    # The end: the stack up, the export released, every job acked exactly once and none cut off.
+    if world.export_held:
+        step_lock(world, rng)
+    step_up(world, rng)
+    publish_ids(world, 3)
+    acks = world.stack.root / "acks.log"
+
+    def acked() -> collections.Counter[int]:
+        lines = acks.read_text().splitlines() if acks.exists() else []
+        return collections.Counter(int(line.split()[0]) for line in lines)
+
+    wait_for(lambda: sum(acked().values()) >= world.published, 120, "every published job acked")
+    counted = acked()
+    assert sorted(counted) == list(range(world.published)) and set(counted.values()) == {1}, counted
+    for log in sorted((world.stack.root / "logs").glob(f"{world.program}-*.log")):
+        text = log.read_text()
+        started = {
+            line.split()[2] for line in text.splitlines() if line.endswith(" started") and " job " in line
+        }
+        done = {line.split()[2] for line in text.splitlines() if " done" in line and " job " in line}
+        assert started <= done, (log.name, started - done)
