@@ -222,8 +222,12 @@ def handle(plan: GatePlan, state: GateState, event: Event, now: float) -> tuple[
 
 
 def _with_process_event(state: GateState, event: Event, now: float) -> GateState:
+    """Only processes in the live list count: one a scale-down is draining (dropped from the list) must not
+    come back through its STOPPED event, and a new one joins at the next refresh."""
     key = event.process
     old = state.processes.get(key)
+    if old is None:
+        return state
     exited_ok = event.fields.get("expected") == "1" if event.state == "EXITED" else None
     stopped_at = now if event.state in ("EXITED", "STOPPED", "FATAL") else (old.stopped_at if old else 0.0)
     proc = Proc(
@@ -622,6 +626,15 @@ class Executor:
         send_event(self.rpc, COMM_TYPE, message)
 
 
+def live_processes(rpc: Rpc) -> dict[str, Proc]:
+    """supervisord's processes, less those a scale-down removed that are still finishing their job: they are
+    no longer in the config, and must be neither waited for nor started."""
+    proxy = rpc()
+    infos = proxy.supervisor.getAllProcessInfo()
+    leaving = {name for names in proxy.protea.getDraining().values() for name in names}
+    return snapshot(i for i in infos if i["name"] not in leaving)
+
+
 def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, list[str]]:
     enabled = {p.role for p in stack.programs if p.enabled}
     infra, problems = parse_infra(stack.probes.infra_from_env, environ)
@@ -661,12 +674,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = read_state(stack.paths.run)
     saved = state_from_document(doc) if doc else None
     same = doc is not None and doc.get("supervisord_pid") == pid
-    state, actions = resume(plan, saved, snapshot(rpc().supervisor.getAllProcessInfo()), time.time(), same)
+    state, actions = resume(plan, saved, live_processes(rpc), time.time(), same)
     executor.execute(actions)
     holder = {"state": state}
 
     def live() -> dict[str, Proc]:
-        return snapshot(rpc().supervisor.getAllProcessInfo())
+        return live_processes(rpc)
 
     def on_event(event: Event) -> None:
         now = time.time()
