@@ -18,7 +18,8 @@ from protea_supervisor.files import load_stack
 from protea_supervisor.lock import LockFile, export_holder, resolve_path, resolve_timeout
 from protea_supervisor.oplock import operation, resolve_wait
 from protea_supervisor.overrides import shadowed_counts, with_overrides
-from protea_supervisor.render import check_config, render
+from protea_supervisor.readback import verify
+from protea_supervisor.render import blocks, render
 from protea_supervisor.stack import HostFacts, Stack
 from protea_supervisor.tick import read_record
 
@@ -73,7 +74,8 @@ def rendered(stack: Stack, revision: str | None = None, dry_run: bool = False) -
     if revision is None:
         revision = read_record(stack).revision
     text = render(stack, exe_argv(), revision)
-    check_config(text, missing_dirs(stack, need_root=False) if dry_run else ())
+    programs, listeners = blocks(stack, exe_argv(), revision)
+    verify(stack, text, programs, listeners, missing_dirs(stack, need_root=False) if dry_run else ())
     return text
 
 

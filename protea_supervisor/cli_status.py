@@ -38,7 +38,8 @@ from protea_supervisor.status import (
     spawn_counts,
     table,
 )
-from protea_supervisor.tick import is_worktree, read_record
+from protea_supervisor.tick import read_record
+from protea_supervisor.worktree import is_worktree
 
 
 def tunnel_line(watch: dict[str, Any], now: float) -> str:

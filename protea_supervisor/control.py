@@ -117,9 +117,14 @@ def supervisord_command(config: Path) -> list[str]:
 
 
 def start_daemon(
-    config: Path, supervisor: Supervisor, deadline: float = 30.0, clock: Callable[[], float] = time.monotonic
+    config: Path,
+    supervisor: Supervisor,
+    deadline: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    waiting: Callable[[str], None] | None = None,
 ) -> None:
-    """Start supervisord (it daemonizes itself) and wait until its socket answers."""
+    """Start supervisord (it daemonizes itself) and wait until its socket answers (with many programs and
+    little CPU that takes seconds)."""
     result = subprocess.run(
         supervisord_command(config), capture_output=True, text=True, check=False, cwd=config.parent
     )
@@ -132,6 +137,8 @@ def start_daemon(
     while clock() < end:
         if supervisor.is_running():
             return
+        if waiting:
+            waiting(f"  waiting for supervisord to answer on {supervisor.socket_path}")
         time.sleep(0.1)
     raise StackFailed(
         f"supervisord started but its socket {supervisor.socket_path} did not answer in {deadline:g} s."

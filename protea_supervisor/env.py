@@ -6,12 +6,14 @@ names the variable and the files searched, nothing more.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from protea_supervisor.errors import EnvError
 
@@ -65,9 +67,17 @@ def load_env_files(files: Sequence[Path]) -> dict[str, str]:
             raise EnvError(f"env file {path} is not a regular file.")
         check_file_mode(path, st.st_mode)
         try:
-            parsed = dotenv_values(path, interpolate=False, encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as why:
             raise EnvError(f"env file {path} cannot be read ({type(why).__name__}).") from None
+        bad = [b.original.line for b in parse_stream(io.StringIO(text)) if b.error]
+        if bad:
+            # The line itself is never shown: it may hold a secret.
+            lines = ", ".join(str(n) for n in bad[:5])
+            raise EnvError(
+                f"env file {path}: line {lines} is not KEY=value (nor a comment or `export KEY=value`)."
+            )
+        parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
         for key, value in parsed.items():
             if value is not None and ("\0" in value or "\0" in key):
                 name = key.replace("\0", "")

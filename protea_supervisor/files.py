@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from protea_supervisor.errors import StackError
-from protea_supervisor.stack import HostFacts, Stack, parse_stack
+from protea_supervisor.parser import parse_stack
+from protea_supervisor.stack import HostFacts, Stack
 
 
 def builtin_stack_text(name: str) -> str:
@@ -48,20 +49,9 @@ def stack_layers(choice: str | None) -> list[tuple[str, Mapping[str, Any]]]:
         layers.append(("built-in demo stack", parse_toml(builtin_stack_text("demo"), "built-in demo stack")))
         return layers
     path = Path(choice).expanduser().absolute()
-    data = read_toml(path)
-    # A host file's relative paths and {stack_dir} refer to the file's own directory.
-    layers.append((str(path), _with_stack_dir(data, path.parent)))
+    # The source is the file's absolute path: the parser's {stack_dir} is its directory.
+    layers.append((str(path), read_toml(path)))
     return layers
-
-
-def _with_stack_dir(data: Any, stack_dir: Path) -> Any:
-    if isinstance(data, dict):
-        return {k: _with_stack_dir(v, stack_dir) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_with_stack_dir(v, stack_dir) for v in data]
-    if isinstance(data, str):
-        return data.replace("{stack_dir}", str(stack_dir))
-    return data
 
 
 def load_stack(choice: str | None, host: HostFacts) -> Stack:

@@ -21,6 +21,7 @@ from protea_supervisor.stack import Stack
 
 Report = Callable[[str], None]
 POLL = 0.2
+RESEND_AFTER = 10.0
 
 
 def gate_deadline(stack: Stack) -> float:
@@ -35,7 +36,7 @@ def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool =
     """Ask the gate listener to run and follow its state file until it is done or has failed."""
     request, payload = start_request(retry)
     supervisor.send_comm(COMM_TYPE, payload)
-    began = time.monotonic()
+    began = sent = time.monotonic()
     deadline = gate_deadline(stack)
     shown: set[str] = set()
     ticker = Ticker(report)
@@ -52,6 +53,12 @@ def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool =
             raise _gate_failure(stack, doc)
         if mine and doc.get("phase") == "running":
             ticker.say(f"  {doc.get('step', ''):<8} ...")
+        elif not mine:
+            ticker.say("  waiting for the gate listener to take the request")
+            if time.monotonic() - sent > RESEND_AFTER:
+                # Not taken yet: the listener may have died with it in hand. The same request is idempotent.
+                supervisor.send_comm(COMM_TYPE, payload)
+                sent = time.monotonic()
         gate = [i for i in supervisor.all_process_info() if i["group"] == "gate"]
         # EXITED is transient: autorestart brings the listener back and it resumes. FATAL and STOPPED are not.
         if gate and gate[0]["statename"] in ("FATAL", "STOPPED"):
@@ -168,4 +175,4 @@ def stop_rules(stack: Stack, orphan: orphans.Orphan) -> tuple[str, float]:
 def start_supervisord(stack: Stack, supervisor: Supervisor, report: Report) -> None:
     recover_orphans(stack, supervisor, report)
     report(f"starting supervisord ({stack.config_path})")
-    start_daemon(stack.config_path, supervisor)
+    start_daemon(stack.config_path, supervisor, waiting=Ticker(report).say)

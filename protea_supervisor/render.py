@@ -1,25 +1,24 @@
 """Rendering: stack -> supervisord config text. Pure; the CLI writes the result.
 
-Escaping for supervisord's syntax lives in named template filters (`pct`, `envpairs`). Every rendered text
-can be checked with supervisor's own parser (`check_config`) before anything writes it.
+`blocks` returns the sections as data (every command as its argv, with the dotted keys it came from);
+the template writes them, with escaping in named filters (`cmdline`, `pct`, `pct_logfile`, `envpairs`).
+`readback.verify` reads the written text back with supervisord's own parser and compares it with the blocks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import shlex
-import tempfile
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import PurePosixPath
 
 import jinja2
 
+from protea_supervisor.carry import command_line
 from protea_supervisor.errors import RenderError
+from protea_supervisor.schema import quoted
 from protea_supervisor.stack import Program, Queue, Stack
 
 PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900, "deploy-tick": 950}
@@ -37,7 +36,7 @@ class ProgramBlock:
     """One [program:x] section, with values still unescaped; the template escapes them."""
 
     name: str
-    command: str
+    argv: tuple[str, ...]
     directory: str
     environment: tuple[tuple[str, str], ...]
     priority: int
@@ -53,6 +52,13 @@ class ProgramBlock:
     numbered: bool
     # None: supervisord's default (3). A watched tunnel gets 0: the watchdog is its only restarter.
     startretries: int | None = None
+    # Which dotted key of the stack each setting came from (command, directory, ...), for refusals.
+    keys: tuple[tuple[str, str], ...] = ()
+
+    def process_names(self) -> tuple[str, ...]:
+        if self.numbered:
+            return tuple(f"{self.name}-{n}" for n in range(1, self.numprocs + 1))
+        return (self.name,)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class ListenerBlock:
     """One [eventlistener:x] section."""
 
     name: str
-    command: str
+    argv: tuple[str, ...]
     events: str
     buffer_size: int
     log_dir: str
@@ -93,9 +99,7 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
     return [
         ListenerBlock(
             name=name,
-            command=wrapper_command(
-                stack, exe, " ".join(shlex.quote(a) for a in [*listener_argv(exe, name), *stack_args])
-            ),
+            argv=wrapper_argv(stack, exe, [*listener_argv(exe, name), *stack_args]),
             events=events,
             buffer_size=LISTENER_BUFFER,
             log_dir=str(stack.paths.logs),
@@ -112,6 +116,11 @@ def listener_digest(stack: Stack) -> str:
     queues = tuple((q.name, q.program, q.processes > 0) for q in stack.queues)
     material = repr(replace(stack, queues=())) + repr(queues)
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
+
+
+def cmdline(argv: Sequence[str]) -> str:
+    """A command= value: each argument quoted for supervisord's shlex, `;` `#` `'` escaped, `%` doubled."""
+    return pct(command_line(argv))
 
 
 def pct(value: object) -> str:
@@ -152,13 +161,16 @@ def template_env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["cmdline"] = cmdline
     env.filters["pct"] = pct
     env.filters["pct_logfile"] = pct_logfile
     env.filters["envpairs"] = envpairs
     return env
 
 
-def wrapper_command(stack: Stack, exe: Sequence[str], command: str, program: Program | None = None) -> str:
+def wrapper_argv(
+    stack: Stack, exe: Sequence[str], command: Sequence[str], program: Program | None = None
+) -> tuple[str, ...]:
     """The exec wrapper loads the env files at each start and execs the command (same pid)."""
     args = [*exe, "exec"]
     for env_file in stack.env.files:
@@ -169,7 +181,13 @@ def wrapper_command(stack: Stack, exe: Sequence[str], command: str, program: Pro
         args.append("--require-jwt-secret")
     if program is not None and program.requires_file:
         args += ["--requires-file", program.requires_file, "--fallback", program.fallback_command]
-    return " ".join(shlex.quote(a) for a in args) + " -- " + command
+    return (*args, "--", *command)
+
+
+def program_keys(prefix: str, command_key: str = "") -> tuple[tuple[str, str], ...]:
+    fields = ("directory", "environment", "stop_signal", "stop_grace", "startsecs")
+    return (("name", prefix), ("command", command_key or f"{prefix}.command"),
+            *((f, f"{prefix}.{f}") for f in fields))  # fmt: skip
 
 
 def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list[ProgramBlock]:
@@ -188,7 +206,7 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
         blocks.append(
             ProgramBlock(
                 name=program.role,
-                command=wrapper_command(stack, exe, program.command, program),
+                argv=wrapper_argv(stack, exe, shlex.split(program.command), program),
                 directory=str(program.directory),
                 environment=program.environment + (stamp if program.role != "tunnel" else ()),
                 priority=PRIORITY[program.role],
@@ -202,6 +220,7 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
                 numprocs=1,
                 numbered=False,
                 startretries=0 if watched else None,
+                keys=program_keys(f"programs.{program.role}"),
             )
         )
     blocks.extend(_queue_block(stack, exe, queue, stamp) for queue in stack.queues if queue.processes)
@@ -214,7 +233,7 @@ def _deploy_tick_block(stack: Stack, exe: Sequence[str]) -> ProgramBlock:
     stack_args = ["--stack", stack.choice] if stack.choice else []
     return ProgramBlock(
         name="deploy-tick",
-        command=" ".join(shlex.quote(a) for a in [*exe, *stack_args, "tick"]),
+        argv=(*exe, *stack_args, "tick"),
         # The run dir always exists; the worktree may have vanished, and the tick recreates it.
         directory=str(stack.paths.run),
         environment=(),
@@ -228,15 +247,18 @@ def _deploy_tick_block(stack: Stack, exe: Sequence[str]) -> ProgramBlock:
         log_name="deploy-tick.log",
         numprocs=1,
         numbered=False,
+        keys=program_keys("deploy"),
     )
 
 
 def _queue_block(
     stack: Stack, exe: Sequence[str], queue: Queue, stamp: tuple[tuple[str, str], ...] = ()
 ) -> ProgramBlock:
+    prefix = f"queues.{quoted(queue.name)}"
+    own = any(key == f"{prefix}.command" for key, _ in stack.origins)
     return ProgramBlock(
         name=queue.program,
-        command=wrapper_command(stack, exe, queue.command),
+        argv=wrapper_argv(stack, exe, shlex.split(queue.command)),
         directory=str(stack.workers.directory),
         environment=stamp,
         priority=PRIORITY["worker"],
@@ -250,16 +272,30 @@ def _queue_block(
         log_name="%(program_name)s-%(process_num)d.log" if queue.numbered else f"{queue.program}.log",
         numprocs=queue.processes,
         numbered=queue.numbered,
+        keys=(
+            *program_keys(prefix, f"{prefix}.command" if own else "workers.command"),
+            ("directory", "workers.directory"),
+            ("stop_signal", "workers.stop_signal"),
+            ("startsecs", "workers.startsecs"),
+        ),
     )
+
+
+def blocks(
+    stack: Stack, exe: Sequence[str], revision: str = ""
+) -> tuple[list[ProgramBlock], list[ListenerBlock]]:
+    """Every [program:x] and [eventlistener:x] the config holds, as data."""
+    return program_blocks(stack, exe, revision), listener_blocks(stack, exe)
 
 
 def render(stack: Stack, exe: Sequence[str], revision: str = "") -> str:
     """The supervisord config for `stack`; `exe` is the argv prefix that runs protea-supervisor; `revision`
     is the deployed revision, given to every program that runs PROTEA's code as PROTEA_REVISION."""
+    programs, listeners = blocks(stack, exe, revision)
     context = {
         "stack": stack,
-        "programs": program_blocks(stack, exe, revision),
-        "listeners": listener_blocks(stack, exe),
+        "programs": programs,
+        "listeners": listeners,
         # Numbered queues only: an unnumbered worker cannot grow without renaming its running process.
         "worker_groups": [q.program for q in stack.queues if q.processes and q.numbered],
         "log_maxbytes": LOG_MAXBYTES,
@@ -269,64 +305,3 @@ def render(stack: Stack, exe: Sequence[str], revision: str = "") -> str:
         return template_env().get_template(TEMPLATE).render(**context)
     except jinja2.TemplateError as why:
         raise RenderError(f"template {TEMPLATE}: {why}") from None
-
-
-def check_config(text: str, assume_dirs: Collection[Path] = ()) -> Any:
-    """Parse `text` with supervisor's own ServerOptions, from a file written the way the config is written
-    and opened the way supervisord opens it (so a carriage return breaks a line exactly as it would there).
-    Returns the parsed options; raises RenderError with supervisord's words if it refuses.
-
-    supervisord requires log directories to exist. `assume_dirs` are directories a dry run would create
-    but must not: paths under them count as existing for this check only.
-    """
-    from supervisor.options import ServerOptions
-
-    with tempfile.TemporaryDirectory(prefix="protea-check-") as tmp:
-        path = Path(tmp) / "supervisord.conf"
-        with path.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-        options = ServerOptions()
-        try:
-            with _assuming(assume_dirs):
-                options.read_config(str(path))
-        except ValueError as why:
-            first = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
-            raise RenderError(f"supervisord would refuse the rendered config: {first}") from None
-    return options
-
-
-@contextlib.contextmanager
-def _assuming(dirs: Collection[Path]) -> Iterator[None]:
-    """Make supervisor's directory checks accept paths under `dirs` for the duration of one parse. The CLI
-    is single-threaded, and the originals are put back whatever happens."""
-    if not dirs:
-        yield
-        return
-    from supervisor import datatypes, options
-
-    roots = [str(d) for d in dirs]
-    real_dirpath, real_directory = datatypes.existing_dirpath, datatypes.existing_directory
-
-    def under(value: str) -> bool:
-        return any(value == root or value.startswith(root.rstrip("/") + "/") for root in roots)
-
-    def dirpath(value: str) -> str:
-        return value if under(os.path.dirname(os.path.expanduser(value))) else str(real_dirpath(value))
-
-    def directory(value: str) -> str:
-        return value if under(os.path.expanduser(value)) else str(real_directory(value))
-
-    patched = [
-        (datatypes, "existing_dirpath", dirpath),
-        (options, "existing_dirpath", dirpath),
-        (datatypes, "existing_directory", directory),
-        (options, "existing_directory", directory),
-    ]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patched]
-    try:
-        for module, name, replacement in patched:
-            setattr(module, name, replacement)
-        yield
-    finally:
-        for module, name, original in saved:
-            setattr(module, name, original)

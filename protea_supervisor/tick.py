@@ -10,12 +10,7 @@ the failed list; anything supervisord, the host or the network did exits 50 and 
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
-import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +21,6 @@ from protea_supervisor import deploy
 from protea_supervisor.apply import Deadlines, apply_plan, stack_is_up, states, wait_until_gone_or_down
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord, Step, Work
-from protea_supervisor.env import redact
 from protea_supervisor.errors import (
     GateFailed,
     LockCorrupt,
@@ -39,25 +33,27 @@ from protea_supervisor.errors import (
 )
 from protea_supervisor.files import write_atomic
 from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.listeners.gate import parse_infra, wait_http, wait_ports
 from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.listeners.probes import parse_infra, wait_http, wait_ports
 from protea_supervisor.lock import LockFile
+from protea_supervisor.progress import Ticker
 from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.stack import Stack
+from protea_supervisor.webbuild import (
+    build_web,
+    builds_dir,
+    prune_builds,
+    run_command,
+    served_build,
+    switch_web,
+)
+from protea_supervisor.worktree import StepError, changed_files, fetch, git, peek
 
 Report = Callable[[str], None]
 HEALTH_PROBE_DEADLINE = 5.0
 BUILDS_KEPT = 3
 # What a failed gate step says about the revision (see deploy.blame).
 GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "web": "probe"}
-
-
-class StepError(ProteaError):
-    """A step failed; `kind` is what went wrong (deploy.blame's vocabulary)."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -111,89 +107,7 @@ def failure_kind(error: Exception) -> str:
     return "refused"  # RpcRefused and anything else supervisord or the host refused
 
 
-# --- git ------------------------------------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise StepError(f"git {' '.join(args)} failed: {detail[-1] if detail else result.returncode}", "git")
-    return result.stdout.strip()
-
-
-def is_worktree(root: Path) -> bool:
-    return (root / ".git").exists()
-
-
-def stack_parts_inside(stack: Stack, directory: Path) -> list[Path]:
-    """The stack's own directories (run, logs) inside `directory`: moving it would move the live stack."""
-    inside = []
-    for part in (stack.paths.run, stack.paths.logs):
-        if part == directory or directory in part.parents:
-            inside.append(part)
-    return inside
-
-
-def fetch(stack: Stack, report: Report) -> tuple[str, str]:
-    """Fetch the remote ref; recreate the worktree if it vanished. Returns (remote revision, HEAD)."""
-    settings, root = stack.deploy, stack.paths.root
-    if not is_worktree(root):
-        inside = stack_parts_inside(stack, root) if root.exists() else []
-        if inside:
-            raise StepError(
-                f"paths.root {root} is not a git worktree and holds the stack's own "
-                f"{', '.join(str(p) for p in inside)}; a tick will not move it (deploy needs a worktree)",
-                "git",
-            )
-        report(f"worktree {root} is missing; recreating it from {settings.repository}")
-        if root.exists():
-            # Something recreated the directory (a program's log or cache): keep it aside, never delete it.
-            aside = root.with_name(f"{root.name}.orphan-{int(time.time())}")
-            root.rename(aside)
-            report(f"moved the non-worktree directory left at {root} to {aside}")
-        git(settings.repository, "fetch", "--quiet", settings.remote, settings.ref)
-        git(settings.repository, "worktree", "prune")
-        git(settings.repository, "worktree", "add", "--detach", str(root), "FETCH_HEAD")
-    git(root, "fetch", "--quiet", settings.remote, settings.ref)
-    return git(root, "rev-parse", "FETCH_HEAD"), git(root, "rev-parse", "HEAD")
-
-
-def peek(stack: Stack, report: Report) -> tuple[str, str, Path]:
-    """What a fetch would find, changing no ref, no FETCH_HEAD and no worktree: `ls-remote` for the sha, then
-    the commit's objects only (no ref is written). Returns (remote revision, HEAD or "", where git ran)."""
-    settings, root = stack.deploy, stack.paths.root
-    where = root if is_worktree(root) else settings.repository
-    if where is settings.repository:
-        report(f"worktree {root} is missing or not a worktree; a tick would recreate it from {where}")
-    line = git(where, "ls-remote", settings.remote, f"refs/heads/{settings.ref}")
-    if not line:
-        raise StepError(f"{settings.remote} has no branch {settings.ref}", "git")
-    remote = line.split()[0]
-    if subprocess.run(["git", "-C", str(where), "cat-file", "-e", f"{remote}^{{commit}}"],
-                      capture_output=True, check=False).returncode != 0:  # fmt: skip
-        git(where, "fetch", "--quiet", "--no-write-fetch-head", "--refmap=", settings.remote, settings.ref)
-    head = git(root, "rev-parse", "HEAD") if where == root else ""
-    return remote, head, where
-
-
-def changed_files(cwd: Path, old: str, new: str) -> list[str] | None:
-    try:
-        return [line for line in git(cwd, "diff", "--name-only", old, new).splitlines() if line]
-    except StepError:
-        return None  # the old revision is unknown here (history rewritten): treat as a first deploy
-
-
 # --- commands and the frontend build --------------------------------------------------------------------
-
-
-def run_command(command: str, cwd: Path, env: Mapping[str, str], what: str, secrets: Sequence[str]) -> None:
-    result = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=dict(env), capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
-        raise StepError(redact(f"{what} exited {result.returncode}: {tail}", secrets), "command")
 
 
 def install(env: TickEnv) -> None:
@@ -204,75 +118,6 @@ def install(env: TickEnv) -> None:
     for command, what in steps:
         if command:
             run_command(command, root, env.environ, what, env.secrets)
-
-
-def builds_dir(stack: Stack) -> Path:
-    return stack.paths.run / "web-builds"
-
-
-def build_web(env: TickEnv, revision: str) -> Path:
-    """Export the frontend at `revision` into a fresh directory, build it there and verify it. The served
-    build is never touched."""
-    stack = env.stack
-    target = builds_dir(stack) / f"{deploy.short(revision)}-{int(time.time())}"
-    target.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(stack.paths.root), "archive", "--format=tar", f"{revision}:{stack.deploy.web_dir}"],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise StepError(f"cannot export {stack.deploy.web_dir} at {deploy.short(revision)}", "incomplete")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(target, filter="data")
-    env.report(f"building the frontend in {target}")
-    run_command(stack.deploy.build_command, target, env.environ, "the frontend build", env.secrets)
-    assemble_standalone(target)
-    files = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file() or p.is_symlink()}
-    public = {str(p.relative_to(target / "public")) for p in (target / "public").rglob("*") if p.is_file()}
-    problems = deploy.web_build_problems(files, public)
-    if problems:
-        raise StepError(f"the frontend build is incomplete: {'; '.join(problems)}", "incomplete")
-    return target
-
-
-def assemble_standalone(target: Path) -> None:
-    """What manage.sh did after `npm run build`: the standalone server serves static and public from its
-    own tree."""
-    standalone = target / ".next" / "standalone"
-    if not standalone.is_dir():
-        return
-    if (target / ".next" / "static").is_dir():
-        shutil.copytree(target / ".next" / "static", standalone / ".next" / "static", dirs_exist_ok=True)
-    if (target / "public").is_dir():
-        shutil.copytree(target / "public", standalone / "public", dirs_exist_ok=True)
-
-
-def switch_web(stack: Stack, build: str) -> None:
-    """Point the served symlink at `build` in one rename (remove it when `build` is "": nothing served)."""
-    current = stack.deploy.web_current
-    if not build:
-        current.unlink(missing_ok=True)
-        return
-    current.parent.mkdir(parents=True, exist_ok=True)
-    staged = current.with_name(f".{current.name}.{os.getpid()}")
-    staged.unlink(missing_ok=True)
-    staged.symlink_to(build)
-    os.replace(staged, current)
-
-
-def served_build(stack: Stack) -> str:
-    current = stack.deploy.web_current
-    return str(current.resolve()) if current.is_symlink() else ""
-
-
-def prune_builds(stack: Stack, keep: Sequence[str]) -> None:
-    builds = sorted(
-        (p for p in builds_dir(stack).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for old in builds[BUILDS_KEPT:]:
-        if str(old) not in keep:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- supervisord ----------------------------------------------------------------------------------------
@@ -310,7 +155,9 @@ def run_migrate(env: TickEnv) -> None:
     env.report("running migrate")
     supervisor.start("migrate:migrate")
     end = time.monotonic() + env.deadlines.stop + 600
+    ticker = Ticker(env.report)
     while time.monotonic() < end:
+        ticker.say("  migrate is running")
         info = next(i for i in supervisor.all_process_info() if i["name"] == "migrate")
         if info["statename"] == "EXITED":
             if info["exitstatus"] != 0:
@@ -334,11 +181,9 @@ def wait_gate_idle(env: TickEnv) -> None:
     """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
     probes = env.stack.probes
     deadline = time.monotonic() + probes.infra_timeout + probes.api_ready_timeout + probes.web_timeout + 300
-    announced = False
+    ticker = Ticker(env.report)
     while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
-        if not announced:
-            env.report("the gate is starting the stack; waiting for it to finish")
-            announced = True
+        ticker.say("the gate is starting the stack; waiting for it to finish")
         if time.monotonic() > deadline:
             raise StepError("the gate did not finish", "refused")
         time.sleep(0.5)
@@ -372,7 +217,7 @@ def verify(env: TickEnv) -> None:
         (probes.web_url, probes.web_timeout, "web"),
     ):
         if url:
-            problem = wait_http(url, deadline)
+            problem = wait_http(url, deadline, waiting=Ticker(env.report).say)
             if problem:
                 raise StepError(f"{what} probe {url}: {problem} after {deadline} s", "probe")
 
@@ -406,7 +251,8 @@ class Deployer:
         install(self.env)
 
     def _build(self) -> None:
-        self.new_build = str(build_web(self.env, self.revision))
+        env = self.env
+        self.new_build = str(build_web(env.stack, self.revision, env.environ, env.secrets, env.report))
 
     def _switch(self) -> None:
         switch_web(self.env.stack, self.new_build)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -65,10 +66,28 @@ def ps(
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on, never handed out twice in this run. Ports come from a range of this
+    pytest-xdist worker's own, below the kernel's ephemeral range (32768+), so neither another worker nor an
+    outgoing connection (which the kernel gives an ephemeral port) can take it before the test binds it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = 20000 + (int(worker) % 8) * 1500 if worker.isdigit() else 20000
+    candidates = list(range(low, low + 1500))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {low}-{low + 1499}")
 
 
 def wait_for(condition: Callable[[], object], deadline: float, what: str, interval: float = 0.1) -> object:
@@ -98,8 +117,8 @@ def toml_value(value: object) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    text = str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # JSON's escapes are TOML's (non-ASCII kept as is, so no surrogate pairs); TOML also wants DEL escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def toml_dump(data: dict[str, Any], prefix: str = "") -> str:

@@ -352,9 +352,9 @@ STEPS = [
 
 def pick(world: World, rng: random.Random) -> Any:
     """Any step; but with supervisord down most steps only test refusals, so then `up` comes more often."""
-    if not (world.run / "supervisor.sock").exists() or world.ps("status").code == 6:
-        if rng.random() < 0.6:
-            return step_up
+    down = not (world.run / "supervisor.sock").exists() or world.ps("status").code == 6
+    if down and rng.random() < 0.6:
+        return step_up
     functions, weights = zip(*STEPS, strict=True)
     return rng.choices(functions, weights)[0]
 

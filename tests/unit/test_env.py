@@ -73,3 +73,24 @@ def test_jwt_secret_required_unless_authn_is_off(authn: str | None, needs_jwt: b
 
 def test_empty_value_counts_as_missing() -> None:
     assert missing_variables({"PROTEA_DB_URL": ""}, ["PROTEA_DB_URL"], False) == ["PROTEA_DB_URL"]
+
+
+def test_a_line_that_is_not_key_value_is_refused_naming_the_file_and_line_but_not_the_text(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "protea.env"
+    path.write_text("PROTEA_DB_URL=postgresql://u:p@h/db\nhunter2 is my password\nexport B=2\n")
+    path.chmod(0o600)
+    with pytest.raises(EnvError) as refused:
+        load_env_files([path])
+    message = str(refused.value)
+    assert f"env file {path}: line 2 is not KEY=value" in message and "hunter2" not in message
+
+
+def test_a_nul_byte_in_a_value_is_refused_as_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "protea.env"
+    path.write_bytes(b"TOKEN=ab\x00cd\n")
+    path.chmod(0o600)
+    with pytest.raises(EnvError, match="TOKEN holds a NUL byte") as refused:
+        load_env_files([path])
+    assert refused.value.exit_code == 78 and "ab" not in str(refused.value).split("TOKEN")[1]

@@ -16,8 +16,10 @@ from supervisor.options import ServerOptions
 
 from protea_supervisor.errors import RenderError
 from protea_supervisor.files import builtin_stack_text, parse_toml
-from protea_supervisor.render import check_config, envpairs, pct, render
-from protea_supervisor.stack import HostFacts, Stack, parse_stack
+from protea_supervisor.parser import parse_stack
+from protea_supervisor.readback import parse as check_config
+from protea_supervisor.render import envpairs, pct, render
+from protea_supervisor.stack import HostFacts, Stack
 
 GOLDEN = Path(__file__).parent / "golden" / "protea.conf"
 HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")
@@ -118,7 +120,7 @@ def test_percent_in_command_and_paths_reaches_supervisord_literally(tmp_path: Pa
     root = tmp_path / "100%done"
     text = render(rooted(root, "[programs.api]\ncommand = 'uvicorn --fmt %(x)s 50%'\n"), EXE)
     processes = {p.name: p for g in loaded(text).process_group_configs for p in g.process_configs}
-    assert processes["api"].command.endswith("-- uvicorn --fmt %(x)s 50%")
+    assert processes["api"].command.endswith("-- uvicorn --fmt '%(x)s' 50%")
     assert processes["api"].directory == str(root)
     assert processes["api"].stdout_logfile == f"{root}/logs/api.log"
     assert loaded(text).logfile == f"{root}/run/supervisord.log"

@@ -9,7 +9,8 @@ import pytest
 
 from protea_supervisor.errors import StackError
 from protea_supervisor.files import builtin_stack_text, parse_toml
-from protea_supervisor.stack import HostFacts, Stack, parse_stack, queue_program_name
+from protea_supervisor.parser import parse_stack, queue_program_name
+from protea_supervisor.stack import HostFacts, Stack
 
 HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")
 DEFAULTS = ("built-in protea stack", parse_toml(builtin_stack_text("protea"), "defaults"))
@@ -89,26 +90,32 @@ enabled = false
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[paths]\nroots = '/x'", "/etc/protea/host.toml: unknown key 'paths.roots'; expected one of:"),
-        ("colour = 'blue'", "unknown key 'colour'"),
+        ("[paths]\nroots = '/x'", "/etc/protea/host.toml: unknown key paths.roots; expected one of:"),
+        ("colour = 'blue'", "unknown key colour;"),
         (
             "[programs.frontend]\ncommand = 'x'",
-            "unknown program 'programs.frontend'; expected one of migrate",
+            "unknown program programs.frontend; expected one of migrate",
         ),
         ("[workers]\nstop_grace = '300'", "workers.stop_grace must be an integer, got '300'"),
         (
             '[queues."protea.ping"]\nprocesses = -1',
-            'queues."protea.ping".processes must be at least 0, got -1',
+            'queues."protea.ping".processes must be 0 to 100 (each worker is a process holding its model and connections), got -1',
         ),
         ('[queues."protea.ping"]\nprocesses = 2', "an unnumbered queue runs one process named worker-ping"),
         ('[queues."protea.ping"]\n[queues."protea.ping"]', "not valid TOML"),
-        ('[queues."ping"]', "'worker-ping' is already the program of queues.\"protea.ping\""),
+        (
+            '[queues."ping"]',
+            "queues.ping makes program 'worker-ping', which is already queues.\"protea.ping\"",
+        ),
         (
             "[probes]\napi_ready_url = 'http://127.0.0.1:70000/jobs'",
             "probes.api_ready_url has a port out of range",
         ),
         ("[probes]\nweb_url = 'localhost:3000'", "probes.web_url must be an http(s) URL"),
-        ("[control]\ninet_port = 99999", "control.inet_port must be 0 (off) or a port 1-65535"),
+        (
+            "[control]\ninet_port = 99999",
+            "control.inet_port must be 0 to 65535 (0 turns the inet server off), got 99999",
+        ),
         (
             "[control]\ninet_port = 9001\nusername = 'ops'\npassword_sha = 'plain'",
             "control.password_sha must be",
@@ -122,15 +129,24 @@ enabled = false
         ),
         ("[programs.api.environment]\nPROTEA_JWT_SECRET = 'x'", "looks like a secret; put it in an env file"),
         ("[paths]\nrun = 'relative/run'", None),
-        ("[deploy]\nretry_ladder = [30, -1]", "deploy.retry_ladder must hold non-negative seconds"),
-        ("[lock]\nflock_timeout = 0", "lock.flock_timeout must be greater than 0"),
+        ("[deploy]\nretry_ladder = [30, -1]", "deploy.retry_ladder must be 0 to 86400, got -1"),
+        (
+            "[lock]\nflock_timeout = 0",
+            "lock.flock_timeout must be 0.001 to 3600 (the shell tool's flock -w), got 0",
+        ),
         ("[programs.web]\nrequires_file = ''", "needs both requires_file and fallback_command"),
-        ("[tunnel_watch]\nprobe_interval = 2", "tunnel_watch.probe_interval must be at least 5, got 2"),
+        (
+            "[tunnel_watch]\nprobe_interval = 2",
+            "tunnel_watch.probe_interval must be 5 to 3600 (probes are paced by TICK_5), got 2",
+        ),
         (
             "[tunnel_watch]\nbackoff_max = 10",
             "tunnel_watch.backoff_max must be at least tunnel_watch.backoff_initial",
         ),
-        ("[tunnel_watch]\ndown_statuses = [99]", "tunnel_watch.down_statuses must hold HTTP status codes"),
+        (
+            "[tunnel_watch]\ndown_statuses = [99]",
+            "tunnel_watch.down_statuses must be 100 to 599 (HTTP status codes), got 99",
+        ),
     ],
 )
 def test_bad_input_names_file_key_and_expectation(text: str, expected: str | None) -> None:
@@ -152,7 +168,7 @@ def test_bad_input_names_file_key_and_expectation(text: str, expected: str | Non
 def test_error_names_the_file_that_set_the_key_not_the_last_one() -> None:
     first = ("/etc/protea/a.toml", parse_toml("[workers]\nstop_grace = 0", "a"))
     second = ("/etc/protea/b.toml", parse_toml("[paths]\nroot = '/srv'", "b"))
-    with pytest.raises(StackError, match=r"^/etc/protea/a.toml: workers.stop_grace must be at least 1"):
+    with pytest.raises(StackError, match=r"^/etc/protea/a.toml: workers.stop_grace must be 1 to 86400"):
         build(first, second)
 
 

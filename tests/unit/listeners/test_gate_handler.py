@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import replace
 
-from protea_supervisor.listeners.gate import (
+from protea_supervisor.listeners.gate_handler import (
     COMM_TYPE,
     GatePlan,
     GateState,
@@ -17,12 +17,12 @@ from protea_supervisor.listeners.gate import (
     Publish,
     Start,
     handle,
-    parse_infra,
     refresh,
     resume,
     state_document,
     state_from_document,
 )
+from protea_supervisor.listeners.probes import parse_infra
 from protea_supervisor.listeners.protocol import Event
 
 PLAN = GatePlan(
@@ -272,3 +272,25 @@ def test_a_refresh_keeps_the_exact_exit_time_of_a_migration_that_already_passed(
     live = {**state.processes, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, 99.0)}
     state, _ = refresh(PLAN, state, live, 110.0)
     assert state.phase == "running" and state.step == "workers"
+
+
+def test_a_request_joining_a_running_gate_is_published_at_once_and_a_repeat_is_ignored() -> None:
+    state, _ = boot()
+    state, actions = handle(PLAN, state, comm({"command": "start", "request": "up-1"}), 101.0)
+    assert "up-1" in state.requests
+    assert any(isinstance(a, Publish) and "up-1" in a.state.requests for a in actions)
+    again, actions = handle(PLAN, state, comm({"command": "start", "request": "up-1"}), 102.0)
+    assert again == state and actions == []
+
+
+def test_a_migration_that_exited_within_the_runs_first_second_counts_whatever_precision_it_was_read_in() -> (
+    None
+):
+    # A retry keeps `since`; supervisord's own stop time (a listener start, a refresh) is in whole seconds.
+    state = replace(boot()[0], phase="failed", since=100.6)
+    live = {**PROCS, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, 100.0)}
+    state, _ = refresh(PLAN, state, live, 110.0)
+    state, steps = replay(
+        state, [comm({"command": "retry", "request": "r"}), probe("infra", True, 2)], start=111
+    )
+    assert [Start("migrate:migrate")] not in steps and state.step == "api"
