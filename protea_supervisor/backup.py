@@ -229,9 +229,13 @@ def verify_checksum(path: Path) -> None:
         return
     words = sidecar.read_text(encoding="utf-8", errors="replace").split()
     if not words or not re.fullmatch(r"[0-9a-f]{64}", words[0]):
-        raise BackupFailed(f"{sidecar} holds no SHA-256; it cannot vouch for {path.name}.")
+        raise BackupFailed(
+            f"{sidecar} holds no SHA-256; it cannot vouch for {path.name}; nothing was changed."
+        )
     if words[0] != sha256_of(path):
-        raise BackupFailed(f"{path} does not match its {sidecar.name}; the dump is damaged.")
+        raise BackupFailed(
+            f"{path} does not match its {sidecar.name}; the dump is damaged; nothing was changed."
+        )
 
 
 def check_dump(pg: Postgres, path: Path, extensions: Sequence[str]) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start, part 2: install protea-supervisor with its test tools into .venv, lint, type-check, test.
-# The tests mostly wait on real timers (supervisord's ticks, stop graces, probes), so four pytest-xdist
+# The tests mostly wait on real timers (supervisord's ticks, stop graces, probes), so eight pytest-xdist
 # workers share two cores well; each takes loopback ports from its own range (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,4 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest -n "${PROTEA_TEST_WORKERS:-4}" "$@"
+.venv/bin/pytest -n "${PROTEA_TEST_WORKERS:-8}" --dist worksteal "$@"

@@ -261,6 +261,23 @@ def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     delete_queue(name)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests start first, one at the head of each xdist worker's share (`--dist worksteal` splits
+    the collection into equal contiguous shares and steals from their tails): started last, they would run
+    on alone at the end. Deterministic, so every worker collects the same order."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, item in enumerate(slow):
+        shares[n % workers].append(item)
+    size = -(-len(items) // workers)
+    for share in shares:
+        while len(share) < size and rest:
+            share.append(rest.pop(0))
+    items[:] = [item for share in shares for item in share] + rest
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("protea-supervisor")
     group.addoption("--sequence-steps", default="24", help="steps of the generated command sequence test")

@@ -17,12 +17,12 @@ def connect() -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(AMQP))
 
 
-def publish(queue: str, jobs: int, seconds: float) -> None:
-    """Jobs 0..jobs-1 for the stand-in worker, each taking `seconds`."""
+def publish(queue: str, jobs: int, seconds: float, first: int = 0) -> None:
+    """Jobs first..first+jobs-1 for the stand-in worker, each taking `seconds`."""
     connection = connect()
     channel = connection.channel()
     channel.queue_declare(queue, durable=False, auto_delete=False)
-    for job in range(jobs):
+    for job in range(first, first + jobs):
         channel.basic_publish("", queue, json.dumps({"id": job, "seconds": seconds}).encode())
     connection.close()
 

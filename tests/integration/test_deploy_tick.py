@@ -77,6 +77,7 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
     assert f"deployed {rev3[:10]}" in status.out, status.out
 
 
+@pytest.mark.slow
 def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
     deployed: tuple[AppRepo, Stack],
 ) -> None:

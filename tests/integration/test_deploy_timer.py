@@ -35,6 +35,7 @@ def ticks(stack: Stack, code: int) -> int:
     return stack.log("deploy-tick").count(f"tick exit={code} ")
 
 
+@pytest.mark.slow
 def test_an_xmlrpc_trigger_starts_a_tick_in_seconds_and_a_new_commit_is_picked_up(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
 ) -> None:
@@ -96,6 +97,7 @@ def test_failing_ticks_run_the_ladder_then_escalate_once_even_across_a_listener_
     assert ticks(stack, 30) == 3
 
 
+@pytest.mark.slow
 def test_prerequisite_failures_retry_with_backoff_and_never_escalate(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
 ) -> None:

@@ -83,6 +83,7 @@ def monitored_stack(root: Path, prefix: str, api: str = "http://127.0.0.1:15672"
     )
 
 
+@pytest.mark.slow
 def test_queues_flags_a_stalled_queue_and_a_consumer_mismatch_and_exits_2_without_a_broker(
     short_tmp: Path, supervisord: Callable[[Stack], None], prefix: str
 ) -> None:
@@ -199,3 +200,40 @@ def test_restore_names_a_missing_extension_and_refuses_during_an_export(
     assert stack.ps("lock", "acquire", "export", "exp-9", "export").code == 0
     refused = stack.ps("restore", "--yes", str(dump))
     assert refused.code == 2 and "exp-9" in refused.err
+
+
+def test_restore_on_a_running_stack_leaves_it_running_and_a_refused_one_touches_nothing(
+    short_tmp: Path, database: str, supervisord: Callable[[Stack], None]
+) -> None:
+    stack = backup_stack(short_tmp, database, ["hstore"])
+    assert stack.ps("backup").code == 0
+    dump = next((short_tmp / "backups").glob("*.dump"))
+    supervisord(stack)
+    assert stack.ps("up").code == 0
+    before = {n: p["pid"] for n, p in stack.status().items() if p["pid"]}
+
+    # Refused before anything is stopped: a file that is not a dump, and a byte-flipped dump.
+    bogus = short_tmp / "notadump.dump"
+    bogus.write_text("hello\n")
+    flipped = short_tmp / "flipped.dump"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    (short_tmp / "flipped.dump.sha256").write_text(Path(str(dump) + ".sha256").read_text())
+    for refused_dump, why in ((bogus, "is not a dump pg_restore can read"), (flipped, "damaged")):
+        refused = stack.ps("restore", "--yes", str(refused_dump))
+        assert refused.code == 9 and why in refused.err and "nothing was changed" in refused.err.lower(), (
+            refused.both
+        )
+        assert {n: p["pid"] for n, p in stack.status().items() if p["pid"]} == before
+    assert counts(database) == ("500", "120")
+
+    psql(database, "DELETE FROM items WHERE id > 10")
+    restored = stack.ps("restore", "--yes", str(dump))
+    assert restored.code == 0, restored.both
+    assert counts(database) == ("500", "120")
+    status = stack.status()
+    assert status["gate"]["state"] == "RUNNING"  # the listeners were never stopped
+    for name in ("api", "web", "tunnel", "worker-jobs"):
+        assert status[name]["state"] == "RUNNING", name
+    assert stack.ps("gate", "retry").code == 0 and stack.ps("up").code == 0

@@ -43,6 +43,7 @@ def started_jobs(stack: Stack, process: str) -> int:
     return stack.log(process).count(" started")
 
 
+@pytest.mark.slow
 def test_scale_1_4_2_3_with_jobs_in_flight_keeps_untouched_workers_and_every_job_once(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
 ) -> None:

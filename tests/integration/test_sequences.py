@@ -368,6 +368,7 @@ def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
         os.killpg(orphan.pgid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_generated_command_sequences_keep_the_stack_what_the_tool_says(
     world: World, request: pytest.FixtureRequest
 ) -> None:

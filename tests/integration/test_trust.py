@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +106,7 @@ def test_a_hand_tick_beside_the_timers_tick_waits_for_it_and_the_record_matches_
     assert "older revision" not in stack.ps("status").out
 
 
+@pytest.mark.slow
 def test_a_fresh_host_deploys_with_one_up_and_a_tick_with_supervisord_down_blames_nothing(
     short_tmp: Path, queue_name: str
 ) -> None:
@@ -154,7 +157,8 @@ def test_scale_down_without_waiting_then_up_again_ends_with_exactly_the_requeste
     program = "worker-" + queue_name.replace(".", "-")
     supervisord(stack)
     assert stack.ps("up").code == 0
-    publish(queue_name, 6, seconds=4)
+    publish(queue_name, 3, seconds=8)  # long enough that the wait below outlasts several progress lines
+    publish(queue_name, 3, seconds=1, first=3)
     wait_for(
         lambda: all("started" in stack.log(f"{program}-{n}") for n in (1, 2, 3)), 30, "three busy workers"
     )
@@ -162,6 +166,10 @@ def test_scale_down_without_waiting_then_up_again_ends_with_exactly_the_requeste
     again = stack.ps("scale", queue_name, "3")
     assert again.code == 0, again.both
     assert "still finishing a job; waiting before adding them again" in again.out, again.out
+    # The wait for their jobs says where it is at least every 2 s.
+    said = [int(n) for n in re.findall(r"waiting for .*\((\d+) s\)$", again.out, re.MULTILINE)]
+    assert said and said[0] == 0 and all(b - a <= 3 for a, b in itertools.pairwise(said)), again.out
+    assert max(said) >= 2, again.out  # the jobs had seconds left: several lines, not one
     names = {n: p["state"] for n, p in stack.status().items() if n.startswith(program)}
     assert names == {f"{program}-{n}": "RUNNING" for n in (1, 2, 3)}, names
     assert json.loads((stack.root / "run" / "overrides.json").read_text())["processes"][program] == 3
@@ -204,7 +212,10 @@ def test_orphans_of_a_killed_supervisord_are_shown_then_stopped_gracefully_by_up
         left = orphans.find(socket, None)
         assert {o.program for o in left} >= {"api", "web", "tunnel", f"{program}-1", f"{program}-2"}
         status = stack.ps("status")
-        assert status.code == 6 and "still run without it" in status.err and f"{program}-1" in status.err
+        # The stand-in workers die at their next print once nobody reads their pipe; api, web and the
+        # tunnel print nothing and are still there.
+        assert status.code == 6 and "still run without it" in status.err, status.both
+        assert all(f"{name} (pid" in status.err for name in ("api", "web", "tunnel")), status.both
         up = stack.ps("up")
         assert up.code == 0, up.both
         assert "orphaned process group(s)" in up.out and "orphans stopped" in up.out

@@ -51,6 +51,7 @@ def bring_up(short_tmp: Path, supervisord: Callable[[Stack], None], **extra: Any
     return stack
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["hang", "exit", "5xx", "drop"])
 def test_each_ngrok_failure_is_restarted(
     short_tmp: Path, supervisord: Callable[[Stack], None], failure: str
@@ -69,6 +70,7 @@ def test_each_ngrok_failure_is_restarted(
     assert "tunnel watch: last probe ok" in status.out and "1 restarts in the last hour" in status.out
 
 
+@pytest.mark.slow
 def test_a_flapping_tunnel_spends_the_hourly_budget_then_is_left_alone_until_reset(
     short_tmp: Path, supervisord: Callable[[Stack], None]
 ) -> None:
@@ -91,6 +93,7 @@ def test_a_flapping_tunnel_spends_the_hourly_budget_then_is_left_alone_until_res
     wait_for(lambda: healthy_probe_after(stack, watch(stack)["restarts"][-1]), 30, "the tunnel to serve")
 
 
+@pytest.mark.slow
 def test_a_healthy_tunnel_is_never_restarted_over_a_run_of_ticks(
     short_tmp: Path, supervisord: Callable[[Stack], None]
 ) -> None:

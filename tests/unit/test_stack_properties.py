@@ -227,6 +227,7 @@ def examples(request: pytest.FixtureRequest) -> int:
     return 20000 if request.config.getoption("--hypothesis-long") else 300
 
 
+@pytest.mark.slow
 def test_generated_stack_files_are_refused_in_one_line_or_read_back_exactly(examples: int) -> None:
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(stack_layer())
