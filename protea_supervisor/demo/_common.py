@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -11,9 +12,12 @@ from types import FrameType
 
 
 def log(message: str) -> None:
+    """A log line; like Python's logging, a stdout nobody reads (supervisord died) loses the line but does
+    not kill the program, so an orphan lives on until it is stopped."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-    print(f"{stamp} {message}", flush=True)
+    with contextlib.suppress(OSError):
+        print(f"{stamp} {message}", flush=True)
 
 
 class QuietHandler(BaseHTTPRequestHandler):
