@@ -27,12 +27,12 @@ def parse_infra(names: Sequence[str], environ: Mapping[str, str]) -> tuple[list[
         if not url:
             problems.append(f"{name} is not set; its port is not checked")
             continue
-        parts = urlsplit(url)
-        scheme = parts.scheme.split("+", 1)[0]
         try:
-            port = parts.port or DEFAULT_SCHEME_PORTS.get(scheme)
-        except ValueError:
-            port = None
+            parts = urlsplit(url)
+            port = parts.port or DEFAULT_SCHEME_PORTS.get(parts.scheme.split("+", 1)[0])
+        except ValueError:  # a port out of range, or a bracketed host that is no IPv6 address
+            problems.append(f"{name} has no host and port this gate can check")
+            continue
         if not parts.hostname or not port:
             problems.append(f"{name} has no host and port this gate can check")
             continue

@@ -134,12 +134,19 @@ def agent_verdict(listing: Any, public_url: str) -> tuple[bool, str]:
     tunnels = listing.get("tunnels") if isinstance(listing, dict) else None
     if not isinstance(tunnels, list):
         return False, "agent API: no tunnel list"
-    want = urlsplit(public_url).hostname if public_url else None
+    want = _hostname(public_url) if public_url else None
     for tunnel in tunnels:
         url = tunnel.get("public_url", "") if isinstance(tunnel, dict) else ""
-        if want is None or urlsplit(str(url)).hostname == want:
+        if want is None or _hostname(str(url)) == want:
             return True, f"agent API: {url}"
     return False, f"agent API: no tunnel for {want or 'any domain'}"
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # what the agent API said is not a URL
+        return None
 
 
 def resume(

@@ -23,7 +23,7 @@ from protea_supervisor.errors import BackupFailed
 
 DUMP_PREFIX = "protea-"
 DUMP_SUFFIX = ".dump"
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,10 @@ class Target:
 
 def target_from_url(url: str, variable: str) -> Target:
     """postgresql://user:pass@host:port/db, also with a SQLAlchemy driver suffix (postgresql+psycopg)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BackupFailed(f"{variable} is not a URL that can be read.") from None
     if parts.scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
         raise BackupFailed(f"{variable} is not a postgresql:// URL.")
     database = unquote(parts.path.lstrip("/"))
@@ -89,7 +92,7 @@ def count_mismatches(source: Mapping[str, int], restored: Mapping[str, int]) -> 
 
 
 def quoted(identifier: str) -> str:
-    if not _IDENT.match(identifier):
+    if not _IDENT.fullmatch(identifier):
         raise BackupFailed(f"{identifier!r} is not a plain SQL identifier.")
     return f'"{identifier}"'
 

@@ -95,7 +95,10 @@ def rabbit_credentials(env: dict[str, str]) -> tuple[str, str]:
 
     if env.get("PROTEA_RABBIT_USER"):
         return env["PROTEA_RABBIT_USER"], env.get("PROTEA_RABBIT_PASS", "")
-    amqp = urlsplit(env.get("PROTEA_AMQP_URL", ""))
+    try:
+        amqp = urlsplit(env.get("PROTEA_AMQP_URL", ""))
+    except ValueError:
+        return "guest", "guest"
     if amqp.username:
         return unquote(amqp.username), unquote(amqp.password or "")
     return "guest", "guest"

@@ -42,7 +42,7 @@ from protea_supervisor.stack import (
     Workers,
 )
 
-SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]*$")
+SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
 
 
 class Expander:
@@ -164,7 +164,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         jobs=reader.get("backup.jobs", 4),
     )
     name = reader.get("name", "protea")
-    if not PROGRAM_NAME.match(name):
+    if not PROGRAM_NAME.fullmatch(name):
         raise reader.fail("name", f"must be lowercase letters, digits and dashes, got {shown(name)!r}")
     return Stack(
         name=name,
@@ -221,14 +221,14 @@ def _parse_paths(reader: Reader, expand_: Expander) -> Paths:
 
 def _env_names(reader: Reader, dotted: str, names: list[str]) -> list[str]:
     for name in names:
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise reader.fail(dotted, f"must hold environment variable names, got {shown(name)!r}")
     return names
 
 
 def _sql_names(reader: Reader, dotted: str, names: list[str]) -> list[str]:
     for name in names:
-        if not SQL_NAME.match(name):
+        if not SQL_NAME.fullmatch(name):
             raise reader.fail(
                 dotted, f"must hold plain SQL names (letters, digits, _, $, -), got {shown(name)!r}"
             )
@@ -241,7 +241,10 @@ def _check_url(reader: Reader, dotted: str, url: str, allow_empty: bool = True) 
     problem = carry.arg_problem(url)
     if problem or url != url.strip():
         raise reader.fail(dotted, f"must be an http(s) URL, got {shown(url)!r}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracketed host that is no IPv6 address
+        raise reader.fail(dotted, f"must be an http(s) URL, got {shown(url)!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise reader.fail(dotted, f"must be an http(s) URL, got {shown(url)!r}")
     try:
@@ -337,7 +340,7 @@ def _parse_program(reader: Reader, expand_: Expander, role: str, root: Path) -> 
     values = []
     for name, raw in environment.items():
         where = f"{key}.environment.{quoted(name)}"
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise reader.fail(f"{key}.environment", f"has an invalid variable name {shown(name)!r}")
         if SECRET_NAME.search(name):
             raise reader.fail(
@@ -388,7 +391,7 @@ def _parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[
             raise reader.fail(key, "must be a queue name of letters, digits, '.', '_' and '-'")
         program = table.get("program", queue_program_name(name))
         where = f"{key}.program" if "program" in table else key
-        if not PROGRAM_NAME.match(program):
+        if not PROGRAM_NAME.fullmatch(program):
             raise reader.fail(where, f"must be lowercase letters, digits and dashes, got {shown(program)!r}")
         if program in seen:
             raise reader.fail(

@@ -14,8 +14,8 @@ __all__ = ["ROLES", "quoted"]
 STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 # Names that say "this is a secret": such values belong in an env file, never in the rendered config.
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIAL", re.IGNORECASE)
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PROGRAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PROGRAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Processes per queue. Each worker is a Python process holding its model and connections (PROTEA's use
 # hundreds of MB), and supervisord's getAllProcessInfo grows with the count (75 ms at 200).
 MAX_PROCESSES = 100

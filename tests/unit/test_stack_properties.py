@@ -283,3 +283,25 @@ def test_each_observed_trap_is_refused_or_carried_exactly(
 def test_a_queue_of_ten_or_more_processes_reads_back_whatever_order_supervisord_keeps() -> None:
     # Found by the long run: supervisord sorts worker-x-10 before worker-x-2.
     check({"queues": {"protea.predictions.batch": {"processes": 12}}})
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"queues": {"protea.ping": {"program": "worker-ping\n"}}},
+        {"name": "protea\n"},
+        {"env": {"required": ["PROTEA_DB_URL\n"]}},
+        {"backup": {"check_tables": ["items\n"]}},
+    ],
+)
+def test_a_trailing_newline_never_slips_past_a_name_check(layer: dict[str, Any]) -> None:
+    # Found by the long run: `^...$` with re.match accepts "name\n".
+    with pytest.raises(StackError) as refused:
+        parse_stack([DEFAULTS, (HOST_FILE, layer)], HOST)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_url_with_a_bracketed_host_that_is_no_address_is_refused() -> None:
+    # Found by the long run: urlsplit itself raises on "http://h:1{root[0]}".
+    with pytest.raises(StackError, match=r"probes\.web_url must be an http"):
+        parse_stack([DEFAULTS, (HOST_FILE, {"probes": {"web_url": "http://127.0.0.1:13000{root[0]}"}})], HOST)

@@ -294,3 +294,10 @@ def test_a_migration_that_exited_within_the_runs_first_second_counts_whatever_pr
         state, [comm({"command": "retry", "request": "r"}), probe("infra", True, 2)], start=111
     )
     assert [Start("migrate:migrate")] not in steps and state.step == "api"
+
+
+def test_an_infra_url_that_cannot_be_split_is_a_problem_not_a_crash() -> None:
+    targets, problems = parse_infra(
+        ["PROTEA_DB_URL"], {"PROTEA_DB_URL": "postgresql://u:p@[not-ipv6]:5432/db"}
+    )
+    assert targets == [] and problems == ["PROTEA_DB_URL has no host and port this gate can check"]
