@@ -155,6 +155,9 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     phase = gate.get("phase", "unknown")
     detail = f" at {gate.get('step')}: {gate.get('reason')}" if phase in ("failed", "cancelled") else ""
     detail = f" (step {gate.get('step')})" if phase == "running" else detail
+    listener = next((r.state for r in status_rows if r.name == "gate"), "missing")
+    if listener != "RUNNING":
+        detail += f"; the gate listener is {listener} (`up` starts it)"
     click.echo(f"gate: {phase}{detail}")
     if watch:
         click.echo(tunnel_line(watch, time.time()))

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from protea_supervisor import orphans
+from protea_supervisor.apply import START_DEADLINE, wait_started
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
 from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.progress import Ticker, names
+from protea_supervisor.render import LISTENERS
 from protea_supervisor.stack import Stack
 
 Report = Callable[[str], None]
@@ -32,8 +34,23 @@ def gate_deadline(stack: Stack) -> float:
     )
 
 
+def start_listeners(supervisor: Supervisor, report: Report) -> None:
+    """Start the listeners an interrupted `down` (or `supervisorctl stop`) left stopped: without the gate
+    nothing can start the stack."""
+    infos = supervisor.all_process_info()
+    stopped = [i["name"] for i in infos if i["group"] in LISTENERS and i["statename"] not in RUNNING_STATES]
+    if not stopped:
+        return
+    report(f"starting the stopped listener(s): {names(stopped)}")
+    for name in stopped:
+        supervisor.start(f"{name}:{name}")
+    for name in stopped:
+        wait_started(supervisor, name, START_DEADLINE, report=report)
+
+
 def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool = False) -> None:
     """Ask the gate listener to run and follow its state file until it is done or has failed."""
+    start_listeners(supervisor, report)
     request, payload = start_request(retry)
     supervisor.send_comm(COMM_TYPE, payload)
     began = sent = time.monotonic()

@@ -86,6 +86,10 @@ def tunnel_watched(stack: Stack) -> bool:
     return tunnel.enabled and stack.tunnel_watch.enabled and bool(probes)
 
 
+# Every listener protea-supervisor may render (which ones a stack has depends on its settings).
+LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics")
+
+
 def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
     stack_args = ["--stack", stack.choice] if stack.choice else []
     # TICK_5: while a run waits, the gate re-reads supervisord's live process list and checks its deadline.

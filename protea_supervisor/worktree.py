@@ -43,17 +43,23 @@ def stack_parts_inside(stack: Stack, directory: Path) -> list[Path]:
     return inside
 
 
+def refuse_to_move(stack: Stack) -> None:
+    """A root that is not a worktree but holds the stack's own run or log directory is never moved aside."""
+    root = stack.paths.root
+    inside = stack_parts_inside(stack, root) if root.exists() else []
+    if inside:
+        raise StepError(
+            f"paths.root {root} is not a git worktree and holds the stack's own "
+            f"{', '.join(str(p) for p in inside)}; a tick will not move it (deploy needs a worktree)",
+            "git",
+        )
+
+
 def fetch(stack: Stack, report: Report) -> tuple[str, str]:
     """Fetch the remote ref; recreate the worktree if it vanished. Returns (remote revision, HEAD)."""
     settings, root = stack.deploy, stack.paths.root
     if not is_worktree(root):
-        inside = stack_parts_inside(stack, root) if root.exists() else []
-        if inside:
-            raise StepError(
-                f"paths.root {root} is not a git worktree and holds the stack's own "
-                f"{', '.join(str(p) for p in inside)}; a tick will not move it (deploy needs a worktree)",
-                "git",
-            )
+        refuse_to_move(stack)
         report(f"worktree {root} is missing; recreating it from {settings.repository}")
         if root.exists():
             # Something recreated the directory (a program's log or cache): keep it aside, never delete it.
@@ -73,7 +79,8 @@ def peek(stack: Stack, report: Report) -> tuple[str, str, Path]:
     settings, root = stack.deploy, stack.paths.root
     where = root if is_worktree(root) else settings.repository
     if where is settings.repository:
-        report(f"worktree {root} is missing or not a worktree; a tick would recreate it from {where}")
+        refuse_to_move(stack)  # what a tick would say
+        report(f"worktree {root} is missing; a tick would recreate it from {where}")
     line = git(where, "ls-remote", settings.remote, f"refs/heads/{settings.ref}")
     if not line:
         raise StepError(f"{settings.remote} has no branch {settings.ref}", "git")

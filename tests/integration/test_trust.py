@@ -337,3 +337,23 @@ def test_bounds_are_refused_in_one_line_and_a_shadowed_count_is_reported_until_r
     assert [n for n in stack.status() if n.startswith("worker-predictions-batch")] == [
         "worker-predictions-batch-1", "worker-predictions-batch-2",
     ]  # fmt: skip
+
+
+def test_up_after_an_interrupted_down_starts_the_listeners_and_the_stack_again(
+    short_tmp: Path, supervisord: Callable[[Stack], None]
+) -> None:
+    stack = Stack(stack_file(short_tmp, job_seconds=4))
+    supervisord(stack)
+    assert stack.ps("up").code == 0
+    wait_for(lambda: "started" in stack.log("worker-ping"), 20, "a job in flight")
+    down = subprocess.Popen([PS, "--stack", str(stack.file), "down"], stdout=subprocess.PIPE, text=True)
+    assert down.stdout is not None
+    wait_for(lambda: "waiting for" in (down.stdout.readline() or ""), 20, "down to wait for the drain")
+    down.send_signal(signal.SIGINT)  # the operator's Ctrl-C
+    assert down.wait(20) == 130
+    wait_for(lambda: stack.status()["gate"]["state"] == "STOPPED", 30, "everything to be stopped")
+    assert "the gate listener is STOPPED" in stack.ps("status").out
+    up = stack.ps("up")
+    assert up.code == 0 and "starting the stopped listener(s)" in up.out, up.both
+    status = stack.status()
+    assert all(status[n]["state"] == "RUNNING" for n in ("gate", "api", "web", "tunnel", "worker-ping"))
