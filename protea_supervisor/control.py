@@ -71,10 +71,6 @@ class Supervisor:
     def shutdown(self) -> None:
         self._call("shutdown")
 
-    def reload_config(self) -> tuple[list[str], list[str], list[str]]:
-        added, changed, removed = self._call("reloadConfig")[0]
-        return added, changed, removed
-
     def send_comm(self, kind: str, data: str) -> None:
         """A REMOTE_COMMUNICATION event, delivered to listeners subscribed to it."""
         self._call("sendRemoteCommEvent", kind, data)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protea_supervisor import orphans
-from protea_supervisor.apply import START_DEADLINE, wait_started
+from protea_supervisor.apply import START_DEADLINE, wait_started, wait_until_gone_or_down
 from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
@@ -111,20 +111,8 @@ def app_groups(stack: Stack) -> set[str]:
 
 def wait_stopped(supervisor: Supervisor, groups: set[str] | None, grace: float, report: Report) -> None:
     """Until no process of `groups` (all when None) is up or stopping; StopTimeout after `grace`."""
-    began = time.monotonic()
-    ticker = Ticker(report)
-    while True:
-        busy = sorted(
-            i["name"]
-            for i in supervisor.all_process_info()
-            if i["statename"] in RUNNING_STATES and (groups is None or i["group"] in groups)
-        )
-        if not busy:
-            return
-        if time.monotonic() - began > grace:
-            raise StopTimeout(f"{names(busy)} did not stop within {grace:g} s.")
-        ticker.say(f"  waiting for {len(busy)} to stop: {names(busy)}")
-        time.sleep(POLL)
+    processes = [i["name"] for i in supervisor.all_process_info() if groups is None or i["group"] in groups]
+    wait_until_gone_or_down(supervisor, None, processes, grace, report)
 
 
 def stop_programs(stack: Stack, supervisor: Supervisor, grace: float, report: Report) -> None:

@@ -41,7 +41,6 @@ from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.stack import Stack
 from protea_supervisor.webbuild import (
     build_web,
-    builds_dir,
     prune_builds,
     run_command,
     served_build,
@@ -236,9 +235,11 @@ class Deployer:
         self.old_build = served_build(env.stack)
         self.new_build = self.old_build
         self.done: list[Step] = []
+        self.current = ""  # the step running, or the one that failed
 
     def run(self, steps: Sequence[Step]) -> None:
         for step in steps:
+            self.current = step.name
             self.env.report(f"step {step.name}: {step.says}")
             getattr(self, "_" + step.name.replace("-", "_"))()
             self.done.append(step)
@@ -294,7 +295,7 @@ def deploy_revision(
     try:
         deployer.run(deploy.deploy_plan(revision, work, supervisord_up))
     except ProteaError as why:
-        step = _failed_step(deployer, revision, work, supervisord_up)
+        step = deployer.current
         blamed = deploy.blame(step, failure_kind(why))
         env.report(f"deploy of {deploy.short(revision)} failed at {step} ({blamed}): {why}")
         rolled_back = rollback(env, deployer, supervisord_up and env.supervisor.is_running())
@@ -304,28 +305,15 @@ def deploy_revision(
             record = deploy.after_failure(record, revision, rolled_back)
         write_record(stack, replace(record, result=deploy.MEANING[code]))
         back = f"back on {deploy.short(previous)}" if previous else "nothing was deployed before"
-        verdict = {"revision": "marked failed", "infra": "not marked failed", "fetch": "not marked failed"}
+        verdict = "marked failed" if blamed == "revision" else "not marked failed"
         return code, (
-            f"deploy of {deploy.short(revision)} failed at {step} ({why}); {verdict[blamed]}; "
+            f"deploy of {deploy.short(revision)} failed at {step} ({why}); {verdict}; "
             + (back if rolled_back else "rollback FAILED")
         )
     write_record(stack, deploy.after_success(read_record(stack), revision, deployer.new_build, now_iso()))
-    prune_builds_safely(stack, keep=[deployer.new_build, deployer.old_build])
+    prune_builds(stack, keep=[deployer.new_build, deployer.old_build])
     was = f" (was {deploy.short(previous)})" if previous and previous != revision else ""
     return deploy.REDEPLOYED, f"deployed {deploy.short(revision)}{was}"
-
-
-def _failed_step(deployer: Deployer, revision: str, work: Work, supervisord_up: bool) -> str:
-    """The first planned step that did not complete."""
-    for step in deploy.deploy_plan(revision, work, supervisord_up):
-        if step not in deployer.done:
-            return step.name
-    return "verify"
-
-
-def prune_builds_safely(stack: Stack, keep: Sequence[str]) -> None:
-    if builds_dir(stack).is_dir():
-        prune_builds(stack, keep)
 
 
 def rollback(env: TickEnv, deployer: Deployer, supervisord_up: bool) -> bool:
@@ -424,12 +412,8 @@ def revive(env: TickEnv, revision: str) -> tuple[int, str]:
     try:
         deployer.run((Step("apply", "re-apply the deployed revision"), Step("verify", "probe")))
     except ProteaError as why:
-        step = "verify" if deployer.done else "apply"
-        code = (
-            deploy.FAILED_ROLLED_BACK
-            if deploy.blame(step, failure_kind(why)) == "revision"
-            else deploy.INFRA_FAILED
-        )
+        blamed = deploy.blame(deployer.current, failure_kind(why))
+        code = deploy.FAILED_ROLLED_BACK if blamed == "revision" else deploy.INFRA_FAILED
         return code, f"revive of {deploy.short(revision)} failed: {why}"
     return deploy.REDEPLOYED, f"revived {deploy.short(revision)}"
 

@@ -95,6 +95,9 @@ def served_build(stack: Stack) -> str:
 
 
 def prune_builds(stack: Stack, keep: Sequence[str]) -> None:
+    """Keep the newest builds and the ones in `keep` (served now, served before)."""
+    if not builds_dir(stack).is_dir():
+        return
     builds = sorted(
         (p for p in builds_dir(stack).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
     )
