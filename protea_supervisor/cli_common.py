@@ -96,12 +96,21 @@ def shadow_notes(ctx: click.Context, stack: Stack) -> list[str]:
 
 
 @contextlib.contextmanager
-def changing(ctx: click.Context, stack: Stack, command: str, spares: tuple[str, ...] = ()) -> Iterator[None]:
+def changing(
+    ctx: click.Context,
+    command: str,
+    base: Stack | None = None,
+    spares: tuple[str, ...] = (),
+    overrides: bool = True,
+) -> Iterator[Stack]:
     """Hold the host's operation lock while `command` changes the stack (waiting, with progress, for
-    another holder up to the bound)."""
-    wait = resolve_wait(settings(ctx).lock_wait, dict(os.environ), stack.control.operation_wait)
-    with operation(stack.paths.run, command, wait, click.echo, spares):
-        yield
+    another holder up to the bound), and give the stack as it is once the lock is held: the counts another
+    command recorded while this one waited are read here, never before. `base` is the stack file's stack
+    when the caller has it already."""
+    base = base or load(ctx, overrides=False)
+    wait = resolve_wait(settings(ctx).lock_wait, dict(os.environ), base.control.operation_wait)
+    with operation(base.paths.run, command, wait, click.echo, spares):
+        yield with_overrides(base) if overrides else base
 
 
 def stop_deadline(stack: Stack) -> Deadlines:

@@ -80,16 +80,18 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
         env.report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
         return code
     prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
-    env = tick_env(ctx, stack, supervisor, dry_run=False)
+    report = tick_env(ctx, stack, supervisor, dry_run=False).report
     try:
-        with changing(ctx, stack, "tick", spares=("tunnel",)):
+        with changing(ctx, "tick", spares=("tunnel",)) as now:
+            # The stack as it is once the lock is held: a `scale` may have run while this tick waited.
+            env = tick_env(ctx, now, supervisor, dry_run=False)
             code, summary = run_tick(env, dry_run=False, force=force)
-            env.report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
-            finish(stack, code, summary)
+            report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+            finish(now, code, summary)
     except OperationBusy as busy:
         # The record belongs to the holder: nothing is written.
         code = INFRA_FAILED
-        env.report(f"tick exit={code} {MEANING[code]}: {busy}")
+        report(f"tick exit={code} {MEANING[code]}: {busy}")
     return code
 
 

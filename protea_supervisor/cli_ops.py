@@ -168,7 +168,7 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
         typed = click.prompt(f"This drops {pg.target.describe()}. Type the database name to go on")
         if typed != name:
             raise UsageError(f"{typed!r} is not {name!r}; nothing was changed.")
-    with changing(ctx, stack, "restore"):
+    with changing(ctx, "restore", overrides=True) as stack:
         supervisor = Supervisor(stack.socket_path)
         running = supervisor.is_running()
         if running:

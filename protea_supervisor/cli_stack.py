@@ -37,6 +37,7 @@ from protea_supervisor.overrides import (
     load_counts,
     load_numbered,
     save_counts,
+    with_overrides,
 )
 from protea_supervisor.reconcile import describe_plan, plan_from_document, scaled_count
 from protea_supervisor.render import listener_blocks
@@ -70,7 +71,7 @@ def render_cmd(ctx: click.Context, check: bool, show_diff: bool) -> None:
         processes = sum(len(q.process_names()) for q in stack.queues)
         click.echo(f"ok: the rendered config is valid ({processes} worker processes); nothing written.")
         return
-    with changing(ctx, stack, "render"):
+    with changing(ctx, "render") as stack:
         prepare_dirs(stack)
         write_atomic(path, rendered(stack), mode=0o600)
     for note in shadow_notes(ctx, stack):
@@ -87,8 +88,7 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
     On a host with no deploy record (and deploy.enabled), the first `up` is the first deploy: it checks
     out the remote head, installs, builds the frontend, then starts the stack through the gate.
     """
-    stack = load(ctx)
-    with changing(ctx, stack, "up"):
+    with changing(ctx, "up") as stack:
         if count is not None:
             counts = load_counts(stack.paths.run) | batch_counts(stack, count)
             stack = apply_counts(stack, counts)
@@ -159,9 +159,9 @@ def apply_idle_changes(stack: Stack, supervisor: Supervisor) -> None:
 @click.pass_context
 def down_cmd(ctx: click.Context, force: bool) -> None:
     """Stop every program at once (workers drain in parallel, each within its grace), then supervisord."""
-    stack = load(ctx)
-    refuse_during_export(stack, "down", force)
-    with changing(ctx, stack, "down"):
+    base = load(ctx, overrides=False)
+    refuse_during_export(base, "down", force)
+    with changing(ctx, "down", base) as stack:
         supervisor = Supervisor(stack.socket_path)
         if not supervisor.is_running():
             stopped = recover_orphans(stack, supervisor, click.echo)
@@ -194,19 +194,19 @@ def scale_cmd(
     """
     if (count is None) == (not reset):
         raise UsageError("scale needs a COUNT (N, +N or -N), or --reset instead of one.")
-    stack = load(ctx)
-    with changing(ctx, stack, f"scale {queue} {count or '--reset'}"):
-        _scale(ctx, stack, queue, count, yes, no_wait, force)
+    with changing(ctx, f"scale {queue} {count or '--reset'}", overrides=False) as base:
+        _scale(base, queue, count, yes, no_wait, force)
 
 
-def _scale(ctx: click.Context, stack: Stack, queue: str, count: str | None, yes: bool, no_wait: bool,
-           force: bool) -> None:  # fmt: skip
+def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool, force: bool) -> None:
+    """`base` is the stack file's stack; the recorded counts are read under the operation lock."""
+    stack = with_overrides(base)
     target_queue = stack.queue(queue)
     program, before = target_queue.program, target_queue.processes
     recorded_counts, recorded_numbered = load_counts(stack.paths.run), load_numbered(stack.paths.run)
     counts = dict(recorded_counts)
     if count is None:
-        after = load(ctx, overrides=False).queue(queue).processes
+        after = base.queue(queue).processes
         counts.pop(program, None)
     else:
         try:
@@ -228,7 +228,7 @@ def _scale(ctx: click.Context, stack: Stack, queue: str, count: str | None, yes:
     numbered = recorded_numbered | ({program} if renaming else set())
     # counts and numbered hold every earlier record plus this step: over the stack file they give the stack
     # as it will run.
-    new_stack = apply_counts(load(ctx, overrides=False), counts, numbered)
+    new_stack = apply_counts(base, counts, numbered)
     prepare_dirs(new_stack)
     text = rendered(new_stack)
     old_config = stack.config_path.read_text(encoding="utf-8") if stack.config_path.exists() else None
@@ -297,7 +297,7 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
             click.echo(line)
         return
     refuse_during_export(stack, "reload", force)
-    with changing(ctx, stack, "reload"):
+    with changing(ctx, "reload") as stack:
         prepare_dirs(stack)
         write_atomic(stack.config_path, rendered(stack), mode=0o600)
         plan = plan_from_document(supervisor.plan_reload())
@@ -318,8 +318,7 @@ def gate_group() -> None:
 @click.pass_context
 def gate_retry(ctx: click.Context) -> None:
     """Run the gate again from the first step that is not satisfied (a migration that passed is kept)."""
-    stack = load(ctx)
-    with changing(ctx, stack, "gate retry"):
+    with changing(ctx, "gate retry") as stack:
         supervisor = Supervisor(stack.socket_path)
         recover_orphans(stack, supervisor, click.echo)
         run_gate(stack, supervisor, click.echo, retry=True)

@@ -357,3 +357,44 @@ def test_up_after_an_interrupted_down_starts_the_listeners_and_the_stack_again(
     assert up.code == 0 and "starting the stopped listener(s)" in up.out, up.both
     status = stack.status()
     assert all(status[n]["state"] == "RUNNING" for n in ("gate", "api", "web", "tunnel", "worker-ping"))
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from protea_supervisor.oplock import operation
+    with operation(Path(sys.argv[1]), "scale (test)", 5, print):
+        print("held", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def test_a_command_that_waited_for_the_host_reads_the_counts_recorded_meanwhile(
+    short_tmp: Path, supervisord: Callable[[Stack], None]
+) -> None:
+    stack = Stack(
+        stack_file(short_tmp, queues={"protea.predictions.batch": {"numbered": True, "processes": 2}})
+    )
+    supervisord(stack)
+    assert stack.ps("up").code == 0
+    run = short_tmp / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    reload = subprocess.Popen([PS, "--stack", str(stack.file), "reload"], stdout=subprocess.PIPE, text=True)
+    assert reload.stdout is not None
+    wait_for(lambda: "waiting for the host" in (reload.stdout.readline() or ""), 20, "reload to wait")
+    # What a `scale` holding the host records while the reload waits.
+    (run / "overrides.json").write_text(
+        json.dumps({"processes": {"worker-predictions-batch": 1}, "numbered": []})
+    )
+    assert holder.stdin is not None
+    holder.stdin.write("\n")
+    holder.stdin.close()
+    assert holder.wait(20) == 0 and reload.wait(120) == 0
+    workers = [n for n in stack.status() if n.startswith("worker-predictions-batch")]
+    assert workers == [
+        "worker-predictions-batch-1"
+    ]  # the reload applied 1, not the 2 it would have read before
