@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -231,8 +233,10 @@ class Stack:
 def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Callable[[Stack], None]]:
     """Start supervisord in the foreground under xprocess for a rendered stack; always torn down."""
     names: list[str] = []
+    sockets: list[Path] = []
 
     def start(stack: Stack) -> None:
+        sockets.append(stack.conf.parent / "supervisor.sock")
         rendered = stack.ps("render")
         assert rendered.code == 0, rendered.both
 
@@ -249,6 +253,14 @@ def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Calla
     yield start
     for name in names:
         xprocess.getinfo(name).terminate()
+    # A program started in the moment supervisord was torn down (the watchdog restarting the tunnel) is not
+    # in the process tree xprocess collected: every process with one of these stacks' marks goes too.
+    from protea_supervisor import orphans
+
+    for socket_path in sockets:
+        for orphan in orphans.find(socket_path, None):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan.pgid, signal.SIGKILL)
 
 
 @pytest.fixture
