@@ -21,7 +21,6 @@ from protea_supervisor.cli_common import (
     rendered,
     shadow_notes,
     stack_flag,
-    stack_lock,
     stop_deadline,
 )
 from protea_supervisor.control import RUNNING_STATES, Supervisor
@@ -123,11 +122,7 @@ def first_deploy_up(ctx: click.Context, stack: Stack, supervisor: Supervisor) ->
 
     click.echo("no deploy record on this host: the first `up` deploys the remote head first")
     env = tick_env(ctx, stack, supervisor, dry_run=False)
-    stack_lock(stack).acquire("deploy", "deploy-tick", "first deploy")
-    try:
-        code, summary = first_deploy(env)
-    finally:
-        stack_lock(stack).release("deploy-tick")
+    code, summary = first_deploy(env)
     env.report(f"first deploy exit={code} {MEANING.get(code, 'unknown')}: {summary}")
     finish(stack, code, summary)
     if code != REDEPLOYED:

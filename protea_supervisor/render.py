@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from protea_supervisor.carry import command_line
+from protea_supervisor.carry import command_line, env_problem
 from protea_supervisor.errors import RenderError
 from protea_supervisor.schema import quoted
 from protea_supervisor.stack import Program, Queue, Stack
@@ -141,17 +141,11 @@ def envpairs(pairs: Iterable[tuple[str, str]]) -> str:
     """environment= value: supervisord splits it with non-POSIX shlex, with no escape character."""
     rendered = []
     for key, value in pairs:
+        # The parser refuses these with the file and key; this is the last guard for generated values.
+        problem = env_problem(value)
+        if problem:
+            raise RenderError(f"environment {key} {problem}.")
         quote = "'" if '"' in value else '"'
-        quoted_ends = bool(value) and (value[0] in "'\"" or value[-1] in "'\"")
-        if ('"' in value and "'" in value) or quoted_ends:
-            raise RenderError(
-                f"environment {key}: a value with quotes at its ends or of both kinds cannot be "
-                "written in environment=; put it in an env file."
-            )
-        if " ;" in value or " #" in value or "\t;" in value or "\t#" in value or "\n" in value:
-            raise RenderError(
-                f"environment {key}: supervisord would cut this value at ';' or '#'; put it in an env file."
-            )
         rendered.append(f"{key}={quote}{value}{quote}")
     return pct(",".join(rendered))
 

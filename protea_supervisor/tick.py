@@ -10,9 +10,10 @@ the failed list; anything supervisord, the host or the network did exits 50 and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from protea_supervisor.errors import (
     SupervisorDown,
 )
 from protea_supervisor.files import write_atomic
+from protea_supervisor.lifecycle import gate_deadline
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.probes import parse_infra, wait_http, wait_ports
@@ -178,8 +180,7 @@ def replace_idle(env: TickEnv, group: str) -> None:
 
 def wait_gate_idle(env: TickEnv) -> None:
     """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
-    probes = env.stack.probes
-    deadline = time.monotonic() + probes.infra_timeout + probes.api_ready_timeout + probes.web_timeout + 300
+    deadline = time.monotonic() + gate_deadline(env.stack)
     ticker = Ticker(env.report)
     while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
         ticker.say("the gate is starting the stack; waiting for it to finish")
@@ -344,9 +345,16 @@ def run_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
         )
     if dry_run:
         return _tick(env, dry_run=True, force=force)
-    env.lock.acquire("deploy", deploy.TICK_TASK_ID, "deploy tick")
-    try:
+    with holding_deploy(env, "deploy tick"):
         return _tick(env, dry_run=False, force=force)
+
+
+@contextlib.contextmanager
+def holding_deploy(env: TickEnv, reason: str) -> Iterator[None]:
+    """The stack-owner lock held as `deploy` for the tick's task, released however the deploy ends."""
+    env.lock.acquire("deploy", deploy.TICK_TASK_ID, reason)
+    try:
+        yield
     finally:
         env.lock.release(deploy.TICK_TASK_ID)
 
@@ -421,13 +429,13 @@ def revive(env: TickEnv, revision: str) -> tuple[int, str]:
 def first_deploy(env: TickEnv) -> tuple[int, str]:
     """A host with no deploy record and supervisord not running (`up` on a fresh host): fetch the remote
     head, install, build, then start supervisord; the gate runs migrate and starts everything."""
-    stack = env.stack
-    try:
-        remote, _head = fetch(stack, env.report)
-    except StepError as failed:
-        return deploy.FETCH_FAILED, str(failed)
-    env.report(f"first deploy: {deploy.short(remote)}")
-    return deploy_revision(env, remote, "", Work(install=True, build=True), supervisord_up=False)
+    with holding_deploy(env, "first deploy"):
+        try:
+            remote, _head = fetch(env.stack, env.report)
+        except StepError as failed:
+            return deploy.FETCH_FAILED, str(failed)
+        env.report(f"first deploy: {deploy.short(remote)}")
+        return deploy_revision(env, remote, "", Work(install=True, build=True), supervisord_up=False)
 
 
 def finish(stack: Stack, code: int, summary: str) -> None:

@@ -38,6 +38,7 @@ from conftest import Result, Stack, wait_for
 from deploy_app import AppRepo, deploy_stack, git
 
 from protea_supervisor import orphans
+from protea_supervisor.control import Supervisor
 from protea_supervisor.files import load_stack
 from protea_supervisor.overrides import with_overrides
 from protea_supervisor.stack import HostFacts
@@ -108,17 +109,14 @@ def make_world(base: Path, queue: str) -> World:
 # --- what is compared ----------------------------------------------------------------------------------
 
 
+def supervisor(world: World) -> Supervisor:
+    return Supervisor(world.run / "supervisor.sock")
+
+
 def supervisorctl_infos(world: World) -> list[dict[str, Any]]:
-    import xmlrpc.client
-
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{world.run / 'supervisor.sock'}")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-    infos: list[dict[str, Any]] = proxy.supervisor.getAllProcessInfo()
-    draining = proxy.protea.getDraining()
-    leaving = {name for names in draining.values() for name in names}
-    return [i for i in infos if i["name"] not in leaving]
+    """supervisord's processes, less those a scale-down is still draining."""
+    leaving = {name for names in supervisor(world).draining().values() for name in names}
+    return [i for i in supervisor(world).all_process_info() if i["name"] not in leaving]
 
 
 def expected_processes(world: World) -> set[str]:
@@ -168,13 +166,7 @@ def wait_quiet(world: World) -> None:
     wait_for(quiet, 200, "the timer's tick and the gate to finish")
 
     def drained() -> bool:
-        import xmlrpc.client
-
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, serverurl=f"unix://{world.run / 'supervisor.sock'}")
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        return not any(proxy.protea.getDraining().values())
+        return not any(supervisor(world).draining().values())
 
     wait_for(drained, 60, "removed workers to finish their jobs")
 
