@@ -1,22 +1,18 @@
 """Postgres backup, restore and restore drill (today's checkpoint_db.sh, restore-from-backup.sh and
-disaster-recovery.sh), judged by checks rather than by pg_restore's exit code, which is non-zero on benign
-warnings.
+disaster-recovery.sh): the pure part.
 
-The pure part names dumps, picks what retention deletes, turns the database URL into libpq's environment
-(the password never reaches an argv or a log) and compares row counts. `Postgres` is the edge: it runs
-psql, pg_dump and pg_restore.
+It names dumps (unique within a second), picks what retention deletes, names the side databases a restore
+and a drill use, turns the database URL into libpq's environment (the password never reaches an argv or a
+log), reads a dump's table of contents, and judges a restored database from what was measured. The edge
+that runs psql, pg_dump and pg_restore is `postgres.Postgres`; the operations are in `dumps`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from protea_supervisor.errors import BackupFailed
@@ -24,6 +20,12 @@ from protea_supervisor.errors import BackupFailed
 DUMP_PREFIX = "protea-"
 DUMP_SUFFIX = ".dump"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
+_DUMP = re.compile(r"protea-(\d{8}T\d{6})(?:\.(\d+))?(?:-.*)?\.dump")
+NAME_MAX = 63  # Postgres truncates identifiers beyond 63 bytes
+# Databases a restore may never replace: the one it connects to for the switch, and the templates.
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+# Side databases: the dump is restored into a staging one; the live one is renamed aside when replaced.
+STAGING, ASIDE, DRILL = "rst", "pre", "drl"
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,26 @@ def target_from_url(url: str, variable: str) -> Target:
     )
 
 
-def dump_name(now: datetime, label: str = "") -> str:
-    suffix = f"-{re.sub(r'[^A-Za-z0-9._-]+', '-', label).strip('-')}" if label else ""
-    return f"{DUMP_PREFIX}{now:%Y%m%dT%H%M%S}{suffix}{DUMP_SUFFIX}"
+def dump_name(now: datetime, label: str = "", taken: Collection[str] = ()) -> str:
+    """protea-<time>[.<n>][-<label>].dump, with the smallest n that no dump of the same second has."""
+    stamp = f"{now:%Y%m%dT%H%M%S}"
+    suffix = f"-{re.sub(r'[^A-Za-z0-9._-]+', '-', label).strip('-')}" if label.strip("-") else ""
+    same_second = {key[1] for key in map(_order, taken) if key and key[0] == stamp}
+    n = 0
+    while n in same_second:
+        n += 1
+    return f"{DUMP_PREFIX}{stamp}{f'.{n}' if n else ''}{suffix}{DUMP_SUFFIX}"
+
+
+def _order(name: str) -> tuple[str, int] | None:
+    match = _DUMP.fullmatch(name)
+    return (match.group(1), int(match.group(2) or 0)) if match else None
 
 
 def to_delete(names: Sequence[str], keep: int) -> list[str]:
-    """Retention by count: the oldest dumps beyond the newest `keep` (names sort by their timestamp)."""
-    dumps = sorted(n for n in names if n.startswith(DUMP_PREFIX) and n.endswith(DUMP_SUFFIX))
-    return dumps[: max(0, len(dumps) - keep)]
+    """Retention by count: the oldest dumps beyond the newest `keep`, ordered by time then sequence."""
+    dumps = sorted((key, n) for n in names if (key := _order(n)))
+    return [name for _, name in dumps[: max(0, len(dumps) - keep)]]
 
 
 def count_mismatches(source: Mapping[str, int], restored: Mapping[str, int]) -> list[str]:
@@ -97,164 +110,51 @@ def quoted(identifier: str) -> str:
     return f'"{identifier}"'
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def literal(identifier: str) -> str:
+    """A plain identifier as an SQL string literal (it holds no quote, `quoted` has checked it)."""
+    quoted(identifier)
+    return f"'{identifier}'"
 
 
-# --- the edge -------------------------------------------------------------------------------------------
+def side_name(database: str, role: str, now: datetime, taken: Collection[str] = ()) -> str:
+    """<database>_<role><time>[_<n>], not among `taken`, the database part cut so that the whole stays
+    within Postgres's 63 bytes."""
+    n = 0
+    while True:
+        suffix = f"_{role}{now:%Y%m%d%H%M%S}" + (f"_{n}" if n else "")
+        name = database.encode()[: NAME_MAX - len(suffix)].decode(errors="ignore") + suffix
+        if name not in taken:
+            return name
+        n += 1
 
 
-class Postgres:
-    """psql, pg_dump and pg_restore against one server, with the password in the environment only."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-
-    def _run(self, argv: list[str], database: str | None = None, check: bool = True) -> str:
-        env = {**os.environ, **self.target.env(database)}
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        if check and result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise BackupFailed(f"{argv[0]} failed: {detail[-1] if detail else result.returncode}")
-        return result.stdout
-
-    def sql(self, statement: str, database: str | None = None) -> list[str]:
-        out = self._run(["psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", statement], database)
-        return [line for line in out.splitlines() if line]
-
-    def dump(self, path: Path) -> None:
-        self._run(["pg_dump", "--format=custom", "--no-owner", f"--file={path}"])
-
-    def list_entries(self, path: Path) -> int:
-        return sum(
-            1
-            for line in self._run(["pg_restore", "--list", str(path)]).splitlines()
-            if line and line[0] != ";"
-        )
-
-    def restore(self, path: Path, database: str, jobs: int) -> str:
-        """pg_restore's stderr: warnings are expected; the checks afterwards decide."""
-        env = {**os.environ, **self.target.env(database)}
-        argv = ["pg_restore", "--no-owner", "--no-acl", f"--jobs={jobs}", f"--dbname={database}", str(path)]
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        return result.stderr
-
-    def recreate(self, database: str) -> None:
-        quoted(database)  # refuses anything but a plain name before it goes into SQL
-        self.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()",
-            "postgres",
-        )
-        self.sql(f"DROP DATABASE IF EXISTS {quoted(database)}", "postgres")
-        self.sql(f"CREATE DATABASE {quoted(database)}", "postgres")
-
-    def drop(self, database: str) -> None:
-        self.sql(f"DROP DATABASE IF EXISTS {quoted(database)}", "postgres")
-
-    def require_extensions(self, extensions: Sequence[str]) -> None:
-        """Before anything is dropped: every extension the data needs can be created on this server."""
-        available = set(self.sql("SELECT name FROM pg_available_extensions", "postgres"))
-        missing = [e for e in extensions if e not in available]
-        if missing:
-            raise BackupFailed(
-                f"extension {', '.join(missing)} is not available on {self.target.host}:{self.target.port}; "
-                "the restore needs it before the data (install it on the server, e.g. pgvector for vector). "
-                "Nothing was changed."
-            )
-
-    def create_extensions(self, database: str, extensions: Sequence[str]) -> None:
-        for extension in extensions:
-            self.sql(f"CREATE EXTENSION IF NOT EXISTS {quoted(extension)}", database)
-
-    def extensions(self, database: str) -> set[str]:
-        return set(self.sql("SELECT extname FROM pg_extension", database))
-
-    def tables(self, database: str) -> list[str]:
-        return self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", database)
-
-    def counts(self, database: str, tables: Sequence[str]) -> dict[str, int]:
-        present = set(self.tables(database))
-        return {
-            table: int(self.sql(f"SELECT count(*) FROM public.{quoted(table)}", database)[0])
-            for table in tables
-            if table in present
-        }
+def side_names(database: str, role: str, names: Sequence[str]) -> list[str]:
+    """Which of `names` are side databases of `database` in `role` (left by an earlier restore or drill)."""
+    head = side_name(database, role, datetime(2000, 1, 1))[: -len("20000101000000")]
+    return sorted(n for n in names if re.fullmatch(re.escape(head) + r"\d{14}(_\d+)?", n))
 
 
-# --- the operations -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackupResult:
-    path: Path
-    entries: int
-    size: int
-    deleted: tuple[str, ...]
-
-
-def run_backup(
-    pg: Postgres, directory: Path, keep: int, min_free_bytes: int, label: str, now: datetime
-) -> BackupResult:
-    """pg_dump to a dated file, verified with pg_restore --list, with a .sha256; then retention."""
-    directory.mkdir(parents=True, exist_ok=True)
-    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
-    if free < min_free_bytes:
+def refuse_system_database(database: str) -> None:
+    if database in SYSTEM_DATABASES:
         raise BackupFailed(
-            f"refusing to back up: {free / 1e9:.1f} GB free in {directory}, below backup.min_free_gb "
-            f"({min_free_bytes / 1e9:g} GB)."
-        )
-    final = directory / dump_name(now, label)
-    partial = final.with_name(final.name + ".partial")
-    try:
-        pg.dump(partial)
-        entries = pg.list_entries(partial)
-        if entries < 1:
-            raise BackupFailed(f"pg_restore --list finds nothing in the dump of {pg.target.describe()}.")
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    final.with_name(final.name + ".sha256").write_text(f"{sha256_of(final)}  {final.name}\n")
-    deleted = to_delete([p.name for p in directory.iterdir()], keep)
-    for name in deleted:
-        (directory / name).unlink(missing_ok=True)
-        (directory / (name + ".sha256")).unlink(missing_ok=True)
-    return BackupResult(final, entries, final.stat().st_size, tuple(deleted))
-
-
-def verify_checksum(path: Path) -> None:
-    sidecar = path.with_name(path.name + ".sha256")
-    if not sidecar.exists():
-        return
-    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
-    if not words or not re.fullmatch(r"[0-9a-f]{64}", words[0]):
-        raise BackupFailed(
-            f"{sidecar} holds no SHA-256; it cannot vouch for {path.name}; nothing was changed."
-        )
-    if words[0] != sha256_of(path):
-        raise BackupFailed(
-            f"{path} does not match its {sidecar.name}; the dump is damaged; nothing was changed."
+            f"a restore never replaces {database!r}: it is a system database (name your application's "
+            "database in the URL); nothing was changed."
         )
 
 
-def check_dump(pg: Postgres, path: Path, extensions: Sequence[str]) -> int:
-    """Everything that can refuse a dump without touching anything live: its checksum, that pg_restore can
-    read its table of contents, and that the extensions it needs exist on the server. Returns its entries."""
-    verify_checksum(path)
-    try:
-        entries = pg.list_entries(path)
-    except BackupFailed as why:
-        raise BackupFailed(
-            f"{path.name} is not a dump pg_restore can read ({why}); nothing was changed."
-        ) from None
-    if entries < 1:
-        raise BackupFailed(f"{path.name} lists no entries; nothing was changed.")
-    pg.require_extensions(extensions)
-    return entries
+def toc_tables(listing: str) -> list[str]:
+    """The tables a `pg_restore --list` table of contents creates, as schema.name: the TABLE entries of
+    catalog pg_class (1259), not their TABLE DATA. Comment lines are skipped."""
+    tables = set()
+    for line in listing.splitlines():
+        if line.startswith(";") or ";" not in line:
+            continue
+        # 216; 1259 16517 TABLE public items postgres   (schema, name, owner; a name may hold spaces)
+        words = line.split(";", 1)[1].split()
+        if len(words) >= 5 and words[0] == "1259" and words[2] == "TABLE":
+            name = " ".join(words[4:-1]) if len(words) > 5 else words[4]
+            tables.add(f"{words[3]}.{name}")
+    return sorted(tables)
 
 
 @dataclass(frozen=True)
@@ -264,45 +164,31 @@ class RestoreChecks:
     min_tables: int
 
 
-def restore_into(pg: Postgres, path: Path, database: str, extensions: Sequence[str], jobs: int) -> str:
-    """Drop and recreate `database`, create the extensions first, then pg_restore; returns its warnings.
-    The caller has run `check_dump`."""
-    pg.recreate(database)
-    pg.create_extensions(database, extensions)
-    return pg.restore(path, database, jobs)
+@dataclass(frozen=True)
+class Restored:
+    """What was measured in a restored database."""
+
+    public_tables: tuple[str, ...]
+    all_tables: tuple[str, ...]  # schema.name, every user schema
+    extensions: tuple[str, ...]
+    counts: Mapping[str, int]  # of the check tables that exist
 
 
-def check_restored(pg: Postgres, database: str, checks: RestoreChecks) -> list[str]:
-    problems = []
-    tables = pg.tables(database)
-    if len(tables) < checks.min_tables:
-        problems.append(f"{len(tables)} public tables, expected at least {checks.min_tables}")
-    missing_ext = sorted(set(checks.extensions) - pg.extensions(database))
+def problems(checks: RestoreChecks, expected_tables: Sequence[str], restored: Restored) -> list[str]:
+    """Why a restored database must not be used: the same judgement for a restore and a drill."""
+    found = []
+    if len(restored.public_tables) < checks.min_tables:
+        found.append(f"{len(restored.public_tables)} public tables, expected at least {checks.min_tables}")
+    missing_ext = sorted(set(checks.extensions) - set(restored.extensions))
     if missing_ext:
-        problems.append(f"extensions missing: {', '.join(missing_ext)}")
-    counts = pg.counts(database, checks.tables)
+        found.append(f"extensions missing: {', '.join(missing_ext)}")
     for table in checks.tables:
-        if table not in counts:
-            problems.append(f"table {table} missing")
-        elif counts[table] == 0:
-            problems.append(f"table {table} is empty")
-    return problems
-
-
-def drill(pg: Postgres, path: Path, extensions: Sequence[str], tables: Sequence[str], jobs: int,
-          now: datetime) -> tuple[dict[str, int], list[str]]:  # fmt: skip
-    """Restore into a scratch database, compare row counts with the live one, drop the scratch database."""
-    scratch = f"{pg.target.database}_drill_{now:%Y%m%d%H%M%S}"
-    check_dump(pg, path, extensions)
-    try:
-        restore_into(pg, path, scratch, extensions, jobs)
-        wanted = list(tables) or pg.tables(pg.target.database)
-        source = pg.counts(pg.target.database, wanted)
-        restored = pg.counts(scratch, wanted)
-        problems = count_mismatches(source, restored)
-        missing_ext = sorted(set(extensions) - pg.extensions(scratch))
-        if missing_ext:
-            problems.append(f"extensions missing: {', '.join(missing_ext)}")
-        return restored, problems
-    finally:
-        pg.drop(scratch)
+        if table not in restored.counts:
+            found.append(f"table {table} missing")
+        elif restored.counts[table] == 0:
+            found.append(f"table {table} is empty")
+    lost = sorted(set(expected_tables) - set(restored.all_tables))
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        found.append(f"{len(lost)} tables of the dump not restored ({shown})")
+    return found

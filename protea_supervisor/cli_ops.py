@@ -6,21 +6,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import click
 
-from protea_supervisor.backup import (
-    Postgres,
-    RestoreChecks,
-    check_dump,
-    check_restored,
-    restore_into,
-    run_backup,
-    target_from_url,
-)
-from protea_supervisor.backup import drill as run_drill
+from protea_supervisor.backup import RestoreChecks, refuse_system_database, target_from_url
 from protea_supervisor.cli_common import (
     changing,
     exe_argv,
@@ -31,16 +23,16 @@ from protea_supervisor.cli_common import (
     stop_deadline,
 )
 from protea_supervisor.control import Supervisor
+from protea_supervisor.dumps import check_dump, prepare, run_backup, switch
+from protea_supervisor.dumps import drill as run_drill
 from protea_supervisor.env import merged_environment
-from protea_supervisor.errors import (
-    BackupFailed,
-    EnvError,
-    UsageError,
-)
+from protea_supervisor.errors import BackupFailed, BrokerAnswerInvalid, EnvError, ProteaError, UsageError
 from protea_supervisor.files import write_atomic
 from protea_supervisor.lifecycle import run_gate, stop_programs
 from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.queues import Watch, fetch_queues, judge, readings, running_counts
+from protea_supervisor.oplock import resolve_wait
+from protea_supervisor.postgres import Postgres
+from protea_supervisor.queues import Watch, fetch_queues, judge, readings, running_counts, seen_from_state
 from protea_supervisor.queues import table as queues_table
 from protea_supervisor.stack import Stack
 from protea_supervisor.unit import next_steps, render_unit, unit_path
@@ -58,7 +50,7 @@ def queues_cmd(ctx: click.Context, as_json: bool) -> int:
     Exit codes (today's queue_heartbeat.py contract):
       0  healthy
       1  a queue is stalled, starved, or its consumers differ from its RUNNING workers
-      2  the broker's management API is unreachable
+      2  the broker's management API is unreachable or answers something other than the queue list
     """
     stack = load(ctx)
     prepare_dirs(stack, need_root=False)
@@ -66,22 +58,28 @@ def queues_cmd(ctx: click.Context, as_json: bool) -> int:
     user, password = rabbit_credentials(env)
     doc = fetch_queues(stack.monitor.rabbit_api, user, password)
     supervisor = Supervisor(stack.socket_path)
-    running = running_counts(supervisor.all_process_info()) if supervisor.is_running() else {}
+    # None only when supervisord does not answer: an answer with nothing RUNNING is 0 workers per queue.
+    running = running_counts(supervisor.all_process_info()) if supervisor.is_running() else None
     watches = {
-        q.name: Watch(q.starved_after, q.program, running.get(q.program, 0) if running else None)
+        q.name: Watch(q.starved_after, q.program, None if running is None else running.get(q.program, 0))
         for q in stack.queues
         if q.processes
     } | {q.name: Watch(q.starved_after) for q in stack.queues if not q.processes}
     state_path = stack.paths.run / QUEUES_STATE_FILE
-    previous = read_json(state_path) or {}
-    verdicts, since = judge(
-        readings(doc, stack.monitor.queue_prefix, stack.monitor.exempt),
+    try:
+        found = readings(doc, stack.monitor.queue_prefix, stack.monitor.exempt)
+    except BrokerAnswerInvalid as why:
+        raise BrokerAnswerInvalid(
+            f"the RabbitMQ management API at {stack.monitor.rabbit_api}: {why}"
+        ) from None
+    verdicts, busy = judge(
+        found,
         watches,
-        {k: float(v) for k, v in previous.items()},
+        seen_from_state(read_json(state_path)),
         time.time(),
         stack.monitor.starved_after,
     )
-    write_atomic(state_path, json.dumps(since, indent=2) + "\n")
+    write_atomic(state_path, json.dumps({k: asdict(v) for k, v in busy.items()}, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps([v.__dict__ for v in verdicts], indent=2))
     else:
@@ -112,18 +110,26 @@ def database(stack: Stack) -> Postgres:
     return Postgres(target_from_url(env[variable], variable))
 
 
+def checks(stack: Stack) -> RestoreChecks:
+    rules = stack.backup
+    return RestoreChecks(rules.extensions, rules.check_tables, rules.min_tables)
+
+
 @click.command("backup")
 @click.option("--label", default="", help="Appended to the dump's name (protea-<time>-<label>.dump).")
 @click.pass_context
 def backup_cmd(ctx: click.Context, label: str) -> None:
     """pg_dump (custom format, no owner) into backup.dir, verified with pg_restore --list, with a .sha256;
-    keeps the newest backup.keep dumps. Refused when backup.min_free_gb is not free there."""
+    keeps the newest backup.keep dumps. Refused when backup.min_free_gb is not free there. One backup at a
+    time per folder: a second waits for the first (up to --lock-wait). Dumps are 0600 in a 0700 folder."""
     stack = load(ctx)
     pg = database(stack)
     began = time.monotonic()
+    wait = resolve_wait(settings(ctx).lock_wait, dict(os.environ), stack.control.operation_wait)
     result = run_backup(
-        pg, stack.backup.dir, stack.backup.keep, int(stack.backup.min_free_gb * 1e9), label, datetime.now()
-    )
+        pg, stack.backup.dir, stack.backup.keep, int(stack.backup.min_free_gb * 1e9), label, datetime.now,
+        wait, click.echo,
+    )  # fmt: skip
     click.echo(
         f"backed up {pg.target.describe()} to {result.path} ({result.size / 1e6:.1f} MB, {result.entries} "
         f"entries) in {time.monotonic() - began:.1f} s"
@@ -139,59 +145,86 @@ def backup_cmd(ctx: click.Context, label: str) -> None:
 @click.option("--drill", is_flag=True, help="Restore into a scratch database, compare counts, drop it.")
 @click.pass_context
 def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: bool) -> None:
-    """Restore DUMP: stop the stack, drop and recreate the database, create backup.extensions first,
-    pg_restore, check (tables, rows, extensions), then start the stack through the gate (which migrates).
+    """Restore DUMP without ever dropping the live database. The dump is proved whole first (checksum when
+    it has a .sha256, a full read of the archive, the extensions on the server); then, with the stack still
+    running, it is restored into a new database beside the live one (backup.extensions first) and checked
+    (tables, rows, extensions, every table of the dump). Only then does the stack stop, the live database
+    is renamed aside (<db>_pre<time>, kept until the next successful restore) and the new one renamed into
+    its place, and the stack starts through the gate (which migrates). Any refusal leaves the live
+    database as it was and the stack as it was; a failed switch brings the stack back through the gate.
 
-    With --drill nothing live is touched: the dump goes into a scratch database whose row counts are
-    compared with the live one's, and the scratch database is dropped.
+    With --drill nothing live is touched: the dump goes into a scratch database with the same checks, its
+    row counts are compared with the live one's, and the scratch database is dropped.
     """
     stack = load(ctx)
     pg = database(stack)
-    rules = stack.backup
     began = time.monotonic()
+    if not drill:
+        refuse_system_database(pg.target.database)
+        refuse_during_export(stack, "restore", force)
+    # Everything that can refuse the dump comes before anything is created or stopped.
+    checked = check_dump(pg, dump, stack.backup.extensions)
+    if not checked.vouched:
+        click.echo(f"note: {dump.name} has no .sha256 beside it; it was read whole instead")
     if drill:
-        counts, problems = run_drill(
-            pg, dump, rules.extensions, rules.check_tables, rules.jobs, datetime.now()
-        )
-        if problems:
-            raise BackupFailed(f"drill of {dump.name}: " + "; ".join(problems))
+        counts = run_drill(pg, checked, checks(stack), stack.backup.jobs, datetime.now())
         click.echo(
             f"drill of {dump.name}: {len(counts)} tables match the live database "
             f"({sum(counts.values())} rows) in {time.monotonic() - began:.1f} s"
         )
         return
-    refuse_during_export(stack, "restore", force)
-    # Everything that can refuse the dump comes before anything is stopped or dropped.
-    check_dump(pg, dump, rules.extensions)
-    name = pg.target.database
     if not yes:
-        typed = click.prompt(f"This drops {pg.target.describe()}. Type the database name to go on")
-        if typed != name:
-            raise UsageError(f"{typed!r} is not {name!r}; nothing was changed.")
+        typed = click.prompt(
+            f"This replaces {pg.target.describe()} with the dump: what was written since it was taken, "
+            "including during the restore, is set aside. Type the database name to go on"
+        )
+        if typed != pg.target.database:
+            raise UsageError(f"{typed!r} is not {pg.target.database!r}; nothing was changed.")
     with changing(ctx, "restore", overrides=True) as stack:
+        try:
+            staging = prepare(pg, checked, checks(stack), stack.backup.jobs, datetime.now(), click.echo)
+        except BackupFailed as why:
+            raise BackupFailed(
+                f"{str(why).rstrip('.')}; nothing was changed: the live database and the stack are as they "
+                "were."
+            ) from None
+        click.echo(f"  checked in {time.monotonic() - began:.1f} s")
         supervisor = Supervisor(stack.socket_path)
         running = supervisor.is_running()
-        if running:
-            click.echo("stopping the stack's programs (workers finish their jobs within their grace)")
-            stop_programs(stack, supervisor, stop_deadline(stack).stop, click.echo)
-        click.echo(f"restoring {dump.name} into {pg.target.describe()}")
-        warnings = restore_into(pg, dump, name, rules.extensions, rules.jobs)
-        problems = check_restored(
-            pg, name, RestoreChecks(rules.extensions, rules.check_tables, rules.min_tables)
-        )
-        if problems:
-            tail = f" (pg_restore said: {warnings.strip().splitlines()[-1]})" if warnings.strip() else ""
-            stopped = "; the stack stays stopped" if running else ""
-            raise BackupFailed(
-                f"restore of {dump.name} failed its checks: {'; '.join(problems)}{tail}{stopped}"
-            )
-        click.echo(f"restored and checked in {time.monotonic() - began:.1f} s")
+        failed: ProteaError | None = None
+        stopped_at = time.monotonic()
+        try:
+            if running:
+                click.echo("stopping the stack's programs (workers finish their jobs within their grace)")
+                stop_programs(stack, supervisor, stop_deadline(stack).stop, click.echo)
+            done = switch(pg, staging, datetime.now())
+        except ProteaError as why:
+            failed = why
+        else:
+            click.echo(f"{pg.target.describe()} is now the restored database")
+            if done.aside:
+                click.echo(f"  the database as it was is kept as {done.aside} until the next restore")
+            for name in done.dropped:
+                click.echo(f"  dropped {name}, set aside by an earlier restore")
         if running:
             click.echo("starting the stack through the gate (it runs migrate first)")
-            run_gate(stack, supervisor, click.echo)
-            click.echo("stack is up.")
-        else:
+            try:
+                run_gate(stack, supervisor, click.echo)
+            except ProteaError as why:
+                if failed is None:
+                    raise
+                raise BackupFailed(
+                    f"{str(failed).rstrip('.')}; the live database was not changed, but the stack did not "
+                    f"come back: {why}"
+                ) from None
+            click.echo(f"stack is up ({time.monotonic() - stopped_at:.1f} s after the stop).")
+        elif failed is None:
             click.echo("supervisord is not running; `protea-supervisor up` starts the stack (migrate first).")
+        if failed is not None:
+            back = "; the stack is back up" if running else ""
+            raise BackupFailed(
+                f"{str(failed).rstrip('.')}; the live database was not changed{back}."
+            ) from None
 
 
 @click.command("install-unit")

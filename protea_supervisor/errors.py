@@ -103,6 +103,10 @@ class BrokerUnreachable(ProteaError):
     exit_code = 2
 
 
+class BrokerAnswerInvalid(BrokerUnreachable):
+    """`queues`: the management API answered something other than the queue list it documents."""
+
+
 class CommandNotFound(ProteaError):
     """The command given to `exec` or `lock run` does not exist or cannot be executed (shell's 127)."""
 

@@ -34,6 +34,21 @@ POLL = 0.1
 
 
 @dataclass(frozen=True)
+class Kind:
+    """Which lock: its files in the directory it guards, and how a waiting command names it."""
+
+    name: str  # <name>.lock and <name>.json
+    title: str  # "the host's operation lock"
+    doing: str  # "{who} is changing the stack"
+
+
+OPERATION = Kind(
+    "operation", "the host's operation lock", "waiting for the host: {who} is changing the stack"
+)
+BACKUP = Kind("backup", "the backup lock", "waiting: {who} is writing a backup here")
+
+
+@dataclass(frozen=True)
 class Holder:
     command: str
     pid: int
@@ -46,10 +61,10 @@ class Holder:
         return f"`{self.command}` (pid {self.pid}) since {datetime.fromtimestamp(self.since):%H:%M:%S}"
 
 
-def read_holder(run_dir: Path) -> Holder | None:
+def read_holder(run_dir: Path, kind: Kind = OPERATION) -> Holder | None:
     """The recorded holder, when its process is still alive (a dead one cannot hold the flock)."""
     try:
-        doc = json.loads((run_dir / HOLDER_FILE).read_text(encoding="utf-8"))
+        doc = json.loads((run_dir / f"{kind.name}.json").read_text(encoding="utf-8"))
         holder = Holder(
             command=str(doc["command"]),
             pid=int(doc["pid"]),
@@ -91,10 +106,11 @@ def operation(
     report: Callable[[str], None],
     spares: tuple[str, ...] = (),
     clock: Callable[[], float] = time.monotonic,
+    kind: Kind = OPERATION,
 ) -> Iterator[None]:
-    """Hold the host's operation lock for the block; wait up to `wait` s for another holder, saying who it is
-    at least every 2 s; raise OperationBusy after that."""
-    key = run_dir.resolve()
+    """Hold the host's operation lock (or another `kind` of lock over a directory) for the block; wait up to
+    `wait` s for another holder, saying who it is at least every 2 s; raise OperationBusy after that."""
+    key = (run_dir / kind.name).resolve()
     if _held.get(key):
         _held[key] += 1
         try:
@@ -103,18 +119,18 @@ def operation(
             _held[key] -= 1
         return
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(run_dir / f"{kind.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _take(fd, run_dir, wait, report, clock)
+        _take(fd, run_dir, wait, report, clock, kind)
         _held[key] = 1
         holder = Holder(command=command, pid=os.getpid(), since=time.time(), spares=spares)
-        write_atomic(run_dir / HOLDER_FILE, json.dumps(asdict(holder)) + "\n", mode=0o600)
+        write_atomic(run_dir / f"{kind.name}.json", json.dumps(asdict(holder)) + "\n", mode=0o600)
         try:
             yield
         finally:
             _held.pop(key, None)
             with contextlib.suppress(OSError):
-                (run_dir / HOLDER_FILE).unlink()
+                (run_dir / f"{kind.name}.json").unlink()
     finally:
         os.close(fd)  # closing the only fd on the open file drops the flock
 
@@ -137,7 +153,7 @@ def attempt(run_dir: Path, command: str, acts_on: str) -> Iterator[Holder | None
 
 
 def _take(fd: int, run_dir: Path, wait: float, report: Callable[[str], None],
-          clock: Callable[[], float]) -> None:  # fmt: skip
+          clock: Callable[[], float], kind: Kind) -> None:  # fmt: skip
     began = clock()
     said_at = -math.inf
     while True:
@@ -147,15 +163,15 @@ def _take(fd: int, run_dir: Path, wait: float, report: Callable[[str], None],
         except BlockingIOError:
             pass
         now = clock()
-        holder = read_holder(run_dir)
+        holder = read_holder(run_dir, kind)
         who = holder.describe() if holder else "another protea-supervisor command"
         if now - began >= wait:
             raise OperationBusy(
-                f"another operation holds the host's operation lock ({run_dir / LOCK_FILE}): {who}; "
+                f"another operation holds {kind.title} ({run_dir / f'{kind.name}.lock'}): {who}; "
                 f"waited {now - began:.0f} s (--lock-wait or {WAIT_ENV} sets the bound)."
             )
         if now - said_at >= PROGRESS_EVERY:
-            report(f"waiting for the host: {who} is changing the stack ({now - began:.0f} s)")
+            report(f"{kind.doing.format(who=who)} ({now - began:.0f} s)")
             said_at = now
         time.sleep(POLL)
 

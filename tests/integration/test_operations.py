@@ -1,12 +1,17 @@
-"""Operations on real parts: the metrics listener on a real supervisord, `queues` against this machine's
-RabbitMQ management API, and backup/restore against its Postgres."""
+"""Operations on real parts: the metrics listener on a real supervisord, and `queues` against this
+machine's RabbitMQ and its management API (backup and restore are in test_backup_restore.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +20,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import Stack, free_port, stack_file, wait_for
-from rabbit import WORKER_COMMAND, connect, delete_queue
+from conftest import Stack, free_port, stack_file, toml_dump, wait_for
+from rabbit import WORKER_COMMAND, connect, delete_queue, publish
+
+from protea_supervisor.control import Supervisor
+from protea_supervisor.queues import running_counts
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-Value-that-must-not-leak"
@@ -114,126 +124,86 @@ def test_queues_flags_a_stalled_queue_and_a_consumer_mismatch_and_exits_2_withou
     assert unreachable.code == 2 and "unreachable" in unreachable.err
 
 
-def psql(database: str, sql: str) -> str:
-    result = subprocess.run(
-        ["psql", "-X", "-q", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-c", sql],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name = f"pst_{uuid.uuid4().hex[:8]}"
-    psql("postgres", f"CREATE DATABASE {name}")
-    psql(name, "CREATE EXTENSION hstore")
-    psql(name, "CREATE TABLE items (id serial PRIMARY KEY, attrs hstore)")
-    psql(name, "CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-    psql(name, "INSERT INTO items (attrs) SELECT hstore('n', g::text) FROM generate_series(1, 500) g")
-    psql(name, "INSERT INTO notes (body) SELECT 'note ' || g FROM generate_series(1, 120) g")
-    yield name
-    psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def backup_stack(root: Path, database: str, extensions: list[str]) -> Stack:
-    env_file = root / "db.env"
-    env_file.write_text(f"PROTEA_DB_URL=postgresql://postgres@127.0.0.1:5432/{database}\n")
-    env_file.chmod(0o600)
-    backup = {"dir": str(root / "backups"), "keep": 2, "min_free_gb": 0.001, "extensions": extensions,
-              "check_tables": ["items", "notes"], "min_tables": 2, "jobs": 2}  # fmt: skip
-    return Stack(stack_file(root, env_files=[str(env_file)], extra={"backup": backup}))
-
-
-def counts(database: str) -> tuple[str, str]:
-    return psql(database, "SELECT count(*) FROM items"), psql(database, "SELECT count(*) FROM notes")
-
-
-def test_backup_then_restore_round_trips_the_rows_with_the_extension_first(
-    short_tmp: Path, database: str
+@pytest.mark.slow
+def test_a_slow_acker_is_never_starved_and_one_that_stops_acking_is_after_its_grace(
+    short_tmp: Path, prefix: str
 ) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore"])
-    made = stack.ps("backup", "--label", "test")
-    assert made.code == 0, made.both
-    dumps = sorted((short_tmp / "backups").glob("protea-*-test.dump"))
-    assert len(dumps) == 1 and Path(str(dumps[0]) + ".sha256").exists()
-    psql(database, "DELETE FROM items WHERE id > 10")
-    restored = stack.ps("restore", "--yes", str(dumps[0]))
-    assert restored.code == 0, restored.both
-    assert counts(database) == ("500", "120")
-    drill = stack.ps("restore", "--drill", str(dumps[0]))
-    assert drill.code == 0 and "2 tables match" in drill.out, drill.both
-    assert "_drill_" not in psql("postgres", "SELECT string_agg(datname, ',') FROM pg_database")
-    # Retention keeps the newest two.
-    for label in ("a", "b"):
-        assert stack.ps("backup", "--label", label).code == 0
-    assert len(list((short_tmp / "backups").glob("*.dump"))) == 2
+    """RabbitMQ's momentary ack rate reads 0 between the acks of a slow queue; the ack total moves."""
+    queue = prefix + "jobs"
+    stack = monitored_stack(short_tmp, prefix)
+    data = tomllib.loads(stack.file.read_text())
+    data["queues"][queue]["starved_after"] = 12
+    stack.file.write_text(toml_dump(data) + "\n")
+    publish(queue, 60, 0.1)
+    stop = short_tmp / "stop-acking"
+    acker = subprocess.Popen([sys.executable, str(FIXTURES / "slow_acker.py"), "--queue", queue,
+                              "--every", "4", "--stop-file", str(stop)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        began = time.monotonic()
+        seen = []
+        while time.monotonic() - began < 30:  # seven acks, each more than a rate window apart
+            result = stack.ps("queues")
+            assert result.code == 0 and "starved" not in result.out, result.both
+            seen.append(result.out)
+        assert len(seen) >= 5
+        stop.touch()
+        wait_for(lambda: "starved" in stack.ps("queues").out, 40, "the starved verdict once acks stop")
+        starved = stack.ps("queues")
+        assert starved.code == 1 and "unchanged for" in starved.out and "(grace 12 s)" in starved.out
+    finally:
+        acker.kill()
+        acker.wait()
 
 
-def test_a_dump_without_its_extension_restores_only_because_the_extension_comes_first(
-    short_tmp: Path, database: str
+def test_queues_names_a_stray_consumer_when_supervisord_runs_nothing_and_refuses_a_bad_answer(
+    short_tmp: Path, supervisord: Callable[[Stack], None], prefix: str
 ) -> None:
-    # A schema-only selection leaves CREATE EXTENSION out of the dump, as when the restoring role cannot
-    # create it: the data can only land if the extension exists first.
-    dump = short_tmp / "public-only.dump"
-    subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "--format=custom", "--no-owner",
-                    "--schema=public", f"--file={dump}", database], check=True)  # fmt: skip
-    (short_tmp / "without").mkdir()
-    without = backup_stack(short_tmp / "without", database, [])
-    failed = without.ps("restore", "--yes", str(dump))
-    assert failed.code == 9 and "items missing" in failed.err, failed.both
-    with_ext = backup_stack(short_tmp, database, ["hstore"])
-    restored = with_ext.ps("restore", "--yes", str(dump))
-    assert restored.code == 0, restored.both
-    assert counts(database) == ("500", "120")
-
-
-def test_restore_names_a_missing_extension_and_refuses_during_an_export(
-    short_tmp: Path, database: str
-) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore", "vector"])
-    assert stack.ps("backup").code == 0
-    dump = next((short_tmp / "backups").glob("*.dump"))
-    missing = stack.ps("restore", "--yes", str(dump))
-    assert missing.code == 9 and "extension vector is not available" in missing.err, missing.both
-    assert counts(database) == ("500", "120")  # refused before anything was dropped
-    assert stack.ps("lock", "acquire", "export", "exp-9", "export").code == 0
-    refused = stack.ps("restore", "--yes", str(dump))
-    assert refused.code == 2 and "exp-9" in refused.err
-
-
-def test_restore_on_a_running_stack_leaves_it_running_and_a_refused_one_touches_nothing(
-    short_tmp: Path, database: str, supervisord: Callable[[Stack], None]
-) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore"])
-    assert stack.ps("backup").code == 0
-    dump = next((short_tmp / "backups").glob("*.dump"))
+    queue = prefix + "jobs"
+    stack = monitored_stack(short_tmp, prefix)
     supervisord(stack)
-    assert stack.ps("up").code == 0
-    before = {n: p["pid"] for n, p in stack.status().items() if p["pid"]}
+    supervisor = Supervisor(stack.conf.parent / "supervisor.sock")
+    supervisor.stop_all()
+    wait_for(lambda: not running_counts(supervisor.all_process_info()), 30, "nothing RUNNING")
+    connection = connect()
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=False, auto_delete=False)
+    channel.basic_consume(queue, lambda *args: None)
+    try:
+        wait_for(lambda: "mismatch" in stack.ps("queues").out, 30, "the stray consumer's mismatch")
+        mismatch = stack.ps("queues")
+        assert mismatch.code == 1 and "1 consumers, 0 worker-" in mismatch.out
+    finally:
+        connection.close()
 
-    # Refused before anything is stopped: a file that is not a dump, and a byte-flipped dump.
-    bogus = short_tmp / "notadump.dump"
-    bogus.write_text("hello\n")
-    flipped = short_tmp / "flipped.dump"
-    data = bytearray(dump.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    flipped.write_bytes(bytes(data))
-    (short_tmp / "flipped.dump.sha256").write_text(Path(str(dump) + ".sha256").read_text())
-    for refused_dump, why in ((bogus, "is not a dump pg_restore can read"), (flipped, "damaged")):
-        refused = stack.ps("restore", "--yes", str(refused_dump))
-        assert refused.code == 9 and why in refused.err and "nothing was changed" in refused.err.lower(), (
-            refused.both
-        )
-        assert {n: p["pid"] for n, p in stack.status().items() if p["pid"]} == before
-    assert counts(database) == ("500", "120")
+    # A management API that answers, but not the queue list: exit 2 and one line, never "healthy".
+    for body in (b'{"not": "a list"}', b'[{"name": "%sjobs", "messages": "many"}]' % prefix.encode(),
+                 b"<html>maintenance</html>"):  # fmt: skip
+        with answering(body) as api:
+            odd = monitored_stack(short_tmp / "odd", prefix, api)
+            result = odd.ps("queues")
+        assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.both
+        assert api in result.err and "Traceback" not in result.err
 
-    psql(database, "DELETE FROM items WHERE id > 10")
-    restored = stack.ps("restore", "--yes", str(dump))
-    assert restored.code == 0, restored.both
-    assert counts(database) == ("500", "120")
-    status = stack.status()
-    assert status["gate"]["state"] == "RUNNING"  # the listeners were never stopped
-    for name in ("api", "web", "tunnel", "worker-jobs"):
-        assert status[name]["state"] == "RUNNING", name
-    assert stack.ps("gate", "retry").code == 0 and stack.ps("up").code == 0
+
+@contextlib.contextmanager
+def answering(body: bytes) -> Iterator[str]:
+    """A loopback HTTP server that answers every GET with `body` as JSON."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
