@@ -50,6 +50,26 @@ def cli(ctx: click.Context, stack_choice: str | None, lock_wait: float | None) -
     ctx.obj = Settings(stack_choice=stack_choice, lock_wait=lock_wait)
 
 
+COMPLETE_VAR = "_PROTEA_SUPERVISOR_COMPLETE"
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell: str) -> None:
+    """Print the shell completion script for SHELL (click's own completion).
+
+    \b
+    bash: eval "$(protea-supervisor completion bash)"   (e.g. in ~/.bashrc)
+    zsh:  eval "$(protea-supervisor completion zsh)"    (e.g. in ~/.zshrc)
+    fish: protea-supervisor completion fish > ~/.config/fish/completions/protea-supervisor.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completion = get_completion_class(shell)
+    assert completion is not None  # the Choice admits only the shells click ships
+    click.echo(completion(cli, {}, "protea-supervisor", COMPLETE_VAR).source())
+
+
 for module in (cli_stack, cli_status, cli_deploy, cli_ops, cli_lock, cli_exec):
     for command in module.COMMANDS:
         cli.add_command(command)
@@ -63,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             prog_name="protea-supervisor",
             standalone_mode=False,
         )
+    except click.exceptions.NoArgsIsHelpError as why:
+        # A bare group (`gate`, `lock`, `tunnel`, or no command at all) asks what there is: its help.
+        click.echo(why.ctx.get_help() if why.ctx is not None else why.format_message())
+        sys.exit(0)
     except click.exceptions.UsageError as why:
         # click's own usage errors exit 2, which the lock contract reserves for contention.
         message = why.format_message()

@@ -11,7 +11,7 @@ from protea_supervisor.cli_common import changing, load, prepare_dirs, rendered,
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import INFRA_FAILED, MEANING, TICK_TASK_ID
 from protea_supervisor.env import merged_environment, redact, secret_values
-from protea_supervisor.errors import OperationBusy
+from protea_supervisor.errors import OperationBusy, UsageError
 from protea_supervisor.files import write_atomic
 from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
@@ -107,15 +107,28 @@ def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
     "protea-deploy-timer", '{"kind": "trigger", "trigger": "manual", "reason": "..."}').
     """
     stack = load(ctx)
+    if not stack.deploy.enabled:
+        raise UsageError(
+            f"this stack has no deploy timer (deploy.enabled is false in {stack.origin('deploy.enabled')}); "
+            "nothing would act on a trigger. `protea-supervisor tick` deploys by hand."
+        )
     prepare_dirs(stack, need_root=False)
     text = " ".join(reason)[:200] or "manual trigger"
-    write_atomic(stack.paths.run / TRIGGER_MARKER, text + "\n")
+    marker = stack.paths.run / TRIGGER_MARKER
+    write_atomic(marker, text + "\n")
     supervisor = Supervisor(stack.socket_path)
-    if supervisor.is_running():
-        supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
-        click.echo(f"triggered: {text}")
-    else:
-        click.echo(f"supervisord is not running; the trigger waits in {stack.paths.run / TRIGGER_MARKER}")
+    if not supervisor.is_running():
+        click.echo(f"supervisord is not running; the trigger waits in {marker} for the deploy timer")
+        return
+    timer = next((i["statename"] for i in supervisor.all_process_info() if i["name"] == "deploy-timer"), None)
+    if timer != "RUNNING":
+        click.echo(
+            f"the deploy timer is {timer or 'not in the running config'}; the trigger waits in {marker} "
+            "until it runs (`protea-supervisor up` starts it)"
+        )
+        return
+    supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
+    click.echo(f"triggered: {text}")
 
 
 COMMANDS = (tick_cmd, trigger_cmd)

@@ -228,15 +228,22 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
 
 
 @click.command("install-unit")
-@click.option("--user", "kind", flag_value="user", default=True, help="A user unit (default).")
-@click.option("--system", "kind", flag_value="system", help="A system unit, run as the current user.")
+@click.option("--user", "user_unit", is_flag=True, help="A user unit (the default).")
+@click.option("--system", "system_unit", is_flag=True, help="A system unit, run as the current user.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead.")
 @click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
 @click.pass_context
-def install_unit_cmd(ctx: click.Context, kind: str, output: Path | None, print_only: bool) -> None:
+def install_unit_cmd(
+    ctx: click.Context, user_unit: bool, system_unit: bool, output: Path | None, print_only: bool
+) -> None:
     """Write the systemd unit that runs supervisord (foreground) with the rendered config at boot."""
     import getpass
 
+    if user_unit and system_unit:
+        raise UsageError("--user and --system exclude each other: a unit is one or the other.")
+    if print_only and output:
+        raise UsageError("--print and --output exclude each other: --print writes nothing.")
+    kind = "system" if system_unit else "user"
     stack = load(ctx)
     choice = settings(ctx).stack_choice or ""
     if choice and choice != "demo":

@@ -7,6 +7,7 @@ import difflib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -28,8 +29,10 @@ from protea_supervisor.deploy import MEANING, REDEPLOYED
 from protea_supervisor.env import check_required, merged_environment
 from protea_supervisor.errors import StackFailed, SupervisorDown, UsageError
 from protea_supervisor.files import write_atomic
+from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
 from protea_supervisor.lifecycle import recover_orphans, run_gate, shut_down, start_supervisord
 from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.logfiles import prune_logs
 from protea_supervisor.overrides import (
     apply_counts,
     batch_counts,
@@ -110,6 +113,7 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
         else:
             start_supervisord(stack, supervisor, click.echo)
         run_gate(stack, supervisor, click.echo)
+        prune_logs(stack, click.echo)
     click.echo(
         f"stack is up. status: protea-supervisor{stack_flag(ctx)} status; "
         f"or supervisorctl -c {stack.config_path} status"
@@ -231,6 +235,7 @@ def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool,
     write_atomic(stack.config_path, text, mode=0o600)
     recorded = "dropped the recorded count" if count is None else "recorded in"
     click.echo(f"{program}: {before} -> {after} ({recorded} {stack.paths.run / 'overrides.json'})")
+    prune_logs(new_stack, click.echo)
     supervisor = Supervisor(stack.socket_path)
     if not supervisor.is_running():
         click.echo("supervisord is not running; `up` starts the stack with the new count.")
@@ -301,6 +306,7 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
         if plan.empty:
             return
         apply_plan(supervisor, plan, stop_deadline(stack), click.echo, stack_is_up(stack, supervisor))
+        prune_logs(stack, click.echo)
     click.echo("reload done.")
 
 
@@ -321,11 +327,16 @@ def gate_retry(ctx: click.Context) -> None:
 
 
 @gate_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The state file, times as ISO 8601 (UTC).")
 @click.pass_context
-def gate_status(ctx: click.Context) -> None:
-    """Print the gate state file (JSON)."""
+def gate_status(ctx: click.Context, as_json: bool) -> None:
+    """The gate's last run: its phase, step, when, and why it failed."""
     doc = read_gate_state(load(ctx).paths.run)
-    click.echo(json.dumps(doc or {"phase": "unknown"}, indent=2))
+    if as_json:
+        click.echo(json.dumps(isoified(doc or {"phase": "unknown"}, GATE_TIMES), indent=2))
+        return
+    for line in gate_lines(doc, time.time()):
+        click.echo(line)
 
 
 COMMANDS = (render_cmd, up_cmd, down_cmd, scale_cmd, reload_cmd, gate_group)

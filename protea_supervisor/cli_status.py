@@ -19,6 +19,7 @@ from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
+from protea_supervisor.humane import TUNNEL_TIMES, isoified, probe_text, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import next_tick_at
@@ -28,6 +29,7 @@ from protea_supervisor.listeners.tunnel_watch import COMM_TYPE as TUNNEL_COMM_TY
 from protea_supervisor.listeners.tunnel_watch import STATE_FILE as TUNNEL_STATE_FILE
 from protea_supervisor.listeners.tunnel_watch import reset_message as tunnel_reset_message
 from protea_supervisor.oplock import read_holder
+from protea_supervisor.progress import names
 from protea_supervisor.stack import Stack
 from protea_supervisor.status import (
     group_rss_kb,
@@ -43,19 +45,13 @@ from protea_supervisor.worktree import is_worktree
 
 
 def tunnel_line(watch: dict[str, Any], now: float) -> str:
-    last = "never probed"
-    if watch.get("last_probe_at"):
-        verdict = "ok" if watch.get("last_ok") else "FAILED"
-        last = (
-            f"last probe {verdict} {now - watch['last_probe_at']:.0f} s ago ({watch.get('last_detail', '')})"
-        )
     recent = [t for t in watch.get("restarts", []) if now - t < 3600]
     budget = "; RESTART BUDGET SPENT" if watch.get("capped") else ""
     wait = watch.get("next_restart_at", 0) - now
     later = f"; next restart allowed in {wait:.0f} s" if wait > 0 else ""
     return (
-        f"tunnel watch: {last}; {watch.get('consecutive_failures', 0)} consecutive failures; "
-        f"{len(recent)} restarts in the last hour{later}{budget}"
+        f"tunnel watch: last probe {probe_text(watch, now)}; {watch.get('consecutive_failures', 0)} "
+        f"consecutive failures; {len(recent)} restarts in the last hour{later}{budget}"
     )
 
 
@@ -197,8 +193,9 @@ def logs_cmd(ctx: click.Context, name: str | None, follow: bool, lines: int) -> 
     logs = sorted(stack.paths.logs.glob("*.log"))
     chosen = [p for p in logs if name is None or name.lower() in p.name.lower()]
     if not chosen:
-        available = ", ".join(p.stem for p in logs) or "none yet"
-        raise UsageError(f"no log in {stack.paths.logs} matches {name!r}; available: {available}.")
+        programs = [p.stem for p in logs]
+        available = names(programs) or "none yet"
+        raise UsageError(f"no log in {stack.paths.logs} matches {name!r}; there are logs of {available}.")
     secrets = secret_values(stack.env.files)
     if follow:
         # tail -F follows rotation; it replaces this process, so the operator's Ctrl-C goes straight to it.
@@ -229,11 +226,17 @@ def tunnel_reset(ctx: click.Context) -> None:
 
 
 @tunnel_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The state file, times as ISO 8601 (UTC).")
 @click.pass_context
-def tunnel_status(ctx: click.Context) -> None:
-    """Print the watchdog's state file (JSON)."""
-    doc = read_json(load(ctx).paths.run / TUNNEL_STATE_FILE)
-    click.echo(json.dumps(doc or {"tunnel": "unknown"}, indent=2))
+def tunnel_status(ctx: click.Context, as_json: bool) -> None:
+    """The watchdog's view: the tunnel's state, the last probe and its age, failures, restarts."""
+    stack = load(ctx)
+    doc = read_json(stack.paths.run / TUNNEL_STATE_FILE)
+    if as_json:
+        click.echo(json.dumps(isoified(doc or {"tunnel": "unknown"}, TUNNEL_TIMES), indent=2))
+        return
+    for line in tunnel_lines(doc, time.time(), stack.tunnel_watch.max_restarts_per_hour):
+        click.echo(line)
 
 
 COMMANDS = (status_cmd, logs_cmd, tunnel_group)

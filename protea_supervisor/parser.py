@@ -315,6 +315,7 @@ def _parse_control(reader: Reader) -> Control:
         password_sha=reader.get("control.password_sha", ""),
         fast_reactions=bool(reader.get("control.fast_reactions", True)),
         operation_wait=float(reader.get("control.operation_wait", 900)),
+        log_retention_days=reader.get("control.log_retention_days", 7),
     )
     if control.inet_port:
         _check_host(reader, "control.inet_host", control.inet_host, loopback_only=True)

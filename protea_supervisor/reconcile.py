@@ -11,6 +11,8 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from protea_supervisor.progress import names
+
 
 @dataclass(frozen=True)
 class GroupDiff:
@@ -122,9 +124,9 @@ def describe_plan(plan: ReloadPlan) -> list[str]:
     for group, diff in plan.scaled:
         parts = []
         if diff.added:
-            parts.append("adds " + ", ".join(diff.added))
+            parts.append("adds " + names(diff.added))
         if diff.removed:
-            parts.append("stops " + ", ".join(diff.removed))
+            parts.append("stops " + names(diff.removed))
         kept = f"; {len(diff.unchanged)} untouched" if diff.unchanged else ""
         lines.append(f"scale    {group}: {'; '.join(parts)}{kept}")
     lines += [f"remove   {name}" for name in plan.removed]

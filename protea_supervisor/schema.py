@@ -69,6 +69,7 @@ SCHEMA: dict[str, Any] = {
         "password_sha": str,
         "fast_reactions": bool,
         "operation_wait": seconds(0, DAY, "a command waits at most a day for another", float),
+        "log_retention_days": Num(int, 0, 3650, "days; 0 keeps the logs of removed processes"),
     },
     "programs": ("roles", PROGRAM_SCHEMA),
     "workers": {

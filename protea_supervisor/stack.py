@@ -56,6 +56,7 @@ class Control:
     password_sha: str
     fast_reactions: bool
     operation_wait: float  # how long a command waits for another to release the host's operation lock
+    log_retention_days: int = 7  # logs of processes no longer in the stack are deleted after this; 0 keeps
 
 
 @dataclass(frozen=True)

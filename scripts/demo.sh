@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+.venv/bin/python -m pip install --quiet --quiet --upgrade pip
+# setuptools warns about every editable install in a block of asterisks; the warning says nothing here.
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e .
 .venv/bin/protea-supervisor --stack demo up
 .venv/bin/protea-supervisor --stack demo status

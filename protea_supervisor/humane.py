@@ -1,0 +1,103 @@
+"""Output a person reads: ages ("41 s ago"), ISO times for machines, and the gate's and the tunnel
+watchdog's state files as lines (long name lists are `progress.names`). Pure: every function takes `now`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+def ago(then: float, now: float) -> str:
+    """41 s ago, 12 min ago, 3 h ago, 5 d ago; "in 8 s" for a time ahead."""
+    seconds = now - then
+    ahead = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 100:
+        amount = f"{seconds:.0f} s"
+    elif seconds < 100 * 60:
+        amount = f"{seconds / 60:.0f} min"
+    elif seconds < 48 * 3600:
+        amount = f"{seconds / 3600:.0f} h"
+    else:
+        amount = f"{seconds / 86400:.0f} d"
+    return f"in {amount}" if ahead else f"{amount} ago"
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def isoified(doc: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """`doc` with the epoch seconds under `keys` as ISO times (0 or absent: null); lists of epochs too."""
+    out = dict(doc)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [iso(v) for v in value if isinstance(v, int | float)]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = iso(value) if value else None
+    return out
+
+
+GATE_TIMES = ("since", "finished_at")
+TUNNEL_TIMES = (
+    "started_at",
+    "probe_asked_at",
+    "next_probe_at",
+    "last_probe_at",
+    "restarts",
+    "next_restart_at",
+)
+
+
+def gate_lines(doc: Mapping[str, Any] | None, now: float) -> list[str]:
+    if not doc:
+        return ["gate: never ran on this host"]
+    phase = doc.get("phase", "unknown")
+    since = f" since {iso(doc['since'])} ({ago(doc['since'], now)})" if doc.get("since") else ""
+    lines = []
+    if phase == "running":
+        lines.append(f"gate: running, at step {doc.get('step', '?')}{since}")
+    elif phase == "done":
+        finished = doc.get("finished_at") or doc.get("since")
+        at = f" at {iso(finished)} ({ago(finished, now)})" if finished else ""
+        lines.append(f"gate: done{at}")
+    else:
+        lines.append(f"gate: {phase} at step {doc.get('step', '?')}{since}")
+        if doc.get("reason"):
+            lines.append(f"  reason: {doc['reason'].splitlines()[0]}")
+        if doc.get("failed_process"):
+            lines.append(f"  process: {doc['failed_process']}")
+    if doc.get("generation") is not None:
+        lines.append(f"  run {doc['generation']} since the gate listener started")
+    return lines
+
+
+def tunnel_lines(doc: Mapping[str, Any] | None, now: float, max_per_hour: int | None = None) -> list[str]:
+    if not doc:
+        return ["tunnel watch: no state yet (the watchdog has not seen the tunnel)"]
+    armed = "watched" if doc.get("armed") else "not watched (stopped on purpose, or not started yet)"
+    lines = [f"tunnel: {doc.get('tunnel', 'UNKNOWN')}, {armed}"]
+    lines.append(f"  last probe: {probe_text(doc, now)}")
+    lines.append(f"  consecutive failures: {doc.get('consecutive_failures', doc.get('failures', 0))}")
+    recent = [t for t in doc.get("restarts", []) if now - t < 3600]
+    cap = f" (of {max_per_hour} allowed)" if max_per_hour else ""
+    last = f", last {ago(max(recent), now)}" if recent else ""
+    lines.append(f"  restarts in the last hour: {len(recent)}{cap}{last}")
+    if doc.get("capped"):
+        lines.append("  RESTART BUDGET SPENT: `protea-supervisor tunnel reset` allows restarts again")
+    if doc.get("next_restart_at", 0) > now:
+        lines.append(f"  next restart allowed {ago(doc['next_restart_at'], now)}")
+    return lines
+
+
+def probe_text(doc: Mapping[str, Any], now: float) -> str:
+    """The last probe's verdict and age, marked stale when it was taken before the tunnel's current start."""
+    at = doc.get("last_probe_at") or 0
+    if not at:
+        return "never probed"
+    verdict = "ok" if doc.get("last_ok") else "FAILED"
+    detail = f" ({doc['last_detail']})" if doc.get("last_detail") else ""
+    stale = " [stale: from before the tunnel's current start]" if at < (doc.get("started_at") or 0) else ""
+    return f"{verdict} {ago(at, now)}{detail}{stale}"
