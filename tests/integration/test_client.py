@@ -4,6 +4,7 @@ credentials, supervisord's own calls and every protea.* method, faults with thei
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,3 +71,19 @@ def test_the_client_reads_and_drives_a_stack_by_its_file(
     with pytest.raises(ClientFault) as denied:
         Client.for_stack(stack.file, inet=True, password="wrong").state()
     assert denied.value.name == "UNAUTHORIZED"
+
+
+def test_the_readme_example_runs_as_written(short_tmp: Path, supervisord: Callable[[Stack], None]) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## A client for other tools", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    queues = {"protea.embeddings.batch": {"processes": 1, "numbered": True}}
+    stack = Stack(stack_file(short_tmp, queues=queues))
+    supervisord(stack)
+    assert stack.ps("up").code == 0
+    code = example.replace("/etc/protea/stack.toml", str(stack.file))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "RUNNING" and any(line.startswith("api RUNNING ") for line in lines)
+    assert lines[-1] == "[]"  # nothing a reload would restart; sync_group found nothing to do
