@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
+import time
 from datetime import UTC, datetime
 
 import click
@@ -16,7 +19,11 @@ from protea_supervisor.files import write_atomic
 from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
+from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import trigger_message
+from protea_supervisor.listeners.edge import read_json
+from protea_supervisor.releases import read_history
+from protea_supervisor.releases import table as releases_table
 from protea_supervisor.stack import Stack
 from protea_supervisor.tick import TickEnv, finish, run_tick
 
@@ -50,7 +57,17 @@ def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: 
         start_supervisord=lambda: start_supervisord(stack, supervisor, report),
         deadlines=stop_deadline(stack),
         report=report,
+        trigger=tick_trigger(stack, by_hand),
     )
+
+
+def tick_trigger(stack: Stack, by_hand: bool) -> str:
+    """Who asked for this tick: the deploy timer (with its reason: poll, retry, trigger:new-commit, ...) or
+    a person."""
+    if by_hand:
+        return f"by hand ({getpass.getuser()})"
+    timer = read_json(stack.paths.run / TIMER_STATE_FILE) or {}
+    return f"timer ({timer.get('reason') or 'unknown'})"
 
 
 @click.command("tick")
@@ -131,4 +148,20 @@ def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
     click.echo(f"triggered: {text}")
 
 
-COMMANDS = (tick_cmd, trigger_cmd)
+@click.command("deploys")
+@click.option("--json", "as_json", is_flag=True, help="Every entry, as recorded.")
+@click.option(
+    "-n", "--last", default=20, show_default=True, type=click.IntRange(min=1), help="Entries shown."
+)
+@click.pass_context
+def deploys_cmd(ctx: click.Context, as_json: bool, last: int) -> None:
+    """The release history, newest first: every deploy a tick made or tried (revision, when, how long,
+    result and the step that failed, whether it installed or built, and what triggered it)."""
+    history = read_history(load(ctx).paths.run)[-last:]
+    if as_json:
+        click.echo(json.dumps([entry.__dict__ for entry in reversed(history)], indent=2))
+        return
+    click.echo(releases_table(history, time.time()))
+
+
+COMMANDS = (tick_cmd, trigger_cmd, deploys_cmd)

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -125,7 +126,7 @@ def first_deploy_up(ctx: click.Context, stack: Stack, supervisor: Supervisor) ->
     from protea_supervisor.cli_deploy import tick_env
 
     click.echo("no deploy record on this host: the first `up` deploys the remote head first")
-    env = tick_env(ctx, stack, supervisor, dry_run=False)
+    env = replace(tick_env(ctx, stack, supervisor, dry_run=False), trigger="first deploy (up)")
     code, summary = first_deploy(env)
     env.report(f"first deploy exit={code} {MEANING.get(code, 'unknown')}: {summary}")
     finish(stack, code, summary)

@@ -28,6 +28,13 @@ MEANING = {
     PREREQUISITES_DOWN: "prerequisites down",
     INFRA_FAILED: "infrastructure failure; the revision is not blamed",
 }
+# The release history's word for how a deploy ended.
+RESULT = {
+    REDEPLOYED: "deployed",
+    FAILED_ROLLED_BACK: "rolled back",
+    FAILED_ROLLBACK_FAILED: "rollback failed",
+    INFRA_FAILED: "infra failure",
+}
 TICK_TASK_ID = "deploy-tick"
 RECORD_FILE = "deployed.json"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from protea_supervisor import deploy
+from protea_supervisor import deploy, releases
 from protea_supervisor.apply import Deadlines, apply_plan, stack_is_up, states, wait_until_gone_or_down
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord, Step, Work
@@ -73,6 +73,7 @@ class TickEnv:
     start_supervisord: Callable[[], None]
     deadlines: Deadlines
     report: Report
+    trigger: str = "by hand"  # who or what asked for the tick, for the release history
 
 
 def record_path(stack: Stack) -> Path:
@@ -291,6 +292,29 @@ class Deployer:
 def deploy_revision(
     env: TickEnv, revision: str, previous: str, work: Work, supervisord_up: bool
 ) -> tuple[int, str]:
+    began, started_at = time.monotonic(), now_iso()
+    code, summary, step = _deploy_revision(env, revision, previous, work, supervisord_up)
+    release = releases.Release(
+        revision=revision,
+        previous=previous,
+        started_at=started_at,
+        duration_s=round(time.monotonic() - began, 1),
+        result=deploy.RESULT.get(code, "failed"),
+        exit=code,
+        installed=work.install,
+        built=work.build,
+        failed_step=step,
+        trigger=env.trigger,
+        summary=summary,
+    )
+    releases.append(env.stack.paths.run, release)
+    return code, summary
+
+
+def _deploy_revision(
+    env: TickEnv, revision: str, previous: str, work: Work, supervisord_up: bool
+) -> tuple[int, str, str]:
+    """Run the plan; (exit code, summary, the step that failed or "")."""
     stack = env.stack
     deployer = Deployer(env, revision, previous, work)
     try:
@@ -307,14 +331,18 @@ def deploy_revision(
         write_record(stack, replace(record, result=deploy.MEANING[code]))
         back = f"back on {deploy.short(previous)}" if previous else "nothing was deployed before"
         verdict = "marked failed" if blamed == "revision" else "not marked failed"
-        return code, (
-            f"deploy of {deploy.short(revision)} failed at {step} ({why}); {verdict}; "
-            + (back if rolled_back else "rollback FAILED")
+        return (
+            code,
+            (
+                f"deploy of {deploy.short(revision)} failed at {step} ({why}); {verdict}; "
+                + (back if rolled_back else "rollback FAILED")
+            ),
+            step,
         )
     write_record(stack, deploy.after_success(read_record(stack), revision, deployer.new_build, now_iso()))
     prune_builds(stack, keep=[deployer.new_build, deployer.old_build])
     was = f" (was {deploy.short(previous)})" if previous and previous != revision else ""
-    return deploy.REDEPLOYED, f"deployed {deploy.short(revision)}{was}"
+    return deploy.REDEPLOYED, f"deployed {deploy.short(revision)}{was}", ""
 
 
 def rollback(env: TickEnv, deployer: Deployer, supervisord_up: bool) -> bool:

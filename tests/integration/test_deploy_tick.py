@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +77,17 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
     status = stack.ps("status")
     assert f"deployed {rev3[:10]}" in status.out, status.out
 
+    # The release history: one entry per deploy, newest first, with what it did and who asked.
+    history = json.loads(stack.ps("deploys", "--json").out)
+    assert [(h["revision"], h["result"], h["installed"], h["built"]) for h in history] == [
+        (rev3, "deployed", True, True), (rev2, "deployed", False, False), (rev1, "deployed", True, True),
+    ]  # fmt: skip
+    assert history[0]["previous"] == rev2 and all(h["trigger"].startswith("by hand (") for h in history)
+    assert all(h["duration_s"] > 0 and h["started_at"].endswith("+00:00") for h in history)
+    table = stack.ps("deploys", "-n", "2").out.splitlines()
+    assert len(table) == 3 and rev3[:10] in table[1] and "install+build" in table[1]
+    assert rev2[:10] in table[2] and "code only" in table[2]
+
 
 @pytest.mark.slow
 def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
@@ -95,6 +107,11 @@ def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
     fixed = repo.commit("fixed", {"BROKEN": None, "VERSION": "v3\n"})
     assert stack.ps("tick").code == 10
     assert serving(stack) == f"v3 {fixed}"
+    history = json.loads(stack.ps("deploys", "--json").out)
+    assert [(h["revision"], h["result"], h["exit"]) for h in history] == [
+        (fixed, "deployed", 10), (bad, "rolled back", 20), (rev1, "deployed", 10),
+    ]  # fmt: skip  # the skipped tick between them deployed nothing and is not history
+    assert history[1]["failed_step"] and history[1]["failed_step"] in history[1]["summary"]
 
 
 def test_an_export_defers_the_tick_and_nothing_restarts(deployed: tuple[AppRepo, Stack]) -> None:

@@ -98,6 +98,8 @@ def test_a_hand_tick_beside_the_timers_tick_waits_for_it_and_the_record_matches_
     wait_for(lambda: stack.status()["deploy-tick"]["state"] == "RUNNING", 20, "the timer's tick to start")
     hand = stack.ps("tick")
     assert hand.code == 0, hand.both  # it waited for the timer's tick, which deployed v2
+    deploys = json.loads(stack.ps("deploys", "--json").out)
+    assert deploys[0]["revision"] == rev2 and deploys[0]["trigger"] == "timer (trigger:manual)", deploys[0]
     assert "waiting for the host: `tick`" in hand.out and f"already on {rev2[:10]}" in hand.out, hand.out
     wait_for(lambda: stack.status()["deploy-tick"]["state"] == "EXITED", 60, "the timer's tick to end")
     doc = record(stack)
