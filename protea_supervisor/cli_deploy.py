@@ -6,13 +6,22 @@ import getpass
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import click
 
-from protea_supervisor.cli_common import changing, load, prepare_dirs, rendered, stack_lock, stop_deadline
+from protea_supervisor.cli_common import (
+    changing,
+    load,
+    prepare_dirs,
+    refuse_during_export,
+    rendered,
+    stack_lock,
+    stop_deadline,
+)
 from protea_supervisor.control import Supervisor
-from protea_supervisor.deploy import INFRA_FAILED, MEANING, TICK_TASK_ID
+from protea_supervisor.deploy import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TASK_ID
 from protea_supervisor.env import merged_environment, redact, secret_values
 from protea_supervisor.errors import OperationBusy, UsageError
 from protea_supervisor.files import write_atomic
@@ -22,10 +31,10 @@ from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARK
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import trigger_message
 from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.releases import read_history
+from protea_supervisor.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.releases import table as releases_table
 from protea_supervisor.stack import Stack
-from protea_supervisor.tick import TickEnv, finish, run_tick
+from protea_supervisor.tick import TickEnv, finish, read_record, roll_back_to, run_tick, write_record
 
 
 def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: bool) -> TickEnv:
@@ -164,4 +173,51 @@ def deploys_cmd(ctx: click.Context, as_json: bool, last: int) -> None:
     click.echo(releases_table(history, time.time()))
 
 
-COMMANDS = (tick_cmd, trigger_cmd, deploys_cmd)
+@click.command("rollback")
+@click.argument("revision", required=False, default="")
+@click.option("--force", is_flag=True, help="Roll back even while an export holds the stack-owner lock.")
+@click.pass_context
+def rollback_cmd(ctx: click.Context, revision: str, force: bool) -> int:
+    """Deploy REVISION again (a sha or its first digits), or without it the newest revision deployed here
+    successfully before the current one, through the tick's plan (install and build when they differ,
+    migrate, restart, verify; the current revision back if it fails). Then pin it: the deploy timer does
+    not move forward to the revision rolled back from; a newer commit on the branch, `unpin`, or
+    `tick --force` ends the pin. Exit codes as `tick`'s, but 0 when the revision serves."""
+    base = load(ctx, overrides=False)
+    refuse_during_export(base, "roll back", force)
+    with changing(ctx, "rollback", base) as stack:
+        prepare_dirs(stack)
+        record = read_record(stack)
+        if not record.revision:
+            raise UsageError("nothing was deployed by a tick on this host; there is nothing to roll back.")
+        try:
+            target = rollback_target(read_history(stack.paths.run), record.revision, revision.strip())
+        except NoTarget as why:
+            raise UsageError(f"{why}.") from None
+        supervisor = Supervisor(stack.socket_path)
+        env = replace(
+            tick_env(ctx, stack, supervisor, dry_run=False), trigger=f"rollback ({getpass.getuser()})"
+        )
+        code, summary = roll_back_to(env, target)
+        env.report(f"rollback exit={code} {MEANING.get(code, 'unknown')}: {summary}")
+        finish(stack, code, summary)
+    return 0 if code == REDEPLOYED else code
+
+
+@click.command("unpin")
+@click.pass_context
+def unpin_cmd(ctx: click.Context) -> None:
+    """End the pin a `rollback` set: the deploy timer's next tick deploys the remote head again."""
+    with changing(ctx, "unpin") as stack:
+        record = read_record(stack)
+        if not record.pinned:
+            click.echo("nothing is pinned; the deploy timer follows the remote head.")
+            return
+        write_record(stack, replace(record, pinned="", pinned_against="", pinned_at=""))
+    click.echo(
+        f"unpinned {record.pinned[:10]}; the next tick deploys the remote head "
+        "(`protea-supervisor trigger` asks for it now)."
+    )
+
+
+COMMANDS = (tick_cmd, trigger_cmd, deploys_cmd, rollback_cmd, unpin_cmd)

@@ -65,7 +65,13 @@ def deploy_line(record: DeployRecord, behind: Sequence[str], next_at: float | No
         else ""
     )
     older = f"; running an older revision: {', '.join(behind)}" if behind else ""
-    return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{last}{upcoming}{older}"
+    pin = (
+        f"; PINNED by rollback since {record.pinned_at} (not moving to {record.pinned_against[:10]}; a newer "
+        "commit or `unpin` resumes deploys)"
+        if record.pinned
+        else ""
+    )
+    return f"deploy: deployed {record.revision[:10]} at {record.deployed_at}{pin}{last}{upcoming}{older}"
 
 
 def worktree_head(stack: Stack) -> str:

@@ -54,6 +54,11 @@ class DeployRecord:
     last_tick_at: str = ""
     last_exit: int | None = None
     last_summary: str = ""
+    # `rollback` pins the revision it deployed against the one it rolled back from: the timer does not move
+    # forward again until a commit other than `pinned_against` is the remote head, or `unpin`.
+    pinned: str = ""
+    pinned_against: str = ""
+    pinned_at: str = ""
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -67,6 +72,9 @@ class DeployRecord:
             "last_tick_at": self.last_tick_at,
             "last_exit": self.last_exit,
             "last_summary": self.last_summary,
+            "pinned": self.pinned,
+            "pinned_against": self.pinned_against,
+            "pinned_at": self.pinned_at,
         }
 
 
@@ -85,6 +93,9 @@ def record_from_doc(doc: Mapping[str, Any] | None) -> DeployRecord:
         last_tick_at=str(doc.get("last_tick_at", "")),
         last_exit=int(last_exit) if isinstance(last_exit, int) else None,
         last_summary=str(doc.get("last_summary", "")),
+        pinned=str(doc.get("pinned", "")),
+        pinned_against=str(doc.get("pinned_against", "")),
+        pinned_at=str(doc.get("pinned_at", "")),
     )
 
 
@@ -101,6 +112,14 @@ def decide(record: DeployRecord, remote: str, head: str, healthy: bool, force: b
         return Decision("deploy", f"forced: deploying {short(remote)}")
     if remote in record.failed:
         return Decision("skip", f"{short(remote)} failed before; waiting for a newer commit")
+    if record.pinned and remote == record.pinned_against:
+        if not healthy:
+            return Decision("revive", f"{short(current)} (pinned) is deployed but the stack is not healthy")
+        return Decision(
+            "noop",
+            f"pinned to {short(record.pinned)} by `rollback` since {record.pinned_at}; the head "
+            f"{short(remote)} is the revision rolled back from (a newer commit or `unpin` resumes deploys)",
+        )
     if not record.revision:
         return Decision("deploy", f"first deploy: {short(remote)}")
     if remote != current:
@@ -157,7 +176,15 @@ def after_success(record: DeployRecord, revision: str, web_build: str, now: str)
         web_build=web_build,
         previous_web_build=previous_build,
         failed=tuple(r for r in record.failed if r != revision),
+        pinned="",
+        pinned_against="",
+        pinned_at="",
     )
+
+
+def pinned(record: DeployRecord, against: str, now: str) -> DeployRecord:
+    """After a successful `rollback`: hold the deployed revision until the head moves past `against`."""
+    return replace(record, pinned=record.revision, pinned_against=against, pinned_at=now)
 
 
 def after_failure(record: DeployRecord, revision: str, rolled_back: bool) -> DeployRecord:

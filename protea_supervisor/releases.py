@@ -55,6 +55,35 @@ def append(run_dir: Path, release: Release, keep: int = KEEP) -> None:
     write_atomic(run_dir / HISTORY_FILE, json.dumps([asdict(r) for r in history], indent=1) + "\n")
 
 
+class NoTarget(ValueError):
+    """No revision in the history can be rolled back to as asked."""
+
+
+def rollback_target(history: Sequence[Release], current: str, requested: str = "") -> str:
+    """The revision `rollback` deploys: a revision that was deployed here successfully and is not the current
+    one; the newest such without `requested`, else the one whose sha starts with `requested`."""
+    good: list[str] = []
+    for release in reversed(history):
+        if release.result == "deployed" and release.revision != current and release.revision not in good:
+            good.append(release.revision)
+    if not requested:
+        if not good:
+            raise NoTarget("no earlier revision was deployed successfully here; `deploys` shows the history")
+        return good[0]
+    if len(requested) < 4 or not all(c in "0123456789abcdef" for c in requested.lower()):
+        raise NoTarget(f"{requested!r} is not a revision (at least 4 hex digits of its sha)")
+    matches = [r for r in good if r.startswith(requested.lower())]
+    if len(matches) > 1:
+        raise NoTarget(f"{requested} matches {len(matches)} deployed revisions; give more of the sha")
+    if not matches:
+        if current.startswith(requested.lower()):
+            raise NoTarget(f"{requested} is the revision deployed now")
+        raise NoTarget(
+            f"{requested} was never deployed successfully here; `deploys` lists the revisions that were"
+        )
+    return matches[0]
+
+
 def table(releases: Sequence[Release], now: float) -> str:
     if not releases:
         return "no deploys recorded yet (a tick that deploys adds one)"

@@ -442,6 +442,30 @@ def _decide_and_act(env: TickEnv, record: DeployRecord, remote: str, head: str, 
     return deploy_revision(env, remote, previous, work, supervisord_up)
 
 
+def roll_back_to(env: TickEnv, target: str) -> tuple[int, str]:
+    """`rollback`: deploy `target` (a revision deployed here before) through the tick's plan, from the
+    revision deployed now, then pin it against that one so the timer does not move forward to it again."""
+    stack = env.stack
+    record = read_record(stack)
+    if not env.supervisor.is_running():
+        return deploy.INFRA_FAILED, (
+            f"supervisord is not running (no answer on {stack.socket_path}); nothing was changed"
+        )
+    with holding_deploy(env, f"rollback to {deploy.short(target)}"):
+        changed = changed_files(stack.paths.root, record.revision, target) if record.revision else None
+        work = deploy.work_for(
+            changed, stack.deploy.lock_files, stack.deploy.web_dir, bool(served_build(stack))
+        )
+        env.report(f"rollback: {deploy.short(record.revision)} -> {deploy.short(target)}")
+        code, summary = deploy_revision(env, target, record.revision, work, supervisord_up=True)
+        if code == deploy.REDEPLOYED:
+            write_record(stack, deploy.pinned(read_record(stack), record.revision, now_iso()))
+            summary += (
+                f"; pinned until a commit other than {deploy.short(record.revision)} is the head, or `unpin`"
+            )
+        return code, summary
+
+
 def revive(env: TickEnv, revision: str) -> tuple[int, str]:
     """Same revision, something down: re-apply it and start what is not running. Never marks it failed."""
     deployer = Deployer(env, revision, revision, Work(install=False, build=False))

@@ -114,6 +114,42 @@ def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
     assert history[1]["failed_step"] and history[1]["failed_step"] in history[1]["summary"]
 
 
+def test_rollback_serves_a_previous_good_revision_and_the_tick_does_not_undo_it_until_a_newer_commit(
+    deployed: tuple[AppRepo, Stack],
+) -> None:
+    repo, stack = deployed
+    rev1 = git(repo.dev, "rev-parse", "HEAD")
+    rev2 = repo.commit("v2", {"VERSION": "v2\n"})
+    assert stack.ps("tick").code == 10 and serving(stack) == f"v2 {rev2}"
+
+    unknown = stack.ps("rollback", "deadbeef")
+    assert unknown.code == 1 and "never deployed successfully here" in unknown.err, unknown.both
+    back = stack.ps("rollback")  # the newest earlier good revision: v1
+    assert back.code == 0, back.both
+    assert serving(stack) == f"v1 {rev1}" and git(repo.worktree, "rev-parse", "HEAD") == rev1
+    doc = record(stack)
+    assert doc["revision"] == rev1 and doc["pinned"] == rev1 and doc["pinned_against"] == rev2
+    assert "PINNED by rollback" in stack.ps("status").out
+    # The timer's tick sees the same head it was rolled back from: it stays.
+    held = stack.ps("tick")
+    assert held.code == 0 and "pinned to" in held.out, held.both
+    assert serving(stack) == f"v1 {rev1}"
+    history = json.loads(stack.ps("deploys", "--json").out)
+    assert history[0]["revision"] == rev1 and history[0]["trigger"].startswith("rollback (")
+
+    # A newer commit ends the pin; a rollback by sha prefix pins again; `unpin` lets the head back.
+    rev3 = repo.commit("v3", {"VERSION": "v3\n"})
+    assert stack.ps("tick").code == 10 and serving(stack) == f"v3 {rev3}"
+    assert record(stack)["pinned"] == ""
+    again = stack.ps("rollback", rev2[:8])
+    assert again.code == 0 and serving(stack) == f"v2 {rev2}", again.both
+    assert stack.ps("tick").code == 0 and serving(stack) == f"v2 {rev2}"
+    unpinned = stack.ps("unpin")
+    assert unpinned.code == 0 and f"unpinned {rev2[:10]}" in unpinned.out
+    assert stack.ps("tick").code == 10 and serving(stack) == f"v3 {rev3}"
+    assert stack.ps("unpin").out.startswith("nothing is pinned")
+
+
 def test_an_export_defers_the_tick_and_nothing_restarts(deployed: tuple[AppRepo, Stack]) -> None:
     repo, stack = deployed
     before = {n: p["pid"] for n, p in stack.status().items() if p["pid"]}

@@ -117,8 +117,11 @@ def test_down_drains_all_workers_in_parallel_and_every_job_completes(
         assert started == done, f"{name}: a job was cut short: {text}"
         signalled.append(re.search(r"^(\S+) Stop signal received", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
         finished.append(re.findall(r"^(\S+) job \d+ done", text, re.MULTILINE)[-1])
-    # Parallel drain: every worker had its stop signal before any of them finished its last job.
-    assert max(signalled) < min(finished)
+    # Parallel drain: every worker had its stop signal before any job in hand at its signal finished. (A
+    # worker may finish a job just before its signal and stop idle: that job was not drained.)
+    drained = [done for done, sig in zip(finished, signalled, strict=True) if done > sig]
+    assert len(drained) >= 2, (signalled, finished)
+    assert max(signalled) < min(drained)
 
 
 def test_failing_migration_stops_the_start_and_names_the_reason(

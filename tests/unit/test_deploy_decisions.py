@@ -7,6 +7,7 @@ from protea_supervisor.deploy import (
     after_failure,
     after_success,
     decide,
+    pinned,
     record_from_doc,
     web_build_problems,
     work_for,
@@ -73,6 +74,20 @@ def test_success_moves_the_previous_revision_and_build_along_and_clears_the_fail
     assert done.failed == () and done.result == "deployed"
     same_build = after_success(done, C, "/builds/b", "t2")
     assert same_build.previous_web_build == "/builds/a"  # an API-only deploy keeps the build to go back to
+
+
+def test_a_rollback_pin_holds_against_the_revision_rolled_back_from_only() -> None:
+    # B was deployed, then `rollback` put A back and pinned it against B.
+    held = pinned(after_success(after_success(DEPLOYED, B, "/b", "t1"), A, "/a", "t2"), B, "t3")
+    assert (held.revision, held.pinned, held.pinned_against, held.pinned_at) == (A, A, B, "t3")
+    stay = decide(held, B, A, healthy=True, force=False)
+    assert stay.action == "noop" and "pinned to aaaaaaa" in stay.reason and "unpin" in stay.reason
+    assert decide(held, B, A, healthy=False, force=False).action == "revive"  # the pinned revision
+    assert decide(held, C, A, healthy=True, force=False).action == "deploy"  # a newer commit
+    assert decide(held, B, A, healthy=True, force=True).action == "deploy"  # tick --force
+    moved_on = after_success(held, C, "/c", "t4")
+    assert moved_on.pinned == moved_on.pinned_against == moved_on.pinned_at == ""
+    assert record_from_doc(held.to_doc()) == held
 
 
 def test_the_record_round_trips() -> None:

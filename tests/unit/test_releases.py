@@ -6,7 +6,17 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from protea_supervisor.releases import HISTORY_FILE, Release, append, read_history, table
+import pytest
+
+from protea_supervisor.releases import (
+    HISTORY_FILE,
+    NoTarget,
+    Release,
+    append,
+    read_history,
+    rollback_target,
+    table,
+)
 
 ENTRY = Release(revision="a" * 40, previous="b" * 40, started_at="2026-12-01T07:00:00+00:00", duration_s=12.3,
                 result="deployed", exit=10, installed=False, built=True, failed_step="", trigger="by hand (ops)",
@@ -38,3 +48,21 @@ def test_the_table_reads_newest_first_with_its_work_and_trigger() -> None:
     assert lines[1].endswith("timer (trigger:new-commit)")
     assert "aaaaaaaaaa" in lines[2] and "build " in lines[2] and "12.3s" in lines[2]
     assert table([], NOW) == "no deploys recorded yet (a tick that deploys adds one)"
+
+
+def test_rollback_picks_the_newest_earlier_good_revision_or_the_one_asked_for() -> None:
+    a, b, c, d = (x * 40 for x in "abcd")
+    history = [replace(ENTRY, revision=a), replace(ENTRY, revision=b),
+               replace(ENTRY, revision=c, result="rolled back", exit=20), replace(ENTRY, revision=d)]  # fmt: skip
+    assert rollback_target(history, d) == b  # c never served
+    assert rollback_target(history, d, "aaaa") == a
+    assert rollback_target(history, d, "AAAAAAAA") == a
+    for asked, why in (("cccc", "never deployed successfully"), ("dddd", "deployed now"), ("ab", "at least 4"),
+                       ("zzzz", "at least 4 hex")):  # fmt: skip
+        with pytest.raises(NoTarget, match=why):
+            rollback_target(history, d, asked)
+    with pytest.raises(NoTarget, match="no earlier revision"):
+        rollback_target([replace(ENTRY, revision=d)], d)
+    twins = [replace(ENTRY, revision="abcd" + "1" * 36), replace(ENTRY, revision="abcd" + "2" * 36)]
+    with pytest.raises(NoTarget, match="matches 2"):
+        rollback_target(twins, d, "abcd")
