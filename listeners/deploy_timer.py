@@ -97,7 +97,15 @@ class Publish:
     state: TimerState
 
 
-Action = StartTick | CheckRemote | Escalate | Publish | Log
+@dataclass(frozen=True)
+class Notify:
+    """A deploy notification for the webhooks: escalated, paused or resumed."""
+
+    event: str
+    summary: str
+
+
+Action = StartTick | CheckRemote | Escalate | Publish | Log | Notify
 
 
 # --- the pure handler -----------------------------------------------------------------------------------
@@ -201,6 +209,13 @@ def _tick(config: TimerConfig, state: TimerState, now: float) -> tuple[TimerStat
         actions.append(CheckRemote())
     if state.running or now < state.paused_until:
         return state, actions
+    if state.paused_until:
+        state = replace(state, paused_until=0.0)
+        actions += [
+            Notify("resumed", "the pause after the escalation is over"),
+            Log("resumed"),
+            Publish(state),
+        ]
     if state.pending:
         state, more = _start(replace(state, pending=""), f"trigger:{state.pending}", now)
         return state, [*actions, *more]
@@ -226,8 +241,13 @@ def _tick_exited(
     log = [Log(f"tick exit={code} {meaning}")]
     next_poll = now + config.poll_interval + jitter_for(config, state.serial)
     if code in (NOOP, REDEPLOYED):
-        state = replace(state, ladder_step=0, retry_at=0.0, prereq_backoff=0.0, next_poll_at=next_poll)
-        return state, [*log, Publish(state)]
+        resumed: list[Action] = []
+        if state.paused_until > now:  # a manual tick succeeded during the pause: the pause is over
+            resumed = [Notify("resumed", f"a tick succeeded during the pause (exit {code})"), Log("resumed")]
+        state = replace(
+            state, ladder_step=0, retry_at=0.0, prereq_backoff=0.0, next_poll_at=next_poll, paused_until=0.0
+        )
+        return state, [*log, *resumed, Publish(state)]
     ladder = config.retry_ladder or (0,)
     if code == PREREQUISITES_DOWN:
         # The operator is the recovery path for infrastructure: back off, never escalate.
@@ -244,7 +264,16 @@ def _tick_exited(
     )
     when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     kind = "rollback" if code == 21 else "fetch" if code == 30 else "deploy"
-    return state, [*log, Escalate(kind, code), Log("escalated"), Log(f"paused until {when}"), Publish(state)]
+    retries = len(config.retry_ladder)
+    return state, [
+        *log,
+        Escalate(kind, code),
+        Log("escalated"),
+        Notify("escalated", f"tick exit={code} ({meaning}) after {retries} retries"),
+        Log(f"paused until {when}"),
+        Notify("paused", f"no timed tick until {when}; a manual trigger still runs one"),
+        Publish(state),
+    ]
 
 
 # --- state file -----------------------------------------------------------------------------------------
@@ -304,6 +333,8 @@ class Executor:
             self._escalate(action)
         elif isinstance(action, Publish):
             write_json(self.state_path, state_document(action.state))
+        elif isinstance(action, Notify):
+            self._notify(action)
 
     def _check_remote(self) -> None:
         deploy = self.stack.deploy
@@ -312,6 +343,14 @@ class Executor:
         except (OSError, subprocess.SubprocessError) as why:
             sha, detail = "", type(why).__name__
         send_event(self.rpc, COMM_TYPE, {"kind": "remote", "sha": sha, "detail": detail})
+
+    def _notify(self, action: Notify) -> None:
+        from protea_supervisor.notify import Event, host_name, now_iso, send_detached
+
+        event = Event(
+            action.event, self.stack.name, host_name(), now_iso(), action.summary, trigger="deploy timer"
+        )
+        send_detached(self.stack, event, self.log)
 
     def _escalate(self, action: Escalate) -> None:
         command = self.stack.deploy.escalation_command

@@ -31,6 +31,7 @@ from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARK
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import trigger_message
 from protea_supervisor.listeners.edge import read_json
+from protea_supervisor.notify import host_name, now_iso, send_detached, tick_event
 from protea_supervisor.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.releases import table as releases_table
 from protea_supervisor.stack import Stack
@@ -68,6 +69,15 @@ def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: 
         report=report,
         trigger=tick_trigger(stack, by_hand),
     )
+
+
+def announce(env: TickEnv, code: int, summary: str) -> None:
+    """The tick's outcome to the webhooks (notify.*), in the background: the tick never waits for them."""
+    event = tick_event(
+        code, summary, read_record(env.stack).revision, env.trigger, env.stack.name, host_name(), now_iso()
+    )
+    if event is not None:
+        send_detached(env.stack, event, env.report)
 
 
 def tick_trigger(stack: Stack, by_hand: bool) -> str:
@@ -114,6 +124,7 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
             code, summary = run_tick(env, dry_run=False, force=force)
             report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
             finish(now, code, summary)
+            announce(env, code, summary)
     except OperationBusy as busy:
         # The record belongs to the holder: nothing is written.
         code = INFRA_FAILED
@@ -201,6 +212,7 @@ def rollback_cmd(ctx: click.Context, revision: str, force: bool) -> int:
         code, summary = roll_back_to(env, target)
         env.report(f"rollback exit={code} {MEANING.get(code, 'unknown')}: {summary}")
         finish(stack, code, summary)
+        announce(env, code, summary)
     return 0 if code == REDEPLOYED else code
 
 

@@ -123,13 +123,14 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
 
 def first_deploy_up(ctx: click.Context, stack: Stack, supervisor: Supervisor) -> None:
     """`up` on a fresh host: the first deploy, then the stack through the gate (tick.first_deploy)."""
-    from protea_supervisor.cli_deploy import tick_env
+    from protea_supervisor.cli_deploy import announce, tick_env
 
     click.echo("no deploy record on this host: the first `up` deploys the remote head first")
     env = replace(tick_env(ctx, stack, supervisor, dry_run=False), trigger="first deploy (up)")
     code, summary = first_deploy(env)
     env.report(f"first deploy exit={code} {MEANING.get(code, 'unknown')}: {summary}")
     finish(stack, code, summary)
+    announce(env, code, summary)
     if code != REDEPLOYED:
         raise StackFailed(f"the first deploy failed: {summary}")
     click.echo(f"stack is up. status: protea-supervisor{stack_flag(ctx)} status")

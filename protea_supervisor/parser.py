@@ -21,6 +21,7 @@ from protea_supervisor.placeholders import NAMES, PlaceholderError, expand, show
 from protea_supervisor.schema import ROLES, Reader, check_layer, merge, quoted
 from protea_supervisor.stack import (
     ENV_NAME,
+    NOTIFY_EVENTS,
     PROGRAM_NAME,
     RESERVED,
     SECRET_NAME,
@@ -33,6 +34,7 @@ from protea_supervisor.stack import (
     LockSettings,
     Metrics,
     Monitor,
+    NotifySettings,
     Paths,
     Probes,
     Program,
@@ -163,6 +165,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         min_tables=reader.get("backup.min_tables", 1),
         jobs=reader.get("backup.jobs", 4),
     )
+    notify = _parse_notify(reader)
     name = reader.get("name", "protea")
     if not PROGRAM_NAME.fullmatch(name):
         raise reader.fail("name", f"must be lowercase letters, digits and dashes, got {shown(name)!r}")
@@ -182,6 +185,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         metrics=metrics,
         monitor=monitor,
         backup=backup,
+        notify=notify,
         python=host.python,
         origins=tuple(sorted(origin.items())),
     )
@@ -216,6 +220,24 @@ def _parse_paths(reader: Reader, expand_: Expander) -> Paths:
         raise reader.fail("paths.run", f"is too long for a unix socket path ({shown(str(run), 60)})")
     return Paths(
         root=root, venv=venv, logs=logs, run=run, create_root=bool(reader.get("paths.create_root", False))
+    )
+
+
+def _parse_notify(reader: Reader) -> NotifySettings:
+    events = reader.get("notify.events", list(NOTIFY_EVENTS))
+    unknown = [e for e in events if e not in NOTIFY_EVENTS]
+    if unknown:
+        raise reader.fail(
+            "notify.events", f"must hold events among {', '.join(NOTIFY_EVENTS)}, got {shown(unknown[0])!r}"
+        )
+    return NotifySettings(
+        slack_url_env=tuple(
+            _env_names(reader, "notify.slack_url_env", reader.get("notify.slack_url_env", []))
+        ),
+        json_url_env=tuple(_env_names(reader, "notify.json_url_env", reader.get("notify.json_url_env", []))),
+        events=tuple(events),
+        timeout=float(reader.get("notify.timeout", 5.0)),
+        retries=reader.get("notify.retries", 3),
     )
 
 

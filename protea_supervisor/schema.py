@@ -118,6 +118,13 @@ SCHEMA: dict[str, Any] = {
         "exempt": ("list", str),
         "starved_after": QUEUE_SCHEMA["starved_after"],
     },
+    "notify": {
+        "slack_url_env": ("list", str),
+        "json_url_env": ("list", str),
+        "events": ("list", str),
+        "timeout": Num(float, 0.5, 60, "seconds one webhook call may take"),
+        "retries": Num(int, 0, 10, "attempts after the first"),
+    },
     "backup": {
         "dir": str,
         "keep": Num(int, 1, 1000, "dumps kept"),

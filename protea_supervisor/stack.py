@@ -174,6 +174,21 @@ class Monitor:
     starved_after: int
 
 
+NOTIFY_EVENTS = ("succeeded", "failed", "rollback_failed", "escalated", "paused", "resumed")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Deploy notifications: webhooks named by the environment variables (in the env files) that hold
+    their URLs, which are secrets (a Slack webhook URL is its own credential)."""
+
+    slack_url_env: tuple[str, ...] = ()
+    json_url_env: tuple[str, ...] = ()
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    timeout: float = 5.0
+    retries: int = 3
+
+
 @dataclass(frozen=True)
 class BackupSettings:
     dir: Path
@@ -203,6 +218,7 @@ class Stack:
     metrics: Metrics
     monitor: Monitor
     backup: BackupSettings
+    notify: NotifySettings = field(default=NotifySettings())
     python: str = field(default="")
     # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
     choice: str = field(default="")

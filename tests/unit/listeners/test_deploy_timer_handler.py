@@ -10,6 +10,7 @@ from protea_supervisor.listeners.deploy_timer import (
     CheckRemote,
     Escalate,
     Log,
+    Notify,
     Publish,
     StartTick,
     TimerConfig,
@@ -91,15 +92,31 @@ def test_failures_run_the_ladder_then_escalate_once_and_pause() -> None:
     state, _, logs = replay(state, [*ran(20, 35), tick(160)])
     assert "retry in 120s" in logs
     state, actions, logs = replay(state, [*ran(30, 160), tick(465), *ran(30, 465)])
-    assert actions == [StartTick("retry"), Escalate("fetch", 30)]
+    assert [a for a in actions if not isinstance(a, Notify)] == [StartTick("retry"), Escalate("fetch", 30)]
+    assert [(a.event, a.summary[:11]) for a in actions if isinstance(a, Notify)] == [
+        ("escalated", "tick exit=3"), ("paused", "no timed ti"),
+    ]  # fmt: skip
     assert "escalated" in logs and any(line.startswith("paused until") for line in logs)
     # Paused: neither polls nor retries run; a manual trigger still does.
     state, actions, _ = replay(state, [tick(1000), tick(2000)])
     assert actions == []
     state, actions, _ = replay(state, [comm({"kind": "trigger", "trigger": "manual"}, 2001)])
     assert actions == [StartTick("trigger:manual")]
-    state, _, _ = replay(state, ran(10, 2001))
-    assert state.ladder_step == 0
+    # It succeeds: the pause is over, once.
+    state, actions, logs = replay(state, ran(10, 2001))
+    assert state.ladder_step == 0 and state.paused_until == 0.0 and "resumed" in logs
+    assert [a.event for a in actions if isinstance(a, Notify)] == ["resumed"]
+
+
+def test_a_pause_that_runs_out_resumes_the_timer_and_says_so_once() -> None:
+    state = TimerState(next_poll_at=0.0, paused_until=500.0)
+    state, actions, _ = replay(state, [tick(100)])
+    assert actions == []
+    state, actions, logs = replay(state, [tick(501)])
+    assert [a.event for a in actions if isinstance(a, Notify)] == ["resumed"] and "resumed" in logs
+    assert StartTick("poll") in actions and state.paused_until == 0.0
+    state, actions, _ = replay(state, [*ran(0, 502), tick(510)])
+    assert not [a for a in actions if isinstance(a, Notify)]
 
 
 def test_a_success_on_the_ladder_returns_to_the_normal_cadence() -> None:
