@@ -93,6 +93,7 @@ def samples(
     files: Mapping[str, Mapping[str, Any]],
     now: float,
     rss: Callable[[int], float | None],
+    revision: Callable[[int], str | None] = lambda pid: None,
 ) -> list[Family]:
     procs = sorted(state.processes.items())
     by_proc = ("process", "group")
@@ -134,6 +135,18 @@ def samples(
         )
     )
     families += _file_families(files, now)
+    deployed = str(files.get("deploy", {}).get("revision", ""))
+    if deployed:
+        revisions = {k: revision(p.pid) for k, p in running if p.pid}
+        other = [k for k, r in revisions.items() if r and r != deployed]
+        families.append(
+            _family(
+                "protea_processes_on_other_revision",
+                "RUNNING processes started with a revision other than the deployed one",
+                (),
+                [((), float(len(other)))],
+            )
+        )
     families.append(
         _family(
             "protea_metrics_events",
@@ -182,6 +195,14 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
         )
         out.append(
             _family(
+                "protea_tunnel_restart_budget_spent",
+                "1 when the watchdog spent its restart budget and stopped restarting the tunnel",
+                (),
+                [((), float(bool(watch.get("capped"))))],
+            )
+        )
+        out.append(
+            _family(
                 "protea_tunnel_consecutive_failures",
                 "failed tunnel probes in a row",
                 (),
@@ -217,6 +238,16 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
                     [((), float(deployed["last_tick_epoch"]))],
                 )
             )
+    timer = files.get("timer", {})
+    if timer:
+        out.append(
+            _family(
+                "protea_deploy_paused_until_timestamp_seconds",
+                "until when the deploy timer is paused after an escalation (0: not paused)",
+                (),
+                [((), float(timer.get("paused_until") or 0.0))],
+            )
+        )
     lock = files.get("lock", {})
     owner, task = str(lock.get("owner", "free") or "free"), str(lock.get("task_id", ""))
     out.append(
@@ -227,6 +258,42 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
             [((owner, task), 1.0)],
         )
     )
+    if lock.get("since"):
+        out.append(
+            _family(
+                "protea_stack_owner_since_timestamp_seconds",
+                "when the stack-owner lock's holder took it",
+                ("owner",),
+                [((owner,), float(lock["since"]))],
+            )
+        )
+    queues = files.get("queues", {})
+    if queues.get("checked_at"):
+        verdicts = [v for v in queues.get("queues", []) if isinstance(v, dict)]
+        out.append(
+            _family(
+                "protea_queue_checked_timestamp_seconds",
+                "when `protea-supervisor queues` last judged the queues",
+                (),
+                [((), float(queues["checked_at"]))],
+            )
+        )
+        out.append(
+            _family(
+                "protea_queue_status",
+                "1 for each queue's verdict at the last check (ok, idle, stalled, starved, mismatch)",
+                ("queue", "status"),
+                [((str(v.get("name")), str(v.get("status"))), 1.0) for v in verdicts],
+            )
+        )
+        out.append(
+            _family(
+                "protea_queue_messages",
+                "messages in each queue at the last check",
+                ("queue",),
+                [((str(v.get("name")),), float(v.get("messages") or 0)) for v in verdicts],
+            )
+        )
     return out
 
 
@@ -249,6 +316,8 @@ def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
         "tunnel": read_json(run_dir / "tunnel-watch.json") or {},
         "deploy": read_json(run_dir / "deployed.json") or {},
         "lock": lock_document(lock_file),
+        "timer": read_json(run_dir / "deploy-timer.json") or {},
+        "queues": read_json(run_dir / "queues.json") or {},
     }
     tick = files["deploy"].get("last_tick_at")
     if tick:
@@ -266,7 +335,13 @@ def lock_document(lock_file: Path) -> dict[str, Any]:
         record = LockFile(lock_file, 5).read()
     except LockCorrupt:
         return {"owner": "corrupt", "task_id": ""}
-    return {"owner": record.owner, "task_id": record.task_id}
+    doc: dict[str, Any] = {"owner": record.owner, "task_id": record.task_id}
+    if record.acquired_at:
+        from datetime import datetime
+
+        with contextlib.suppress(ValueError):
+            doc["since"] = datetime.fromisoformat(record.acquired_at).timestamp()
+    return doc
 
 
 class Collector:
@@ -280,7 +355,10 @@ class Collector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families = samples(self.state(), read_files(self.run_dir, self.lock_file), time.time(), rss_bytes)
+        from protea_supervisor.status import process_revision
+
+        files = read_files(self.run_dir, self.lock_file)
+        families = samples(self.state(), files, time.time(), rss_bytes, process_revision)
         for family in families:
             kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
             metric = kind(family.name, family.help, labels=list(family.labels))

@@ -38,6 +38,7 @@ from protea_supervisor.stack import Stack
 from protea_supervisor.unit import next_steps, render_unit, unit_path
 
 QUEUES_STATE_FILE = "queues-heartbeat.json"
+QUEUES_REPORT_FILE = "queues.json"
 
 
 @click.command("queues")
@@ -80,6 +81,9 @@ def queues_cmd(ctx: click.Context, as_json: bool) -> int:
         stack.monitor.starved_after,
     )
     write_atomic(state_path, json.dumps({k: asdict(v) for k, v in busy.items()}, indent=2) + "\n")
+    # The verdicts for the metrics listener (protea_queue_status) and the alert rules.
+    report = {"checked_at": time.time(), "queues": [asdict(v) for v in verdicts]}
+    write_atomic(stack.paths.run / QUEUES_REPORT_FILE, json.dumps(report, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps([v.__dict__ for v in verdicts], indent=2))
     else:

@@ -59,3 +59,29 @@ def test_gate_tunnel_deploy_and_lock_come_from_their_files() -> None:
 
 def test_with_no_files_the_lock_reads_free() -> None:
     assert families(MetricsState())["protea_stack_owner"].samples == ((("free", ""), 1.0),)
+
+
+def test_the_series_the_alert_rules_need_come_from_the_timer_the_queues_and_the_lock() -> None:
+    state = from_process_info(
+        [{"group": "api", "name": "api", "statename": "RUNNING", "pid": 7, "start": 10},
+         {"group": "web", "name": "web", "statename": "RUNNING", "pid": 8, "start": 10}]
+    )  # fmt: skip
+    files = {
+        "deploy": {"revision": "new"},
+        "tunnel": {"last_ok": False, "capped": True},
+        "timer": {"paused_until": 5000.0},
+        "lock": {"owner": "export", "task_id": "exp-1", "since": 1000.0},
+        "queues": {
+            "checked_at": 3600.0,
+            "queues": [{"name": "protea.jobs", "status": "starved", "messages": 4}],
+        },
+    }
+    revisions = {7: "old", 8: "new"}
+    got = {f.name: f for f in samples(state, files, 3650.0, lambda pid: None, revisions.get)}
+    assert got["protea_processes_on_other_revision"].samples == (((), 1.0),)
+    assert got["protea_tunnel_restart_budget_spent"].samples == (((), 1.0),)
+    assert got["protea_deploy_paused_until_timestamp_seconds"].samples == (((), 5000.0),)
+    assert got["protea_stack_owner_since_timestamp_seconds"].samples == ((("export",), 1000.0),)
+    assert got["protea_queue_status"].samples == ((("protea.jobs", "starved"), 1.0),)
+    assert got["protea_queue_messages"].samples == ((("protea.jobs",), 4.0),)
+    assert got["protea_queue_checked_timestamp_seconds"].samples == (((), 3600.0),)
