@@ -139,6 +139,8 @@ def test_a_slow_acker_is_never_starved_and_one_that_stops_acking_is_after_its_gr
     acker = subprocess.Popen([sys.executable, str(FIXTURES / "slow_acker.py"), "--queue", queue,
                               "--every", "4", "--stop-file", str(stop)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
+        # The management API reports the new consumer with its next statistics (every 5 s).
+        wait_for(lambda: stack.ps("queues").code == 0, 30, "the acker seen as the queue's consumer")
         began = time.monotonic()
         seen = []
         while time.monotonic() - began < 30:  # seven acks, each more than a rate window apart
