@@ -140,16 +140,21 @@ def test_a_slow_acker_is_never_starved_and_one_that_stops_acking_is_after_its_gr
                               "--every", "4", "--stop-file", str(stop)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         # The management API reports the new consumer with its next statistics (every 5 s).
-        wait_for(lambda: stack.ps("queues").code == 0, 30, "the acker seen as the queue's consumer")
+        wait_for(
+            lambda: stack.ps("queues").code == 0, 30, "the acker seen as the queue's consumer", interval=1
+        )
         began = time.monotonic()
         seen = []
         while time.monotonic() - began < 30:  # seven acks, each more than a rate window apart
             result = stack.ps("queues")
             assert result.code == 0 and "starved" not in result.out, result.both
             seen.append(result.out)
+            time.sleep(1)  # each check is a CLI run; one a second or so sees every 4 s ack
         assert len(seen) >= 5
         stop.touch()
-        wait_for(lambda: "starved" in stack.ps("queues").out, 40, "the starved verdict once acks stop")
+        wait_for(
+            lambda: "starved" in stack.ps("queues").out, 40, "the starved verdict once acks stop", interval=1
+        )
         starved = stack.ps("queues")
         assert starved.code == 1 and "unchanged for" in starved.out and "(grace 12 s)" in starved.out
     finally:
@@ -171,7 +176,9 @@ def test_queues_names_a_stray_consumer_when_supervisord_runs_nothing_and_refuses
     channel.queue_declare(queue, durable=False, auto_delete=False)
     channel.basic_consume(queue, lambda *args: None)
     try:
-        wait_for(lambda: "mismatch" in stack.ps("queues").out, 30, "the stray consumer's mismatch")
+        wait_for(
+            lambda: "mismatch" in stack.ps("queues").out, 30, "the stray consumer's mismatch", interval=1
+        )
         mismatch = stack.ps("queues")
         assert mismatch.code == 1 and "1 consumers, 0 worker-" in mismatch.out
     finally:

@@ -75,7 +75,7 @@ def test_gate_and_tunnel_status_read_as_times_and_a_probe_from_before_up_is_stal
     assert gate.code == 0 and gate.out.startswith("gate: done at ") and " ago)" in gate.out, gate.out
     doc = json.loads(stack.ps("gate", "status", "--json").out)
     assert doc["phase"] == "done" and doc["finished_at"].endswith("Z") and "T" in doc["finished_at"]
-    wait_for(lambda: "last probe: ok" in stack.ps("tunnel", "status").out, 30, "a tunnel probe")
+    wait_for(lambda: "last probe: ok" in stack.ps("tunnel", "status").out, 30, "a tunnel probe", interval=1)
     watch = json.loads(stack.ps("tunnel", "status", "--json").out)
     assert watch["last_probe_at"].endswith("Z")
 
@@ -89,11 +89,12 @@ def test_gate_and_tunnel_status_read_as_times_and_a_probe_from_before_up_is_stal
     state = json.loads((short_tmp / "run" / "tunnel-watch.json").read_text())
     if state["last_probe_at"] < state["started_at"]:
         assert "[stale: from before the tunnel's current start]" in line, line
-    wait_for(
-        lambda: "stale" not in stack.ps("tunnel", "status").out and "ok" in stack.ps("tunnel", "status").out,
-        30,
-        "a fresh probe",
-    )
+
+    def fresh() -> bool:
+        out = stack.ps("tunnel", "status").out
+        return "stale" not in out and "last probe: ok" in out
+
+    wait_for(fresh, 30, "a fresh probe", interval=1)
 
 
 def test_logs_of_scaled_away_workers_go_after_the_retention_and_no_other_file_does(short_tmp: Path) -> None:
