@@ -85,8 +85,10 @@ def test_failing_ticks_run_the_ladder_then_escalate_once_even_across_a_listener_
     # Killed mid-ladder: supervisord restarts it, and it carries on from its state file.
     listener = stack.status()["deploy-timer"]["pid"]
     os.kill(listener, signal.SIGKILL)
-    wait_for(lambda: (host / "escalations.log").exists(), 60, "the escalation")
-    assert (host / "escalations.log").read_text() == "fetch 30\n"
+    # `echo >> file` creates the file before it writes the line: wait for the line.
+    escalations = host / "escalations.log"
+    wait_for(lambda: escalations.exists() and escalations.read_text().endswith("\n"), 60, "the escalation")
+    assert escalations.read_text() == "fetch 30\n"
     assert ticks(stack, 30) == 3
     assert stack.status()["deploy-timer"]["pid"] != listener
     log = timer_log(stack)
