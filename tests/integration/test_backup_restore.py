@@ -18,6 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import PS, Stack, stack_file, toml_dump
 
+from protea_supervisor.control import Supervisor
+
 pytestmark = pytest.mark.integration
 
 
@@ -69,20 +71,21 @@ def counts(database: str) -> tuple[str, str]:
 
 
 def snapshot(database: str) -> dict[str, str]:
-    """Every public table with its row count and a digest of its rows."""
+    """Every public table with its row count and a digest of its rows (two psql calls in all)."""
     tables = psql(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").split()
-    return {
-        t: psql(
-            database,
-            f"SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '')"
-            f" FROM {t} x",
-        )
+    if not tables:
+        return {}
+    digest = " UNION ALL ".join(
+        f"SELECT '{t}', count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"
         for t in tables
-    }
+    )
+    return dict(line.split("|", 1) for line in psql(database, digest).splitlines())
 
 
 def pids(stack: Stack) -> dict[str, int]:
-    return {n: p["pid"] for n, p in stack.status().items() if p["pid"]}
+    """From supervisord over its socket: a CLI run per check would cost a Python start each time."""
+    infos = Supervisor(stack.root / "run" / "supervisor.sock").all_process_info()
+    return {i["name"]: i["pid"] for i in infos if i["pid"]}
 
 
 def all_running(stack: Stack) -> bool:

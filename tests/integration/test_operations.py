@@ -145,12 +145,12 @@ def test_a_slow_acker_is_never_starved_and_one_that_stops_acking_is_after_its_gr
         )
         began = time.monotonic()
         seen = []
-        while time.monotonic() - began < 30:  # seven acks, each more than a rate window apart
+        while time.monotonic() - began < 20:  # five acks, each nearly a rate window apart
             result = stack.ps("queues")
             assert result.code == 0 and "starved" not in result.out, result.both
             seen.append(result.out)
             time.sleep(1)  # each check is a CLI run; one a second or so sees every 4 s ack
-        assert len(seen) >= 5
+        assert len(seen) >= 4
         stop.touch()
         wait_for(
             lambda: "starved" in stack.ps("queues").out, 40, "the starved verdict once acks stop", interval=1
