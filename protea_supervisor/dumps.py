@@ -204,9 +204,7 @@ def replace_live(pg: Postgres, staging: str, aside: str) -> str | None:
     except BackupFailed as why:
         with contextlib.suppress(BackupFailed):
             pg.allow_connections(live, True)
-        raise BackupFailed(
-            f"could not set {live} aside ({why}); the live database was not changed."
-        ) from None
+        raise BackupFailed(f"could not set {live} aside ({why})") from None
     try:
         pg.disconnect(staging)
         pg.rename(staging, live)

@@ -240,6 +240,7 @@ def test_a_switch_that_fails_after_the_stop_brings_the_stack_back_and_keeps_the_
     assert failed.code == 9, failed.both
     assert f"could not set {database} aside" in failed.err and "must be owner" in failed.err
     assert "the stack is back up" in failed.err and "the live database was not changed" in failed.err
+    assert failed.err.count("the live database was not changed") == 1, failed.err
     assert snapshot(database) == before and all_running(stack)
     assert [d for d in databases() if d.startswith(f"{database}_")] == []
 
