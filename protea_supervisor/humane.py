@@ -70,7 +70,7 @@ def gate_lines(doc: Mapping[str, Any] | None, now: float) -> list[str]:
         if doc.get("failed_process"):
             lines.append(f"  process: {doc['failed_process']}")
     if doc.get("generation") is not None:
-        lines.append(f"  run {doc['generation']} since the gate listener started")
+        lines.append(f"  gate run {doc['generation']}")
     return lines
 
 

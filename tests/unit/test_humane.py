@@ -40,7 +40,7 @@ def test_gate_lines() -> None:
     assert gate_lines(None, NOW) == ["gate: never ran on this host"]
     done = {"phase": "done", "step": "done", "generation": 2, "since": NOW - 60, "finished_at": NOW - 41}
     assert gate_lines(done, NOW) == ["gate: done at 2026-12-01T07:07:39Z (41 s ago)",
-                                     "  run 2 since the gate listener started"]  # fmt: skip
+                                     "  gate run 2"]  # fmt: skip
     failed = {"phase": "failed", "step": "api", "since": NOW - 200, "reason": "api never got ready\n  tail",
               "failed_process": "api:api"}  # fmt: skip
     assert gate_lines(failed, NOW) == [
