@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from protea_supervisor.deploy import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
+from protea_supervisor.humane import iso
 
 from .actions import Log
 from .edge import (
@@ -262,7 +262,7 @@ def _tick_exited(
     state = replace(
         state, ladder_step=0, retry_at=0.0, paused_until=until, next_poll_at=max(next_poll, until)
     )
-    when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = iso(until)
     kind = "rollback" if code == 21 else "fetch" if code == 30 else "deploy"
     retries = len(config.retry_ladder)
     return state, [

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from protea_supervisor.humane import recent_restarts
 from protea_supervisor.lock import resolve_path
 
 from .edge import listener_stack, read_json, rpc_factory
@@ -176,7 +177,7 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
         )
     watch = files.get("tunnel", {})
     if watch:
-        recent = [t for t in watch.get("restarts", []) if now - float(t) < 3600]
+        recent = recent_restarts(watch, now)
         out.append(
             _family(
                 "protea_tunnel_probe_ok",

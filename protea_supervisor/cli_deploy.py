@@ -21,7 +21,7 @@ from protea_supervisor.cli_common import (
     stop_deadline,
 )
 from protea_supervisor.control import Supervisor
-from protea_supervisor.deploy import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TASK_ID
+from protea_supervisor.deploy import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TASK_ID, unpinned
 from protea_supervisor.env import merged_environment, redact, secret_values
 from protea_supervisor.errors import OperationBusy, UsageError
 from protea_supervisor.files import write_atomic
@@ -225,7 +225,7 @@ def unpin_cmd(ctx: click.Context) -> None:
         if not record.pinned:
             click.echo("nothing is pinned; the deploy timer follows the remote head.")
             return
-        write_record(stack, replace(record, pinned="", pinned_against="", pinned_at=""))
+        write_record(stack, unpinned(record))
     click.echo(
         f"unpinned {record.pinned[:10]}; the next tick deploys the remote head "
         "(`protea-supervisor trigger` asks for it now)."

@@ -7,9 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -19,7 +17,7 @@ from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
-from protea_supervisor.humane import TUNNEL_TIMES, isoified, probe_text, tunnel_lines
+from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import next_tick_at
@@ -44,19 +42,8 @@ from protea_supervisor.tick import read_record
 from protea_supervisor.worktree import is_worktree
 
 
-def tunnel_line(watch: dict[str, Any], now: float) -> str:
-    recent = [t for t in watch.get("restarts", []) if now - t < 3600]
-    budget = "; RESTART BUDGET SPENT" if watch.get("capped") else ""
-    wait = watch.get("next_restart_at", 0) - now
-    later = f"; next restart allowed in {wait:.0f} s" if wait > 0 else ""
-    return (
-        f"tunnel watch: last probe {probe_text(watch, now)}; {watch.get('consecutive_failures', 0)} "
-        f"consecutive failures; {len(recent)} restarts in the last hour{later}{budget}"
-    )
-
-
 def deploy_line(record: DeployRecord, behind: Sequence[str], next_at: float | None) -> str:
-    upcoming = f"; next tick {datetime.fromtimestamp(next_at, UTC):%Y-%m-%dT%H:%M:%S}Z" if next_at else ""
+    upcoming = f"; next tick {iso(next_at)}" if next_at else ""
     if not record.revision:
         return f"deploy: nothing deployed by a tick yet{upcoming}"
     last = (

@@ -25,8 +25,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, cast
 
-from supervisor.xmlrpc import SupervisorTransport
-
+from protea_supervisor.control import xmlrpc_proxy
 from protea_supervisor.errors import ProteaError, SupervisorDown
 
 PASSWORD_ENV = "PROTEA_SUPERVISOR_PASSWORD"
@@ -70,9 +69,7 @@ class Client:
     # --- transport ---------------------------------------------------------------------------------------
 
     def _proxy(self) -> Any:
-        # A fresh transport per call: supervisor's transport is unusable after a failed request.
-        transport = SupervisorTransport(self._username or None, self._password or None, serverurl=self.url)
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
+        return xmlrpc_proxy(self.url, self._username, self._password)
 
     def call(self, method: str, *args: Any) -> Any:
         """Any XML-RPC method by its full name: `supervisor.getState`, `protea.syncGroup`,

@@ -19,6 +19,14 @@ ProcessInfo = dict[str, Any]
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
+def xmlrpc_proxy(serverurl: str, username: str = "", password: str = "") -> Any:
+    """A proxy to supervisord at `serverurl` (unix:///path/to.sock or http://host:port). Make one per call:
+    supervisor's transport is unusable after a failed request."""
+    transport = SupervisorTransport(username or None, password or None, serverurl=serverurl)
+    # For a unix socket the host part is ignored.
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
+
+
 class Supervisor:
     """A thin typed facade over supervisord's XML-RPC namespace."""
 
@@ -26,10 +34,7 @@ class Supervisor:
         self.socket_path = socket_path
 
     def _proxy(self) -> Any:
-        # A fresh transport per call: the unix transport's connection is unusable after a failed request.
-        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket_path}")
-        # The host part is ignored by the unix transport.
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
+        return xmlrpc_proxy(f"unix://{self.socket_path}")
 
     def _call(self, method: str, *args: Any) -> Any:
         """`method` is in supervisord's namespace unless it names another (`protea.syncGroup`)."""

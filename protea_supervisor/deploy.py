@@ -168,7 +168,7 @@ def after_success(record: DeployRecord, revision: str, web_build: str, now: str)
     previous = record.revision if record.revision != revision else record.previous
     previous_build = record.web_build if record.web_build != web_build else record.previous_web_build
     return replace(
-        record,
+        unpinned(record),
         revision=revision,
         deployed_at=now,
         previous=previous,
@@ -176,15 +176,17 @@ def after_success(record: DeployRecord, revision: str, web_build: str, now: str)
         web_build=web_build,
         previous_web_build=previous_build,
         failed=tuple(r for r in record.failed if r != revision),
-        pinned="",
-        pinned_against="",
-        pinned_at="",
     )
 
 
 def pinned(record: DeployRecord, against: str, now: str) -> DeployRecord:
     """After a successful `rollback`: hold the deployed revision until the head moves past `against`."""
     return replace(record, pinned=record.revision, pinned_against=against, pinned_at=now)
+
+
+def unpinned(record: DeployRecord) -> DeployRecord:
+    """A new deploy or `unpin` ends a `rollback`'s pin."""
+    return replace(record, pinned="", pinned_against="", pinned_at="")
 
 
 def after_failure(record: DeployRecord, revision: str, rolled_back: bool) -> DeployRecord:

@@ -80,8 +80,8 @@ def tunnel_lines(doc: Mapping[str, Any] | None, now: float, max_per_hour: int | 
     armed = "watched" if doc.get("armed") else "not watched (stopped on purpose, or not started yet)"
     lines = [f"tunnel: {doc.get('tunnel', 'UNKNOWN')}, {armed}"]
     lines.append(f"  last probe: {probe_text(doc, now)}")
-    lines.append(f"  consecutive failures: {doc.get('consecutive_failures', doc.get('failures', 0))}")
-    recent = [t for t in doc.get("restarts", []) if now - t < 3600]
+    lines.append(f"  consecutive failures: {doc.get('consecutive_failures', 0)}")
+    recent = recent_restarts(doc, now)
     cap = f" (of {max_per_hour} allowed)" if max_per_hour else ""
     last = f", last {ago(max(recent), now)}" if recent else ""
     lines.append(f"  restarts in the last hour: {len(recent)}{cap}{last}")
@@ -90,6 +90,21 @@ def tunnel_lines(doc: Mapping[str, Any] | None, now: float, max_per_hour: int | 
     if doc.get("next_restart_at", 0) > now:
         lines.append(f"  next restart allowed {ago(doc['next_restart_at'], now)}")
     return lines
+
+
+def tunnel_line(doc: Mapping[str, Any], now: float) -> str:
+    """The watchdog in the one line `status` gives it."""
+    budget = "; RESTART BUDGET SPENT" if doc.get("capped") else ""
+    wait = doc.get("next_restart_at", 0) - now
+    later = f"; next restart allowed in {wait:.0f} s" if wait > 0 else ""
+    return (
+        f"tunnel watch: last probe {probe_text(doc, now)}; {doc.get('consecutive_failures', 0)} "
+        f"consecutive failures; {len(recent_restarts(doc, now))} restarts in the last hour{later}{budget}"
+    )
+
+
+def recent_restarts(doc: Mapping[str, Any], now: float) -> list[float]:
+    return [float(t) for t in doc.get("restarts", []) if now - float(t) < 3600]
 
 
 def probe_text(doc: Mapping[str, Any], now: float) -> str:

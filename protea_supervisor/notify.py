@@ -20,10 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from protea_supervisor import deploy
+from protea_supervisor.humane import iso
 from protea_supervisor.stack import NotifySettings, Stack
 
 LOG_FILE = "notify.log"
@@ -154,7 +154,7 @@ def http_post(url: str, body: bytes, timeout: float) -> int:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(time.time())
 
 
 def send_detached(stack: Stack, event: Event, report: Callable[[str], None]) -> None:

@@ -59,6 +59,14 @@ def backup_stack(root: Path, database: str, extensions: list[str]) -> Stack:
     return Stack(stack_file(root, env_files=[str(env_file)], extra={"backup": backup}))
 
 
+def backed_up(root: Path, database: str) -> tuple[Stack, Path]:
+    """A stack over `database` (hstore first) and one `protea-supervisor backup` of it."""
+    stack = backup_stack(root, database, ["hstore"])
+    made = stack.ps("backup")
+    assert made.code == 0, made.both
+    return stack, next((root / "backups").glob("*.dump"))
+
+
 def set_backup(stack: Stack, **changes: object) -> None:
     """Change backup.* in the stack file in place (its ports stay those supervisord runs with)."""
     data = tomllib.loads(stack.file.read_text())
@@ -154,9 +162,7 @@ def test_a_dump_without_its_extension_restores_only_because_the_extension_comes_
 def test_no_bad_dump_touches_the_live_database_or_the_running_stack(
     short_tmp: Path, database: str, supervisord: Callable[[Stack], None]
 ) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore"])
-    assert stack.ps("backup").code == 0
-    good = next((short_tmp / "backups").glob("*.dump"))
+    stack, good = backed_up(short_tmp, database)
     data = good.read_bytes()
     # The live database moved on since the dump: a restore that went ahead would show.
     psql(database, "DELETE FROM items WHERE id > 300")
@@ -220,9 +226,7 @@ def test_no_bad_dump_touches_the_live_database_or_the_running_stack(
 def test_a_switch_that_fails_after_the_stop_brings_the_stack_back_and_keeps_the_live_database(
     short_tmp: Path, database: str, supervisord: Callable[[Stack], None]
 ) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore"])
-    assert stack.ps("backup").code == 0
-    good = next((short_tmp / "backups").glob("*.dump"))
+    stack, good = backed_up(short_tmp, database)
     psql(database, "DELETE FROM items WHERE id > 300")
     before = snapshot(database)
     supervisord(stack)
@@ -248,9 +252,7 @@ def test_a_switch_that_fails_after_the_stop_brings_the_stack_back_and_keeps_the_
 def test_the_drill_and_the_restore_refuse_a_misspelled_check_table_alike(
     short_tmp: Path, database: str
 ) -> None:
-    stack = backup_stack(short_tmp, database, ["hstore"])
-    assert stack.ps("backup").code == 0
-    dump = next((short_tmp / "backups").glob("*.dump"))
+    stack, dump = backed_up(short_tmp, database)
     set_backup(stack, check_tables=["items", "no_such_table"])
     before = snapshot(database)
     drill = stack.ps("restore", "--drill", str(dump))
