@@ -261,6 +261,18 @@ def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Calla
         for orphan in orphans.find(socket_path, None):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(orphan.pgid, signal.SIGKILL)
+    # A supervisord that `up` daemonized for one of these stacks (it carries no mark of its own) goes too.
+    configs = {str(path.parent / "supervisord.conf") for path in sockets}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"supervisor.supervisord" in argv and any(a.decode(errors="replace") in configs for a in argv):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 @pytest.fixture
