@@ -23,6 +23,8 @@ UP = ("STARTING", "RUNNING", "BACKOFF")
 POLL = 0.2
 # How long a started program may take to reach RUNNING (its startsecs plus a margin).
 START_DEADLINE = 60.0
+# Programs only a deploy starts (the tick itself, the API canary): added to supervisord, never started here.
+ON_DEMAND = frozenset({"deploy-tick", "api-canary"})
 
 Report = Callable[[str], None]
 
@@ -168,9 +170,11 @@ def apply_plan(
         restart_group(supervisor, group, deadlines, report)
     for group in plan.in_start_order(plan.added):
         supervisor.add_group(group)
-        if start_added:
+        if start_added and group not in ON_DEMAND:
             start_group(supervisor, group, deadlines, report)
             report(f"  {group}: added and started")
+        elif group in ON_DEMAND:
+            report(f"  {group}: added (a deploy starts it when it needs it)")
         else:
             report(f"  {group}: added (the stack is not up, so it stays stopped)")
     for group, diff in plan.scaled:

@@ -22,6 +22,7 @@ from protea_supervisor.readback import verify
 from protea_supervisor.render import blocks, render
 from protea_supervisor.stack import HostFacts, Stack
 from protea_supervisor.tick import read_record
+from protea_supervisor.webbuild import served_build
 
 
 @dataclass
@@ -73,8 +74,9 @@ def rendered(stack: Stack, revision: str | None = None, dry_run: bool = False) -
     run checks as if the directories `prepare_dirs` would create existed, and creates nothing."""
     if revision is None:
         revision = read_record(stack).revision
-    text = render(stack, exe_argv(), revision)
-    programs, listeners = blocks(stack, exe_argv(), revision)
+    build = served_build(stack)
+    text = render(stack, exe_argv(), revision, build)
+    programs, listeners = blocks(stack, exe_argv(), revision, build)
     verify(stack, text, programs, listeners, missing_dirs(stack, need_root=False) if dry_run else ())
     return text
 

@@ -214,6 +214,8 @@ class Step:
 REVISION_FAILURES: dict[str, frozenset[str]] = {
     "build": frozenset({"command", "incomplete"}),
     "migrate": frozenset({"exit"}),
+    "canary": frozenset({"exit", "program", "probe"}),
+    "api": frozenset({"program", "probe"}),
     "apply": frozenset({"program"}),
     "start": frozenset({"exit", "program", "probe"}),
     "verify": frozenset({"probe"}),
@@ -230,9 +232,14 @@ def blame(step: str, failure: str) -> Blame:
     return "revision" if failure in REVISION_FAILURES.get(step, frozenset()) else "infra"
 
 
-def deploy_plan(revision: str, work: Work, supervisord_up: bool) -> tuple[Step, ...]:
+def deploy_plan(revision: str, work: Work, supervisord_up: bool, canary: bool = False) -> tuple[Step, ...]:
     """The steps that take the stack to `revision`. With supervisord down (a first deploy), supervisord is
-    started at the end and the gate runs migrate and starts everything in order."""
+    started at the end and the gate runs migrate and starts everything in order.
+
+    With supervisord up the API goes first and alone: with a `canary`, the new revision's API is proved ready
+    on its own port before the serving one is touched; then the serving API restarts onto it and must get
+    ready. Only then do the workers and web move (`apply`), so a revision whose API fails never reaches a
+    worker or web."""
     rev = short(revision)
     steps = [Step("checkout", f"check out {rev} (detached)", undo="checkout")]
     if work.install:
@@ -242,7 +249,12 @@ def deploy_plan(revision: str, work: Work, supervisord_up: bool) -> tuple[Step, 
         steps.append(Step("switch", "switch the served frontend to the new build", undo="switch"))
     if supervisord_up:
         steps.append(Step("migrate", "run migrate (it must exit 0)"))
-        steps.append(Step("apply", f"render with PROTEA_REVISION={rev}; restart what changed", undo="apply"))
+        if canary:
+            steps.append(Step("canary", f"start {rev}'s API on its own (api-canary); it must get ready"))
+        steps.append(Step("api", f"render with PROTEA_REVISION={rev}; restart the API; it must get ready",
+                          undo="apply"))  # fmt: skip
+        steps.append(Step("apply", "restart the rest that changed (workers within their grace, web when "
+                                   "its build changed)", undo="apply"))  # fmt: skip
     else:
         steps.append(Step("start", f"render with PROTEA_REVISION={rev}; start supervisord; the gate "
                                    "migrates and starts the stack in order", undo="stop"))  # fmt: skip

@@ -132,7 +132,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         infra_timeout=reader.get("probes.infra_timeout", 180),
         start_timeout=reader.get("probes.start_timeout", 60),
     )
-    deploy = _parse_deploy(reader, expand_, root)
+    deploy = _parse_deploy(reader, expand_, root, probes)
     lock = LockSettings(
         file=expand_.path("lock.file", reader.get("lock.file"), root),
         flock_timeout=float(reader.get("lock.flock_timeout", 5)),
@@ -473,7 +473,7 @@ def _parse_tunnel_watch(reader: Reader) -> TunnelWatch:
     return watch
 
 
-def _parse_deploy(reader: Reader, expand_: Expander, root: Path) -> Deploy:
+def _parse_deploy(reader: Reader, expand_: Expander, root: Path, probes: Probes) -> Deploy:
     web_dir = reader.get("deploy.web_dir", "apps/web")
     if not web_dir or PurePosixPath(web_dir).is_absolute() or ".." in PurePosixPath(web_dir).parts:
         raise reader.fail("deploy.web_dir", f"must be a path inside the worktree, got {shown(web_dir)!r}")
@@ -501,4 +501,27 @@ def _parse_deploy(reader: Reader, expand_: Expander, root: Path) -> Deploy:
         enabled=reader.get("deploy.enabled", True),
         check_interval=reader.get("deploy.check_interval", 60),
         prerequisite_timeout=float(reader.get("deploy.prerequisite_timeout", 15)),
+        **_parse_canary(reader, expand_, probes),
     )
+
+
+def _parse_canary(reader: Reader, expand_: Expander, probes: Probes) -> dict[str, str]:
+    """deploy.api_canary_command and deploy.api_canary_url: both or neither. The canary listens beside the
+    serving API, so its URL must not be the API's own address (it could never bind, and the revision would
+    be blamed for it)."""
+    key = "deploy.api_canary_command"
+    command = _check_command(reader, key, expand_.text(key, reader.get(key, "")), required=False)
+    url = _check_url(reader, "deploy.api_canary_url", reader.get("deploy.api_canary_url", ""))
+    if bool(command.strip()) != bool(url):
+        raise reader.fail("deploy", "needs both api_canary_command and api_canary_url, or neither")
+    if url and probes.api_ready_url and _address(url) == _address(probes.api_ready_url):
+        raise reader.fail(
+            "deploy.api_canary_url",
+            f"must name a port of its own, not the serving API's ({_address(url)}, probes.api_ready_url)",
+        )
+    return {"api_canary_command": command.strip(), "api_canary_url": url}
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

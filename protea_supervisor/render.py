@@ -21,7 +21,9 @@ from protea_supervisor.errors import RenderError
 from protea_supervisor.schema import quoted
 from protea_supervisor.stack import Program, Queue, Stack
 
-PRIORITY = {"migrate": 10, "api": 100, "worker": 300, "web": 500, "tunnel": 900, "deploy-tick": 950}
+PRIORITY = {"migrate": 10, "api": 100, "api-canary": 110, "worker": 300, "web": 500, "tunnel": 900,
+            "deploy-tick": 950}  # fmt: skip
+CANARY = "api-canary"
 # A deploy tick may build the frontend and wait for workers to finish their jobs before it is done.
 DEPLOY_TICK_GRACE = 1800
 # supervisord's default of 10 loses events at boot once a stack has ~10 programs (supervisor-facts Q2).
@@ -188,8 +190,28 @@ def program_keys(prefix: str, command_key: str = "") -> tuple[tuple[str, str], .
             *((f, f"{prefix}.{f}") for f in fields))  # fmt: skip
 
 
-def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list[ProgramBlock]:
-    """Every [program:x]; with `revision`, the programs that run PROTEA's code get PROTEA_REVISION."""
+def serves_builds(stack: Stack, program: Program) -> bool:
+    """Web runs from the served frontend build (`deploy.web_current`), not from the worktree."""
+    return program.role == "web" and program.directory == stack.deploy.web_current
+
+
+def stamp_for(stack: Stack, program: Program, revision: str, web_build: str) -> tuple[tuple[str, str], ...]:
+    """What ties a program's config to the code it runs, so that a deploy restarts exactly what changed:
+    PROTEA_REVISION for the programs that run the worktree's code; for web serving a build, the build's
+    name (PROTEA_WEB_BUILD), so a revision that did not rebuild the frontend leaves web running. The tunnel
+    runs no PROTEA code."""
+    if program.role == "tunnel":
+        return ()
+    if serves_builds(stack, program):
+        return (("PROTEA_WEB_BUILD", PurePosixPath(web_build).name),) if web_build else ()
+    return (("PROTEA_REVISION", revision),) if revision else ()
+
+
+def program_blocks(
+    stack: Stack, exe: Sequence[str], revision: str = "", web_build: str = ""
+) -> list[ProgramBlock]:
+    """Every [program:x]; with `revision`, the programs that run PROTEA's code get PROTEA_REVISION, and web
+    serving a build gets that build's name (`stamp_for`)."""
     logs = str(stack.paths.logs)
     stamp = (("PROTEA_REVISION", revision),) if revision else ()
     blocks = []
@@ -206,7 +228,7 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
                 name=program.role,
                 argv=wrapper_argv(stack, exe, shlex.split(program.command), program),
                 directory=str(program.directory),
-                environment=program.environment + (stamp if program.role != "tunnel" else ()),
+                environment=program.environment + stamp_for(stack, program, revision, web_build),
                 priority=PRIORITY[program.role],
                 startsecs=program.startsecs,
                 autorestart=restart,
@@ -222,8 +244,39 @@ def program_blocks(stack: Stack, exe: Sequence[str], revision: str = "") -> list
             )
         )
     blocks.extend(_queue_block(stack, exe, queue, stamp) for queue in stack.queues if queue.processes)
+    if stack.deploy.api_canary_command and stack.program("api").enabled:
+        blocks.append(_canary_block(stack, exe, stamp))
     blocks.append(_deploy_tick_block(stack, exe))
     return sorted(blocks, key=lambda b: b.priority)
+
+
+def _canary_block(stack: Stack, exe: Sequence[str], stamp: tuple[tuple[str, str], ...]) -> ProgramBlock:
+    """The new revision's API on its own port, started only by a deploy and stopped once it has proved the
+    revision ready (or not). Never restarted: its failure is the verdict."""
+    api = stack.program("api")
+    return ProgramBlock(
+        name=CANARY,
+        argv=wrapper_argv(stack, exe, shlex.split(stack.deploy.api_canary_command)),
+        directory=str(api.directory),
+        environment=api.environment + stamp,
+        priority=PRIORITY[CANARY],
+        startsecs=0,
+        autorestart="false",
+        exitcodes="0",
+        stopsignal=api.stop_signal,
+        stopwaitsecs=api.stop_grace,
+        log_dir=str(stack.paths.logs),
+        log_name=f"{CANARY}.log",
+        numprocs=1,
+        numbered=False,
+        startretries=0,
+        keys=(
+            ("name", "deploy"),
+            ("command", "deploy.api_canary_command"),
+            *((f, f"programs.api.{f}") for f in ("directory", "environment", "stop_signal", "stop_grace")),
+            ("startsecs", "deploy"),
+        ),
+    )
 
 
 def _deploy_tick_block(stack: Stack, exe: Sequence[str]) -> ProgramBlock:
@@ -280,16 +333,17 @@ def _queue_block(
 
 
 def blocks(
-    stack: Stack, exe: Sequence[str], revision: str = ""
+    stack: Stack, exe: Sequence[str], revision: str = "", web_build: str = ""
 ) -> tuple[list[ProgramBlock], list[ListenerBlock]]:
     """Every [program:x] and [eventlistener:x] the config holds, as data."""
-    return program_blocks(stack, exe, revision), listener_blocks(stack, exe)
+    return program_blocks(stack, exe, revision, web_build), listener_blocks(stack, exe)
 
 
-def render(stack: Stack, exe: Sequence[str], revision: str = "") -> str:
+def render(stack: Stack, exe: Sequence[str], revision: str = "", web_build: str = "") -> str:
     """The supervisord config for `stack`; `exe` is the argv prefix that runs protea-supervisor; `revision`
-    is the deployed revision, given to every program that runs PROTEA's code as PROTEA_REVISION."""
-    programs, listeners = blocks(stack, exe, revision)
+    is the deployed revision, given to every program that runs PROTEA's code as PROTEA_REVISION;
+    `web_build` is the served frontend build (see `stamp_for`)."""
+    programs, listeners = blocks(stack, exe, revision, web_build)
     context = {
         "stack": stack,
         "programs": programs,

@@ -109,6 +109,8 @@ SCHEMA: dict[str, Any] = {
         "enabled": bool,
         "check_interval": seconds(0, DAY, "0 turns the new-commit check off"),
         "prerequisite_timeout": seconds(0, 3600, "", float),
+        "api_canary_command": str,
+        "api_canary_url": str,
     },
     "lock": {"file": str, "flock_timeout": Num(float, 0.001, 3600, "the shell tool's flock -w")},
     "metrics": {"enabled": bool, "host": str, "port": PORT},

@@ -21,7 +21,7 @@ PROGRAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 MAX_PROCESSES = 100
 # Program names protea-supervisor renders itself: the listeners, the tick, the roles. No queue may take one,
 # or supervisord would keep one of the two sections and silently drop or merge the other.
-RESERVED = frozenset({"gate", "tunnel-watch", "deploy-timer", "metrics", "deploy-tick", *ROLES})
+RESERVED = frozenset({"gate", "tunnel-watch", "deploy-timer", "metrics", "deploy-tick", "api-canary", *ROLES})
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,10 @@ class Deploy:
     enabled: bool  # the deploy-timer listener runs
     check_interval: int  # seconds between `git ls-remote` checks for a new commit (0: none)
     prerequisite_timeout: float  # how long a tick waits for Postgres and RabbitMQ to accept connections
+    # The new revision's API started on its own (the program `api-canary`) and proved ready at its own URL
+    # before the serving API is touched; both empty: no canary.
+    api_canary_command: str = ""
+    api_canary_url: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from protea_supervisor import deploy, releases
-from protea_supervisor.apply import Deadlines, apply_plan, stack_is_up, states, wait_until_gone_or_down
-from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord, Step, Work
 from protea_supervisor.errors import (
     GateFailed,
@@ -33,47 +31,34 @@ from protea_supervisor.errors import (
     SupervisorDown,
 )
 from protea_supervisor.files import write_atomic
-from protea_supervisor.lifecycle import gate_deadline
 from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.listeners.gate import read_state as read_gate_state
-from protea_supervisor.listeners.probes import parse_infra, wait_http, wait_ports
-from protea_supervisor.lock import LockFile
-from protea_supervisor.progress import Ticker
-from protea_supervisor.reconcile import describe_plan, plan_from_document
+from protea_supervisor.listeners.probes import parse_infra, wait_ports
+from protea_supervisor.rollout import (
+    TickEnv,
+    apply_revision,
+    healthy,
+    install,
+    prove_canary,
+    restart_api,
+    run_migrate,
+    verify,
+    wait_gate_idle,
+)
 from protea_supervisor.stack import Stack
 from protea_supervisor.webbuild import (
     build_web,
     prune_builds,
-    run_command,
     served_build,
     switch_web,
 )
 from protea_supervisor.worktree import StepError, changed_files, fetch, git, peek
 
-Report = Callable[[str], None]
-HEALTH_PROBE_DEADLINE = 5.0
-BUILDS_KEPT = 3
 # What a failed gate step says about the revision (see deploy.blame).
 GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "web": "probe"}
 
 
-@dataclass(frozen=True)
-class TickEnv:
-    """What the tick touches, built by the CLI."""
-
-    stack: Stack
-    supervisor: Supervisor
-    lock: LockFile
-    environ: Mapping[str, str]  # the process environment merged with the env files
-    secrets: Sequence[str]
-    # Renders the stack with a revision and writes <run>/supervisord.conf.
-    write_config: Callable[[str], None]
-    run_gate: Callable[[], None]
-    # Starts supervisord with the written config (a first deploy).
-    start_supervisord: Callable[[], None]
-    deadlines: Deadlines
-    report: Report
-    trigger: str = "by hand"  # who or what asked for the tick, for the release history
+def has_canary(stack: Stack) -> bool:
+    return bool(stack.deploy.api_canary_command) and stack.program("api").enabled
 
 
 def record_path(stack: Stack) -> Path:
@@ -107,120 +92,6 @@ def failure_kind(error: Exception) -> str:
     if isinstance(error, (OperationBusy, LockCorrupt, LockTimeout)):
         return "lock"
     return "refused"  # RpcRefused and anything else supervisord or the host refused
-
-
-# --- commands and the frontend build --------------------------------------------------------------------
-
-
-def install(env: TickEnv) -> None:
-    """The install command, then the post-install one (PROTEA reinstalls its CUDA torch there: an install
-    without it leaves the GPU build clobbered)."""
-    settings, root = env.stack.deploy, env.stack.paths.root
-    steps = ((settings.install_command, "install"), (settings.post_install_command, "post-install"))
-    for command, what in steps:
-        if command:
-            run_command(command, root, env.environ, what, env.secrets)
-
-
-# --- supervisord ----------------------------------------------------------------------------------------
-
-
-def own_groups(stack: Stack) -> set[str]:
-    return {p.role for p in stack.programs if p.enabled and p.role != "migrate"} | {
-        q.program for q in stack.queues if q.processes
-    }
-
-
-def all_running(env: TickEnv) -> bool:
-    groups = own_groups(env.stack)
-    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    return {i["group"] for i in infos} == groups and all(i["statename"] == "RUNNING" for i in infos)
-
-
-def healthy(env: TickEnv) -> bool:
-    """Every long-running program RUNNING and the API and web probes answering."""
-    if not env.supervisor.is_running() or not all_running(env):
-        return False
-    probes = env.stack.probes
-    return not any(
-        wait_http(url, HEALTH_PROBE_DEADLINE) for url in (probes.api_ready_url, probes.web_url) if url
-    )
-
-
-def run_migrate(env: TickEnv) -> None:
-    stack, supervisor = env.stack, env.supervisor
-    if not stack.program("migrate").enabled:
-        return
-    plan = plan_from_document(supervisor.plan_reload())
-    if "migrate" in plan.changed:
-        replace_idle(env, "migrate")
-    env.report("running migrate")
-    supervisor.start("migrate:migrate")
-    end = time.monotonic() + env.deadlines.stop + 600
-    ticker = Ticker(env.report)
-    while time.monotonic() < end:
-        ticker.say("  migrate is running")
-        info = next(i for i in supervisor.all_process_info() if i["name"] == "migrate")
-        if info["statename"] == "EXITED":
-            if info["exitstatus"] != 0:
-                raise StepError(f"migrate exited {info['exitstatus']}", "exit")
-            return
-        if info["statename"] in ("FATAL", "STOPPED"):
-            raise StepError(f"migrate is {info['statename']}", "exit")
-        time.sleep(0.2)
-    raise StepError("migrate did not finish", "exit")
-
-
-def replace_idle(env: TickEnv, group: str) -> None:
-    """Swap in a one-shot's new config once it is not running (the gate may have just started it)."""
-    wait_until_gone_or_down(
-        env.supervisor, group, states(env.supervisor, group), env.deadlines.stop, env.report
-    )
-    env.supervisor.replace_group(group)
-
-
-def wait_gate_idle(env: TickEnv) -> None:
-    """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
-    deadline = time.monotonic() + gate_deadline(env.stack)
-    ticker = Ticker(env.report)
-    while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
-        ticker.say("the gate is starting the stack; waiting for it to finish")
-        if time.monotonic() > deadline:
-            raise StepError("the gate did not finish", "refused")
-        time.sleep(0.5)
-
-
-def apply_revision(env: TickEnv, revision: str) -> None:
-    """Render with the revision, restart what changed (workers within their grace) and start what is not
-    running through the gate. migrate is not run here (its own step, only going forward)."""
-    env.write_config(revision)
-    plan = plan_from_document(env.supervisor.plan_reload())
-    # The tick must not restart itself; migrate takes its new config when it is next run.
-    keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
-    moving = plan.only(keep - {"migrate"})
-    if "migrate" in plan.changed:
-        replace_idle(env, "migrate")
-    for line in describe_plan(moving):
-        env.report(line)
-    up = stack_is_up(env.stack, env.supervisor)
-    apply_plan(env.supervisor, moving, env.deadlines, env.report, up)
-    if not up or not all_running(env):
-        env.report("starting what is not running through the gate")
-        env.run_gate()
-
-
-def verify(env: TickEnv) -> None:
-    if not env.supervisor.is_running():
-        raise SupervisorDown("supervisord is not running.")
-    probes = env.stack.probes
-    for url, deadline, what in (
-        (probes.api_ready_url, probes.api_ready_timeout, "API readiness"),
-        (probes.web_url, probes.web_timeout, "web"),
-    ):
-        if url:
-            problem = wait_http(url, deadline, waiting=Ticker(env.report).say)
-            if problem:
-                raise StepError(f"{what} probe {url}: {problem} after {deadline} s", "probe")
 
 
 # --- the executor ---------------------------------------------------------------------------------------
@@ -263,6 +134,12 @@ class Deployer:
 
     def _migrate(self) -> None:
         run_migrate(self.env)
+
+    def _canary(self) -> None:
+        prove_canary(self.env, self.revision)
+
+    def _api(self) -> None:
+        restart_api(self.env, self.revision)
 
     def _apply(self) -> None:
         apply_revision(self.env, self.revision)
@@ -318,7 +195,7 @@ def _deploy_revision(
     stack = env.stack
     deployer = Deployer(env, revision, previous, work)
     try:
-        deployer.run(deploy.deploy_plan(revision, work, supervisord_up))
+        deployer.run(deploy.deploy_plan(revision, work, supervisord_up, has_canary(stack)))
     except ProteaError as why:
         step = deployer.current
         blamed = deploy.blame(step, failure_kind(why))
@@ -428,7 +305,7 @@ def _decide_and_act(env: TickEnv, record: DeployRecord, remote: str, head: str, 
     work = deploy.work_for(changed, stack.deploy.lock_files, stack.deploy.web_dir, bool(served_build(stack)))
     if dry_run:
         if decision.action == "deploy":
-            for step in deploy.deploy_plan(remote, work, supervisord_up):
+            for step in deploy.deploy_plan(remote, work, supervisord_up, has_canary(stack)):
                 env.report(f"plan: {step.name}: {step.says}")
             env.report(
                 f"plan: check out {deploy.short(remote)}; install: {'yes' if work.install else 'no'}; "

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,8 +48,10 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
     assert "tick exit=10 redeployed" in (stack.logs / "deploy-tick.log").read_text()
     assert stack.ps("tick").code == 0  # on the head and healthy: nothing to do
     served = os.readlink(stack.root / "run" / "web-current")
+    web_pid = stack.status()["web"]["pid"]
 
-    # An API-only commit: no install, no build; the worker finishes the job it has in hand.
+    # An API-only commit: no install, no build; the worker finishes the job it has in hand. Web serves the
+    # same build, so it keeps running.
     rev2 = repo.commit("v2", {"VERSION": "v2\n"})
     dry = stack.ps("tick", "--dry-run")
     assert dry.code == 0 and "install: no; frontend build: no" in dry.out, dry.both
@@ -58,6 +64,7 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
     assert serving(stack) == f"v2 {rev2}"
     assert lines(installs) == 2 and lines(builds) == 1
     assert os.readlink(stack.root / "run" / "web-current") == served
+    assert stack.status()["web"]["pid"] == web_pid
     assert "done after TERM" in stack.log(program)
     wait_for(lambda: lines(stack.root / "acks.log") >= 4, 60, "all jobs acked")
     acked = collections.Counter(int(x.split()[0]) for x in (stack.root / "acks.log").read_text().splitlines())
@@ -72,6 +79,7 @@ def test_new_commits_are_deployed_installing_and_building_only_when_needed(
     assert lines(installs) == 4 and lines(builds) == 2
     now_served = os.readlink(stack.root / "run" / "web-current")
     assert now_served != served and Path(now_served, ".next/standalone/public/protea-mark.png").exists()
+    assert stack.status()["web"]["pid"] not in (web_pid, 0)  # a new build: web restarted onto it
     doc = record(stack)
     assert doc["revision"] == rev3 and doc["previous"] == rev2 and doc["last_exit"] == 10
     status = stack.ps("status")
@@ -95,10 +103,13 @@ def test_a_broken_commit_is_rolled_back_and_skipped_until_a_newer_one(
 ) -> None:
     repo, stack = deployed
     rev1 = git(repo.dev, "rev-parse", "HEAD")
+    others = {n: r["pid"] for n, r in stack.status().items() if n == "web" or n.startswith("worker-")}
     bad = repo.commit("broken", {"BROKEN": "yes", "VERSION": "v2\n"})
     failed = stack.ps("tick")
-    assert failed.code == 20, failed.both
+    assert failed.code == 20 and "failed at api" in failed.out, failed.both
     assert serving(stack) == f"v1 {rev1}"  # the previous revision serves again
+    # The API moves first and alone: its failure never reached a worker or web.
+    assert {n: r["pid"] for n, r in stack.status().items() if n in others} == others
     assert git(repo.worktree, "rev-parse", "HEAD") == rev1
     assert bad in record(stack)["failed"]
     again = stack.ps("tick")
@@ -184,3 +195,65 @@ def test_a_vanished_worktree_is_recreated(deployed: tuple[AppRepo, Stack]) -> No
     result = stack.ps("tick")
     assert result.code == 10, result.both
     assert "recreating it" in result.out and serving(stack) == f"v2 {rev2}"
+
+
+@contextlib.contextmanager
+def polled(url: str) -> Iterator[list[str]]:
+    """Every 50 ms, GET `url`; the list collects each answer that was not a 200 (no answer, or an error)."""
+    failures: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status != 200:
+                        failures.append(f"HTTP {response.status}")
+            except urllib.error.HTTPError as why:
+                failures.append(f"HTTP {why.code}")
+            except OSError as why:
+                failures.append(type(why).__name__)
+            done.wait(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield failures
+    finally:
+        done.set()
+        poller.join()
+
+
+@pytest.mark.slow
+def test_with_a_canary_a_revision_whose_api_never_gets_ready_never_serves_and_nothing_moves(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
+) -> None:
+    repo = AppRepo(short_tmp)
+    canary = free_port()
+    stack = deploy_stack(short_tmp, repo, queue_name, extra={"deploy": {
+        "api_canary_command": f"{{python}} -P app.py {canary}",
+        "api_canary_url": f"http://127.0.0.1:{canary}/jobs",
+    }})  # fmt: skip
+    supervisord(stack)
+    first = stack.ps("tick")
+    assert first.code == 10 and "step canary" in first.out, first.both
+    rev1 = git(repo.dev, "rev-parse", "HEAD")
+    worker = "worker-" + queue_name.replace(".", "-")
+    before = {name: row["pid"] for name, row in stack.status().items() if name in ("api", "web", worker)}
+    assert len(before) == 3 and all(before.values()), before
+
+    bad = repo.commit("broken", {"BROKEN": "yes", "VERSION": "v2\n"})
+    with polled(f"http://127.0.0.1:{stack.api_port}/jobs") as failures:
+        failed = stack.ps("tick")
+    assert failed.code == 20 and "failed at canary" in failed.out, failed.both
+    assert failures == []  # the serving API answered every poll while the broken revision was tried
+    after = stack.status()
+    assert {name: after[name]["pid"] for name in before} == before  # api, web and the worker never moved
+    assert after["api-canary"]["state"] != "RUNNING" and serving(stack) == f"v1 {rev1}"
+    assert bad in record(stack)["failed"] and "never got ready" in failed.out
+
+    fixed = repo.commit("fixed", {"BROKEN": None, "VERSION": "v3\n"})
+    good = stack.ps("tick")
+    assert good.code == 10, good.both
+    assert serving(stack) == f"v3 {fixed}" and stack.status()["api-canary"]["state"] != "RUNNING"
+    assert stack.status()[worker]["pid"] != before[worker]  # the good revision reached the worker

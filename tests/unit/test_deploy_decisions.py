@@ -103,8 +103,11 @@ def test_only_the_revisions_own_failures_blame_it() -> None:
     assert blame("build", "command") == "revision" and blame("build", "incomplete") == "revision"
     assert blame("verify", "probe") == "revision"
     assert blame("apply", "program") == "revision"  # a worker of the new revision went FATAL
+    assert blame("api", "probe") == "revision" and blame("canary", "probe") == "revision"
+    assert blame("canary", "program") == "revision"  # the new revision's API exited before it got ready
+    assert blame("canary", "refused") == "infra"  # its port taken by something else
     # What supervisord, the host or the network did is not the revision's.
-    for step in ("migrate", "apply", "verify", "start", "switch"):
+    for step in ("migrate", "canary", "api", "apply", "verify", "start", "switch"):
         for kind in ("supervisord", "refused", "stop-timeout", "lock"):
             assert blame(step, kind) == "infra", (step, kind)
     assert blame("install", "command") == "infra"  # a network failure must not blacklist a good revision
@@ -115,7 +118,12 @@ def test_the_plan_and_its_rollback_undo_exactly_what_ran() -> None:
     from protea_supervisor.deploy import Work, deploy_plan, rollback_plan
 
     plan = deploy_plan(B, Work(install=True, build=True), supervisord_up=True)
-    assert [s.name for s in plan] == ["checkout", "install", "build", "switch", "migrate", "apply", "verify"]
+    assert [s.name for s in plan] == [
+        "checkout", "install", "build", "switch", "migrate", "api", "apply", "verify",
+    ]  # fmt: skip
+    # With a canary, the new revision's API is proved on its own before the serving one moves.
+    canary = deploy_plan(B, Work(install=False, build=False), supervisord_up=True, canary=True)
+    assert [s.name for s in canary] == ["checkout", "migrate", "canary", "api", "apply", "verify"]
     # Failed at migrate: the switch, the install and the checkout are undone, newest first, then re-applied.
     done = plan[:4]
     assert [s.name for s in rollback_plan(done, supervisord_up=True)] == [

@@ -173,3 +173,25 @@ def test_envpairs_refuses_values_supervisord_would_mangle(value: str) -> None:
 
 def test_pct_doubles_percent() -> None:
     assert pct("100%") == "100%%"
+
+
+def test_web_serving_a_build_is_stamped_with_the_build_and_the_rest_with_the_revision(tmp_path: Path) -> None:
+    """A deploy restarts what its config changed: web serving `deploy.web_current` changes only with the
+    build, so a revision that did not rebuild the frontend leaves it running."""
+
+    def environments(extra: str, revision: str, build: str) -> dict[str, dict[str, str]]:
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        paths = f"[paths]\nroot = '{tmp_path}'\nrun = '{tmp_path}'\n"
+        text = render(stack(paths + extra), EXE, revision, build)
+        groups = {g.name: g for g in loaded(text).process_group_configs}
+        return {name: groups[name].process_configs[0].environment or {} for name in ("api", "web", "tunnel")}
+
+    built = "[programs.web]\ndirectory = '{run}/web-current'\n"
+    one = environments(built, "a" * 40, f"{tmp_path}/web-builds/aaaa-1")
+    two = environments(built, "b" * 40, f"{tmp_path}/web-builds/aaaa-1")
+    assert one["web"] == two["web"] and one["web"]["PROTEA_WEB_BUILD"] == "aaaa-1"
+    assert "PROTEA_REVISION" not in one["web"] and one["api"]["PROTEA_REVISION"] == "a" * 40
+    assert environments(built, "b" * 40, f"{tmp_path}/web-builds/bbbb-2")["web"] != two["web"]
+    assert "PROTEA_REVISION" not in one["tunnel"] and "PROTEA_WEB_BUILD" not in one["tunnel"]
+    # Web run from the worktree runs the checked-out code: the revision stamps it.
+    assert environments("", "a" * 40, "")["web"]["PROTEA_REVISION"] == "a" * 40

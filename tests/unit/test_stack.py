@@ -136,6 +136,14 @@ enabled = false
         ),
         ("[programs.web]\nrequires_file = ''", "needs both requires_file and fallback_command"),
         (
+            "[deploy]\napi_canary_command = 'uvicorn x --port 8001'",
+            "deploy needs both api_canary_command and",
+        ),
+        (
+            "[deploy]\napi_canary_command = 'uvicorn x'\napi_canary_url = 'http://127.0.0.1:8000/jobs'",
+            "deploy.api_canary_url must name a port of its own, not the serving API's (127.0.0.1:8000",
+        ),
+        (
             "[tunnel_watch]\nprobe_interval = 2",
             "tunnel_watch.probe_interval must be 5 to 3600 (probes are paced by TICK_5), got 2",
         ),

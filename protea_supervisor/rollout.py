@@ -1,0 +1,283 @@
+"""What a deploy does to the running stack, step by step: install, migrate, prove the new revision's API
+(on its own port first, with a canary), move the API, then the rest, and verify. `tick.Deployer` calls these
+in the order of `deploy.deploy_plan`; each raises a domain error whose kind `deploy.blame` classifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from protea_supervisor.apply import (
+    LIVE,
+    UP,
+    Deadlines,
+    apply_plan,
+    stack_is_up,
+    start_group,
+    states,
+    wait_until_gone_or_down,
+)
+from protea_supervisor.control import Supervisor
+from protea_supervisor.deploy import short as deploy_short
+from protea_supervisor.errors import ProteaError, SupervisorDown
+from protea_supervisor.lifecycle import gate_deadline
+from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.listeners.probes import wait_http
+from protea_supervisor.lock import LockFile
+from protea_supervisor.progress import Ticker
+from protea_supervisor.reconcile import describe_plan, plan_from_document
+from protea_supervisor.render import CANARY
+from protea_supervisor.stack import Stack
+from protea_supervisor.webbuild import run_command
+from protea_supervisor.worktree import StepError
+
+Report = Callable[[str], None]
+HEALTH_PROBE_DEADLINE = 5.0
+
+
+@dataclass(frozen=True)
+class TickEnv:
+    """What the tick touches, built by the CLI."""
+
+    stack: Stack
+    supervisor: Supervisor
+    lock: LockFile
+    environ: Mapping[str, str]  # the process environment merged with the env files
+    secrets: Sequence[str]
+    # Renders the stack with a revision and writes <run>/supervisord.conf.
+    write_config: Callable[[str], None]
+    run_gate: Callable[[], None]
+    # Starts supervisord with the written config (a first deploy).
+    start_supervisord: Callable[[], None]
+    deadlines: Deadlines
+    report: Report
+    trigger: str = "by hand"  # who or what asked for the tick, for the release history
+
+
+# --- commands and the frontend build --------------------------------------------------------------------
+
+
+def install(env: TickEnv) -> None:
+    """The install command, then the post-install one (PROTEA reinstalls its CUDA torch there: an install
+    without it leaves the GPU build clobbered)."""
+    settings, root = env.stack.deploy, env.stack.paths.root
+    steps = ((settings.install_command, "install"), (settings.post_install_command, "post-install"))
+    for command, what in steps:
+        if command:
+            run_command(command, root, env.environ, what, env.secrets)
+
+
+# --- supervisord ----------------------------------------------------------------------------------------
+
+
+def own_groups(stack: Stack) -> set[str]:
+    return {p.role for p in stack.programs if p.enabled and p.role != "migrate"} | {
+        q.program for q in stack.queues if q.processes
+    }
+
+
+def all_running(env: TickEnv) -> bool:
+    groups = own_groups(env.stack)
+    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
+    return {i["group"] for i in infos} == groups and all(i["statename"] == "RUNNING" for i in infos)
+
+
+def healthy(env: TickEnv) -> bool:
+    """Every long-running program RUNNING and the API and web probes answering."""
+    if not env.supervisor.is_running() or not all_running(env):
+        return False
+    probes = env.stack.probes
+    return not any(
+        wait_http(url, HEALTH_PROBE_DEADLINE) for url in (probes.api_ready_url, probes.web_url) if url
+    )
+
+
+def run_migrate(env: TickEnv) -> None:
+    stack, supervisor = env.stack, env.supervisor
+    if not stack.program("migrate").enabled:
+        return
+    plan = plan_from_document(supervisor.plan_reload())
+    if "migrate" in plan.changed:
+        replace_idle(env, "migrate")
+    env.report("running migrate")
+    supervisor.start("migrate:migrate")
+    end = time.monotonic() + env.deadlines.stop + 600
+    ticker = Ticker(env.report)
+    while time.monotonic() < end:
+        ticker.say("  migrate is running")
+        info = next(i for i in supervisor.all_process_info() if i["name"] == "migrate")
+        if info["statename"] == "EXITED":
+            if info["exitstatus"] != 0:
+                raise StepError(f"migrate exited {info['exitstatus']}", "exit")
+            return
+        if info["statename"] in ("FATAL", "STOPPED"):
+            raise StepError(f"migrate is {info['statename']}", "exit")
+        time.sleep(0.2)
+    raise StepError("migrate did not finish", "exit")
+
+
+def replace_idle(env: TickEnv, group: str) -> None:
+    """Swap in a one-shot's new config once it is not running (the gate may have just started it)."""
+    wait_until_gone_or_down(
+        env.supervisor, group, states(env.supervisor, group), env.deadlines.stop, env.report
+    )
+    env.supervisor.replace_group(group)
+
+
+def wait_gate_idle(env: TickEnv) -> None:
+    """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
+    deadline = time.monotonic() + gate_deadline(env.stack)
+    ticker = Ticker(env.report)
+    while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
+        ticker.say("the gate is starting the stack; waiting for it to finish")
+        if time.monotonic() > deadline:
+            raise StepError("the gate did not finish", "refused")
+        time.sleep(0.5)
+
+
+def apply_revision(env: TickEnv, revision: str) -> None:
+    """Render with the revision, restart what changed (workers within their grace) and start what is not
+    running through the gate. migrate is not run here (its own step, only going forward)."""
+    env.write_config(revision)
+    plan = plan_from_document(env.supervisor.plan_reload())
+    # The tick must not restart itself; migrate takes its new config when it is next run.
+    keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
+    # The canary only takes its new config; only a deploy's canary step starts it.
+    on_demand = {CANARY} & {*plan.added, *plan.changed}
+    moving = plan.only(keep - {"migrate"} - on_demand)
+    if "migrate" in plan.changed:
+        replace_idle(env, "migrate")
+    for group in on_demand:
+        _refresh(env, group)
+    for line in describe_plan(moving):
+        env.report(line)
+    up = stack_is_up(env.stack, env.supervisor)
+    apply_plan(env.supervisor, moving, env.deadlines, env.report, up)
+    if not up or not all_running(env):
+        env.report("starting what is not running through the gate")
+        env.run_gate()
+
+
+def verify(env: TickEnv) -> None:
+    if not env.supervisor.is_running():
+        raise SupervisorDown("supervisord is not running.")
+    probes = env.stack.probes
+    for url, deadline, what in (
+        (probes.api_ready_url, probes.api_ready_timeout, "API readiness"),
+        (probes.web_url, probes.web_timeout, "web"),
+    ):
+        if url:
+            problem = wait_http(url, deadline, waiting=Ticker(env.report).say)
+            if problem:
+                raise StepError(f"{what} probe {url}: {problem} after {deadline} s", "probe")
+
+
+# --- the API first, then the rest -----------------------------------------------------------------------
+
+POLL = 0.25
+
+
+def _refresh(env: TickEnv, group: str) -> None:
+    """Put the re-read config of one on-demand group in place while it is not running."""
+    plan = plan_from_document(env.supervisor.plan_reload())
+    if group in plan.added:
+        env.supervisor.add_group(group)
+    elif group in plan.changed:
+        replace_idle(env, group)
+
+
+def _answer(url: str, timeout: float) -> str:
+    """'' when `url` answers 2xx, else what went wrong."""
+    import requests
+
+    try:
+        response = requests.get(url, timeout=max(0.2, timeout), allow_redirects=False)
+    except requests.RequestException as why:
+        return type(why).__name__
+    return "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+
+
+def _port_taken(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def prove_canary(env: TickEnv, revision: str) -> None:
+    """The new revision's API on its own port (`api-canary`): started, probed at deploy.api_canary_url until
+    it answers 2xx within probes.api_ready_timeout, and stopped whatever the verdict. The serving API is not
+    touched, so a revision whose API never gets ready never serves a request."""
+    stack, supervisor = env.stack, env.supervisor
+    url, timeout = stack.deploy.api_canary_url, stack.probes.api_ready_timeout
+    env.write_config(revision)
+    _refresh(env, CANARY)
+    if _port_taken(url):
+        raise StepError(f"the canary's address {url} is taken by a process that is not the canary", "refused")
+    supervisor.start(f"{CANARY}:{CANARY}")
+    end = time.monotonic() + timeout
+    ticker = Ticker(env.report)
+    problem = "no answer"
+    try:
+        while True:
+            info = next((i for i in supervisor.all_process_info() if i["name"] == CANARY), None)
+            state = info["statename"] if info else "gone"
+            if state not in ("STARTING", "RUNNING"):
+                exit_status = f" (exit {info['exitstatus']})" if info and state == "EXITED" else ""
+                raise StepError(
+                    f"the canary {CANARY} is {state}{exit_status} before it got ready; see "
+                    f"`protea-supervisor logs {CANARY}`; the serving API was not touched",
+                    "program",
+                )
+            problem = _answer(url, min(5.0, max(0.2, end - time.monotonic())))
+            if not problem:
+                env.report(f"the canary answered {url}: {deploy_short(revision)} gets ready on its own")
+                return
+            if time.monotonic() >= end:
+                raise StepError(
+                    f"the canary never got ready at {url} ({problem} after {timeout} s); "
+                    "the serving API was not touched",
+                    "probe",
+                )
+            ticker.say(f"  waiting for the canary at {url} ({problem})")
+            time.sleep(POLL)
+    finally:
+        _stop(env, CANARY)
+
+
+def _stop(env: TickEnv, group: str) -> None:
+    with contextlib.suppress(ProteaError):
+        if any(s in LIVE for s in states(env.supervisor, group).values()):
+            env.supervisor.stop_group(group)
+        wait_until_gone_or_down(env.supervisor, group, states(env.supervisor, group), env.deadlines.stop,
+                                env.report)  # fmt: skip
+
+
+def restart_api(env: TickEnv, revision: str) -> None:
+    """Render with the revision and move the API alone onto it; it must answer its readiness URL within
+    probes.api_ready_timeout before anything else moves. Workers and web keep their config meanwhile."""
+    stack, supervisor = env.stack, env.supervisor
+    if not stack.program("api").enabled:
+        env.write_config(revision)
+        return
+    env.write_config(revision)
+    moving = plan_from_document(supervisor.plan_reload()).only({"api"})
+    for line in describe_plan(moving):
+        env.report(line)
+    apply_plan(supervisor, moving, env.deadlines, env.report, start_added=True)
+    if not any(s in UP for s in states(supervisor, "api").values()):
+        env.report("  api: not running; starting it")
+        start_group(supervisor, "api", env.deadlines, env.report)
+    url, timeout = stack.probes.api_ready_url, stack.probes.api_ready_timeout
+    if url:
+        problem = wait_http(url, timeout, waiting=Ticker(env.report).say)
+        if problem:
+            raise StepError(f"API readiness probe {url}: {problem} after {timeout} s", "probe")
