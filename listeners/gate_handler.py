@@ -1,6 +1,8 @@
-"""The readiness gate's decisions: infra ports -> migrate exits 0 -> api ready -> workers and web -> web
-ready -> tunnel. Pure: `handle` and `refresh` take (plan, state, input, now) and return (state, actions);
-`gate.py` is the edge (executor, state file, main).
+"""The readiness gate's decisions: infra ports -> migrate exits 0 -> api ready -> web and the workers start
+-> web ready -> tunnel -> the workers RUNNING. The tunnel waits for what the public needs (API and web
+ready), not for the workers' startsecs: they start in parallel with web and their start is reported (and
+fails the run if one cannot start) after the tunnel is up. Pure: `handle` and `refresh` take (plan, state,
+input, now) and return (state, actions); `gate.py` is the edge (executor, state file, main).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from .protocol import Event
 COMM_TYPE = "protea-gate"
 STATE_FILE = "gate.json"
 UP_STATES = ("STARTING", "RUNNING", "BACKOFF")
-STEPS = ("infra", "migrate", "api", "workers", "web", "tunnel")
+STEPS = ("infra", "migrate", "api", "web", "tunnel", "workers")
+# The steps the public needs, in order: `up` reports their time as the chain.
+CHAIN = ("infra", "migrate", "api", "web", "tunnel")
 
 
 # --- records --------------------------------------------------------------------------------------------
@@ -273,6 +277,13 @@ def advance(
         else:
             state, more = _act(state, outcome)
             actions += more
+            if (
+                step == "web"
+                and "workers" not in state.steps
+                and any(isinstance(a, Start) and a.namespec.split(":")[0] in plan.workers for a in more)
+            ):
+                # The workers' step is timed (and its start_timeout counted) from their start.
+                state = replace(state, steps={**state.steps, "workers": (now, 0.0)})
         break
     else:
         state = replace(state, phase="done", step="done", finished_at=now)
@@ -305,17 +316,17 @@ def _check(plan: GatePlan, state: GateState, step: str) -> Outcome:
     if step == "migrate":
         return _oneshot(state, procs)
     outcome = _services(state, procs)
-    if step == "workers" and not isinstance(outcome, Failure):
-        # web starts with the workers; its readiness is the next step.
-        web = [
+    if step == "web" and not isinstance(outcome, Failure):
+        # The workers start with web; the gate waits for them only after the tunnel (their own step).
+        workers = [
             Start(p.key)
             for p in state.processes.values()
-            if p.group == plan.web
+            if p.group in plan.workers
             and p.state not in (*UP_STATES, "STOPPING")
             and p.key not in state.requested
         ]
-        if web:
-            return [*(outcome or []), *web]
+        if workers:
+            return [*(outcome or []), *workers]
     if outcome is not None:
         return outcome
     if step == "api":

@@ -31,7 +31,14 @@ from protea_supervisor.env import check_required, merged_environment
 from protea_supervisor.errors import StackFailed, SupervisorDown, UsageError
 from protea_supervisor.files import write_atomic
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
-from protea_supervisor.lifecycle import recover_orphans, run_gate, shut_down, start_supervisord
+from protea_supervisor.lifecycle import (
+    chain_summary,
+    own_start_time,
+    recover_orphans,
+    run_gate,
+    shut_down,
+    start_supervisord,
+)
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.logfiles import prune_logs
 from protea_supervisor.overrides import (
@@ -113,7 +120,9 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
             apply_idle_changes(stack, supervisor)
         else:
             start_supervisord(stack, supervisor, click.echo)
-        run_gate(stack, supervisor, click.echo)
+        summary = chain_summary(run_gate(stack, supervisor, click.echo), own_start_time(), time.time())
+        if summary:
+            click.echo(summary)
         prune_logs(stack, click.echo)
     click.echo(
         f"stack is up. status: protea-supervisor{stack_flag(ctx)} status; "

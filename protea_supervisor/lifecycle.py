@@ -6,8 +6,9 @@ The edge the CLI, the tick and restore share. It never prints: every line goes t
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from protea_supervisor import orphans
@@ -17,6 +18,7 @@ from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
 from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
+from protea_supervisor.listeners.gate_handler import CHAIN, STEPS
 from protea_supervisor.progress import Ticker, names
 from protea_supervisor.render import LISTENERS
 from protea_supervisor.stack import Stack
@@ -48,8 +50,9 @@ def start_listeners(supervisor: Supervisor, report: Report) -> None:
         wait_started(supervisor, name, START_DEADLINE, report=report)
 
 
-def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool = False) -> None:
-    """Ask the gate listener to run and follow its state file until it is done or has failed."""
+def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool = False) -> dict[str, Any]:
+    """Ask the gate listener to run and follow its state file until it is done (its final state is
+    returned) or has failed (GateFailed)."""
     start_listeners(supervisor, report)
     request, payload = start_request(retry)
     supervisor.send_comm(COMM_TYPE, payload)
@@ -60,12 +63,17 @@ def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool =
     while True:
         doc = read_gate_state(stack.paths.run) or {}
         mine = request in doc.get("requests", [])
-        for step in doc.get("steps", []) if mine else []:
+        order = {name: i for i, name in enumerate(STEPS)}
+        finished = sorted(
+            (s for s in doc.get("steps", []) if s["finished_at"]),
+            key=lambda s: (s["finished_at"], order.get(s["step"], len(order))),
+        )
+        for step in finished if mine else []:
             if step["finished_at"] and step["step"] not in shown:
                 shown.add(step["step"])
                 report(f"  {step['step']:<8} ready in {step['finished_at'] - step['started_at']:.1f} s")
         if mine and doc.get("phase") == "done":
-            return
+            return doc
         if mine and doc.get("phase") in ("failed", "cancelled"):
             raise _gate_failure(stack, doc)
         if mine and doc.get("phase") == "running":
@@ -87,6 +95,42 @@ def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool =
                 f"the gate did not finish within {deadline:g} s (step {doc.get('step', '?')}).", "gate"
             )
         time.sleep(POLL)
+
+
+def chain_times(doc: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """From a finished gate run: (seconds until the last step the public needs was ready, seconds until
+    the whole run was done, the run's start as wall time). None when the run recorded no steps."""
+    steps = {str(s["step"]): (float(s["started_at"]), float(s["finished_at"])) for s in doc.get("steps", [])}
+    if not steps:
+        return None
+    began = min(started for started, _ in steps.values())
+    public = [finished for step, (_, finished) in steps.items() if step in CHAIN and finished]
+    done = float(doc.get("finished_at") or max(finished for _, finished in steps.values()))
+    return (max(public) - began if public else 0.0), done - began, began
+
+
+def own_start_time() -> float:
+    """When this process started, as wall time (from /proc; now when unreadable)."""
+    try:
+        stat = open("/proc/self/stat").read()  # noqa: SIM115
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))  # noqa: SIM115
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def chain_summary(doc: Mapping[str, Any], started_at: float, now: float) -> str:
+    """`up`'s last line about time: the chain the public needs, the workers, and everything else."""
+    times = chain_times(doc)
+    if times is None:
+        return ""
+    chain, run, _ = times
+    overhead = max(0.0, (now - started_at) - run)
+    return (
+        f"the public chain ({', '.join(CHAIN)}) took {chain:.1f} s, the whole gate {run:.1f} s; "
+        f"overhead {overhead:.1f} s (supervisord, the listeners and this command)"
+    )
 
 
 def _gate_failure(stack: Stack, doc: dict[str, Any]) -> GateFailed:

@@ -51,7 +51,7 @@ class TickEnv:
     secrets: Sequence[str]
     # Renders the stack with a revision and writes <run>/supervisord.conf.
     write_config: Callable[[str], None]
-    run_gate: Callable[[], None]
+    run_gate: Callable[[], object]  # follows the gate until done; raises GateFailed
     # Starts supervisord with the written config (a first deploy).
     start_supervisord: Callable[[], None]
     deadlines: Deadlines

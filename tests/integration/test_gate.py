@@ -56,14 +56,18 @@ def test_each_program_starts_only_after_its_predecessor_is_ready(
     short_tmp: Path, supervisord: Callable[[Stack], None]
 ) -> None:
     ready_after = 1.5
-    extra = {"programs": {"web": {"command": "{python} -P -m protea_supervisor.demo.web --ready-after 1.5"}}}
+    extra = {
+        "programs": {"web": {"command": "{python} -P -m protea_supervisor.demo.web --ready-after 1.5"}},
+        "workers": {"startsecs": 5},
+    }
     stack = Stack(stack_file(short_tmp, api_ready_after=ready_after, extra=extra))
     supervisord(stack)
     up = stack.ps("up")
     assert up.code == 0, up.both
-    assert [line.split()[0] for line in up.out.splitlines() if "ready in" in line] == [
-        "migrate", "api", "workers", "web", "tunnel",
+    assert [line.split()[0] for line in up.out.splitlines() if line.startswith("  ") and "ready in" in line] == [
+        "migrate", "api", "web", "tunnel", "workers",
     ]  # fmt: skip
+    assert "the public chain (infra, migrate, api, web, tunnel) took" in up.out and "overhead" in up.out
     started = {name: times[0] for name, times in spawns(stack).items()}
     (migrate_exit,) = [
         when(stamp) for stamp, name, code in EXITED.findall(supervisord_log(stack)) if name == "migrate"
@@ -73,10 +77,12 @@ def test_each_program_starts_only_after_its_predecessor_is_ready(
     for worker in ("worker-ping", "worker-jobs", "web"):
         assert started[worker] >= started["api"] + ready_after, worker
     assert started["tunnel"] >= started["web"] + ready_after
+    # The tunnel waits for web, not for the workers' 5 s startsecs: they start with web and are reported.
+    assert started["tunnel"] < min(started["worker-ping"], started["worker-jobs"]) + 5
     assert all(len(times) == 1 for times in spawns(stack).values())  # nothing was started twice
     doc = gate_doc(stack)
     assert doc["phase"] == "done" and [s["step"] for s in doc["steps"]] == [
-        "migrate", "api", "workers", "web", "tunnel",
+        "migrate", "api", "web", "workers", "tunnel",
     ]  # fmt: skip
     assert "gate: done" in stack.ps("status").out
 

@@ -316,7 +316,14 @@ def step_kill_listener(world: World, rng: random.Random) -> None:
     pid = world.stack.status()[name]["pid"]
     if pid:
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: world.stack.status()[name]["pid"] not in (0, pid), 30, f"{name} to come back")
+
+        def back() -> bool:
+            now = world.stack.status()[name]
+            return now["pid"] not in (0, pid) and now["state"] == "RUNNING"
+
+        # Back means RUNNING: a status read while it is still STARTING and a supervisorctl read after its
+        # startsecs would disagree for no fault of either.
+        wait_for(back, 30, f"{name} to come back")
 
 
 def step_kill_supervisord(world: World, rng: random.Random) -> None:

@@ -34,7 +34,7 @@ def test_stack_comes_up_in_order_shows_in_status_and_goes_away_with_down(
     up = stack.ps("up", "2")
     assert up.code == 0, up.both
     assert [line.split()[0] for line in up.out.splitlines() if "ready in" in line] == [
-        "migrate", "api", "workers", "web", "tunnel",
+        "migrate", "api", "web", "tunnel", "workers",
     ]  # fmt: skip
     status = stack.status()
     assert status["migrate"]["state"] == "EXITED"

@@ -83,21 +83,37 @@ def test_boot_runs_the_steps_in_order_each_only_after_the_last_is_ready() -> Non
         state_event("STARTING", "migrate"), state_event("RUNNING", "migrate"), state_event("EXITED", "migrate"),
         state_event("STARTING", "api"), state_event("RUNNING", "api"),
         probe("api", True),
-        state_event("RUNNING", "worker-ping"), state_event("RUNNING", "worker-batch", "worker-batch-1"),
         state_event("RUNNING", "web"),
-        state_event("RUNNING", "worker-batch", "worker-batch-2"),
+        state_event("RUNNING", "worker-ping"),
         probe("web", True),
         state_event("RUNNING", "tunnel"),
+        state_event("RUNNING", "worker-batch", "worker-batch-1"),
+        state_event("RUNNING", "worker-batch", "worker-batch-2"),
     ])  # fmt: skip
     assert steps == [
         [Start("migrate:migrate")], [], [], [Start("api:api")], [], [Probe("api", 1)],
-        [Start("worker-ping:worker-ping"), Start("worker-batch:worker-batch-1"),
-         Start("worker-batch:worker-batch-2"), Start("web:web")],
-        [], [], [], [Probe("web", 1)], [Start("tunnel:tunnel")], [],
+        [Start("web:web"), Start("worker-ping:worker-ping"), Start("worker-batch:worker-batch-1"),
+         Start("worker-batch:worker-batch-2")],
+        [Probe("web", 1)], [],
+        # The tunnel starts once web is ready, while worker-batch is still starting.
+        [Start("tunnel:tunnel")], [], [], [],
     ]  # fmt: skip
     assert state.phase == "done"
-    assert list(state.steps) == ["infra", "migrate", "api", "workers", "web", "tunnel"]
+    assert list(state.steps) == ["infra", "migrate", "api", "web", "workers", "tunnel"]
     assert all(finished >= started > 0 for started, finished in state.steps.values())
+    # The workers' time counts from their start with web, and ends after the tunnel's.
+    assert state.steps["workers"][0] == state.steps["web"][0]
+    assert state.steps["workers"][1] > state.steps["tunnel"][1]
+
+
+def test_a_worker_that_cannot_start_fails_the_run_after_the_tunnel_is_up() -> None:
+    state = up_to_web()
+    state, steps = replay(state, [state_event("RUNNING", "web"), probe("web", True),
+                                  state_event("RUNNING", "tunnel"),
+                                  state_event("FATAL", "worker-batch", "worker-batch-1")], start=104)  # fmt: skip
+    assert steps[1] == [Start("tunnel:tunnel")]
+    assert state.phase == "failed" and state.step == "workers"
+    assert state.failed_process == "worker-batch:worker-batch-1"
 
 
 def test_failing_migration_stops_the_gate_and_starts_nothing_after_it() -> None:
@@ -212,24 +228,25 @@ def test_parse_infra_takes_host_and_port_never_the_password() -> None:
     assert "pw" not in repr(targets)
 
 
-def up_to_workers() -> GateState:
-    """A gate run that has reached the workers step at t=103 (workers and web asked to start)."""
+def up_to_web() -> GateState:
+    """A gate run that has reached the web step at t=103 (web and the workers asked to start)."""
     state, _ = boot()
     state, _ = replay(state, [probe("infra", True), state_event("EXITED", "migrate"),
                               state_event("RUNNING", "api"), probe("api", True)])  # fmt: skip
-    assert state.step == "workers"
+    assert state.step == "web"
     return state
 
 
 def test_a_process_a_scale_down_dropped_is_neither_waited_for_nor_started() -> None:
-    state = up_to_workers()
+    state = up_to_web()
     # worker-batch-2 was removed by a scale-down (no event says so): the live list no longer has it.
     live = {k: p for k, p in state.processes.items() if p.name != "worker-batch-2"}
     state, actions = refresh(PLAN, state, live, 104.0)
-    state, steps = replay(state, [state_event("RUNNING", "worker-ping"),
-                                  state_event("RUNNING", "worker-batch", "worker-batch-1"),
-                                  state_event("RUNNING", "web")], start=105)  # fmt: skip
-    assert steps[-1] == [Probe("web", 1)]  # on to the web step without worker-batch-2
+    state, steps = replay(state, [state_event("RUNNING", "web"), probe("web", True),
+                                  state_event("RUNNING", "tunnel"), state_event("RUNNING", "worker-ping"),
+                                  state_event("RUNNING", "worker-batch", "worker-batch-1")], start=105)  # fmt: skip
+    assert steps[0] == [Probe("web", 1)]
+    assert state.phase == "done"  # without worker-batch-2
     assert not any(isinstance(a, Start) and "batch-2" in a.namespec for a in actions)
 
 
@@ -246,12 +263,12 @@ def test_a_new_run_starts_processes_that_exist_now_and_not_those_that_did() -> N
 
 
 def test_a_step_whose_processes_never_run_fails_within_its_deadline_naming_them() -> None:
-    state = up_to_workers()
-    state, _ = replay(
-        state, [state_event("RUNNING", "worker-ping"), state_event("RUNNING", "web")], start=104
-    )
+    state = up_to_web()
+    state, _ = replay(state, [state_event("RUNNING", "worker-ping"), state_event("RUNNING", "web"),
+                              probe("web", True), state_event("RUNNING", "tunnel")], start=104)  # fmt: skip
+    assert state.step == "workers"
     state, _ = refresh(PLAN, state, state.processes, 150.0)
-    assert state.phase == "running"  # 47 s in: still within the 60 s start_timeout
+    assert state.phase == "running"  # 47 s after the workers were started: within the 60 s start_timeout
     state, _ = refresh(PLAN, state, state.processes, 164.0)
     assert state.phase == "failed" and state.step == "workers"
     assert "worker-batch-1 STARTING" not in state.reason and "worker-batch-1 STOPPED" in state.reason
@@ -259,19 +276,19 @@ def test_a_step_whose_processes_never_run_fails_within_its_deadline_naming_them(
 
 
 def test_cancel_stops_a_running_gate_and_later_events_start_nothing() -> None:
-    state = up_to_workers()
+    state = up_to_web()
     state, steps = replay(state, [comm({"command": "cancel", "reason": "`down`"}),
-                                  state_event("RUNNING", "worker-ping"), probe("web", True)], start=104)  # fmt: skip
+                                  state_event("RUNNING", "web"), probe("web", True)], start=104)  # fmt: skip
     assert state.phase == "cancelled" and steps == [[], [], []]
     assert "down" in state.reason
 
 
 def test_a_refresh_keeps_the_exact_exit_time_of_a_migration_that_already_passed() -> None:
-    state = up_to_workers()
+    state = up_to_web()
     # supervisord's own `stop` is in whole seconds: before the run's `since` when read back.
     live = {**state.processes, "migrate:migrate": Proc("migrate", "migrate", "EXITED", True, 99.0)}
     state, _ = refresh(PLAN, state, live, 110.0)
-    assert state.phase == "running" and state.step == "workers"
+    assert state.phase == "running" and state.step == "web"
 
 
 def test_a_request_joining_a_running_gate_is_published_at_once_and_a_repeat_is_ignored() -> None:
