@@ -3,14 +3,16 @@
 The tunnel stand-in is told to fail as ngrok does (hang: alive but the public URL stops answering; exit;
 5xx with an ngrok error code; drop: the agent API no longer lists the tunnel). Measured: from the failure to
 the public URL answering again from a new process.
-  watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 5 s,
-                3 failures 2 s apart, HEAD with a 5 s timeout). A failure lands at a random point (seeded)
-                of the probe cycle, several times per mode on one stack; median and worst are shown.
+  watchdog      protea-supervisor's tunnel-watch listener with the shipped defaults (probe every 5 s on its
+                own clock, 3 failures 0.5 s apart, HEAD with a 2 s timeout) or the rules given with --set.
+                A failure lands at a random point (seeded) of the probe cycle, several times per mode on
+                one stack; median and worst are shown.
   deploy-keeper its `ngrok_tunnel_down` trigger as it runs today: `curl -sfI --max-time 5` on the public URL
                 every 60 s (TRIGGER_CHECK_INTERVAL_SEC); on failure pkill, sleep 1, start ngrok again. It
                 never looks at the agent API, so `drop` goes unnoticed. The failure lands at a random point
                 of the 60 s cycle (seeded).
-Run: .venv/bin/python bench/tunnel_outage.py [--samples N] [--probe-interval S] [--modes hang,exit]
+Run: .venv/bin/python bench/tunnel_outage.py [--samples N] [--set probe_interval=S ...] [--modes hang,exit]
+     [--no-deploy-keeper]
 """
 
 from __future__ import annotations
@@ -62,14 +64,15 @@ def tunnel_pid(stack: Path) -> int:
     )
 
 
-def watchdog(mode: str, phases: list[float], probe_interval: float = PROBE_INTERVAL) -> list[float]:
+def watchdog(mode: str, phases: list[float], rules: dict[str, str]) -> list[float]:
     root = Path(tempfile.mkdtemp(prefix="bt-"))
     api, web, agent, public = free_port(), free_port(), free_port(), free_port()
     stack = stack_file(
         root, api_port=api, web_port=web, agent_port=agent, public_port=public, api_ready_after=0.5
     )
-    if probe_interval != PROBE_INTERVAL:
-        stack.write_text(stack.read_text() + f"[tunnel_watch]\nprobe_interval = {int(probe_interval)}\n")
+    if rules:
+        table = "".join(f"{key} = {value}\n" for key, value in rules.items())
+        stack.write_text(stack.read_text() + f"[tunnel_watch]\n{table}")
     url, agent_url = f"http://127.0.0.1:{public}/", f"http://127.0.0.1:{agent}/api/tunnels"
     ps(stack, "up")
     times = []
@@ -149,25 +152,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3, help="outages per mode for the watchdog")
     parser.add_argument(
-        "--probe-interval", type=float, default=PROBE_INTERVAL, help="tunnel_watch.probe_interval"
-    )
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a tunnel_watch key instead of its shipped default (repeatable), e.g. probe_interval=10",
+    )  # fmt: skip
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated failure modes")
+    parser.add_argument("--no-deploy-keeper", action="store_true", help="measure the watchdog only")
     args = parser.parse_args()
+    rules = dict(item.split("=", 1) for item in args.set)
+    interval = float(rules.get("probe_interval", PROBE_INTERVAL))
     rng = random.Random(42)
     rows = []
     for mode in args.modes.split(","):
-        phases = [rng.uniform(0, args.probe_interval) for _ in range(args.samples)]
-        ours = watchdog(mode, phases, args.probe_interval)
-        theirs = deploy_keeper(mode, rng.uniform(0, CHECK_INTERVAL))
+        phases = [rng.uniform(0, interval) for _ in range(args.samples)]
+        ours = watchdog(mode, phases, rules)
+        theirs = None if args.no_deploy_keeper else deploy_keeper(mode, rng.uniform(0, CHECK_INTERVAL))
         rows.append((mode, ours, theirs))
+    shown_rules = ", ".join(f"{k} {v}" for k, v in rules.items()) or "shipped defaults"
     print(
-        f"outage to serving again, seconds (watchdog: probe_interval {args.probe_interval:g} s, "
+        f"outage to serving again, seconds (watchdog: {shown_rules}, "
         f"{args.samples} outages per mode; deploy-keeper: one)"
     )
     print(f"{'failure':<8} {'watchdog median':>16} {'worst':>6} {'deploy-keeper':>14} {'ratio':>7}")
     for mode, ours, theirs in rows:
         median = statistics.median(ours)
-        shown = f"{theirs:.1f}" if theirs is not None else "unnoticed"
+        shown = f"{theirs:.1f}" if theirs is not None else "-" if args.no_deploy_keeper else "unnoticed"
         ratio = f"{theirs / median:.1f}x" if theirs is not None else "-"
         print(f"{mode:<8} {median:>16.1f} {max(ours):>6.1f} {shown:>14} {ratio:>7}")
     print(

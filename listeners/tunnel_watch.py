@@ -1,11 +1,13 @@
 """The tunnel watchdog: a dead ngrok tunnel is found in seconds and restarted, without flapping.
 
-`handle` is pure: (config, state, event, now) -> (state, actions). TICK_5 paces the probes; a failed probe is
-confirmed `confirm_interval` s later, off the tick, so an outage is acted on in seconds. A probe still
-unanswered after `confirm_interval` (a hung tunnel: the real ngrok failure) does not hold the confirmations
-back behind its own timeout: the next one is asked while it is in flight. Probes run in threads and report
-back (`slow`, then their result) as REMOTE_COMMUNICATION events. The tunnel program has
-autorestart=false: this listener is the only thing that restarts it.
+`handle` is pure: (config, state, event, now) -> (state, actions). The probes keep their own clock: each
+answer schedules the next probe `probe_interval` s after the last one was sent (a Probe action carries its
+delay), so the pace is the stack's, not supervisord's TICK_5; the tick is only a safety net (a probe that
+never reported, a deferred start, a restart waiting out its backoff). A failed probe is confirmed
+`confirm_interval` s later, and a probe still unanswered after `confirm_interval` (a hung tunnel: the real
+ngrok failure) does not hold the confirmations back behind its own timeout: the next one is asked while it
+is in flight. Probes run in threads and report back (`slow`, then their result) as REMOTE_COMMUNICATION
+events. The tunnel program has autorestart=false: this listener is the only thing that restarts it.
 """
 
 from __future__ import annotations
@@ -170,6 +172,17 @@ def resume(
     )
 
 
+def begin(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
+    """The listener has (re)started: the clock starts with a probe now, when there is a tunnel to watch."""
+    return _next_probe(config, state, now)
+
+
+def lost_after(rules: TunnelWatch) -> float:
+    """A probe that has not reported this long after it was sent never will (its thread or its report was
+    lost): a probe makes at most two requests, each failing within about two timeouts."""
+    return 4 * rules.probe_timeout + rules.confirm_interval + 10
+
+
 def handle(
     config: WatchConfig, state: WatchState, event: Event, now: float
 ) -> tuple[WatchState, list[Action]]:
@@ -235,9 +248,20 @@ def _tick(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchStat
         if actions or state.restarting:
             return state, actions
         # No restart allowed yet (backoff, or the hourly budget): keep probing, so `status` stays true.
-    if state.tunnel == "RUNNING" and not state.in_flight and now >= state.next_probe_at:
-        return _probe(config, state, 0.0, now)
-    return state, []
+    lost = state.in_flight and now > state.probe_asked_at + lost_after(config.rules)
+    if state.tunnel == "RUNNING" and lost:
+        state = replace(state, in_flight=())
+        state, actions = _next_probe(config, state, now)
+        return state, [Log("tunnel-watch: a probe never reported; probing again"), *actions]
+    return _next_probe(config, state, now)
+
+
+def _next_probe(config: WatchConfig, state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
+    """Keep the clock going: with a watched, running tunnel and no probe on its way, ask the next one for
+    `next_probe_at` (now, when that is past)."""
+    if not state.armed or state.tunnel != "RUNNING" or state.in_flight or state.restarting:
+        return state, []
+    return _probe(config, state, max(0.0, state.next_probe_at - now), now)
 
 
 def _probe(
@@ -267,8 +291,10 @@ def _tunnel_event(
     state = replace(state, tunnel=new)
     if new == "RUNNING":
         # Probes in the grace period after a start do not count (ngrok needs a moment to bind the domain).
-        state = replace(state, armed=True, started_at=now, failures=0, next_probe_at=now, start_pending=False)
-        return state, [Publish(state)]
+        state = replace(state, armed=True, started_at=now, failures=0, next_probe_at=now, in_flight=())
+        state = replace(state, start_pending=False)
+        state, actions = _next_probe(config, state, now)
+        return state, [*actions, Publish(state)]
     if new == "STOPPED":
         if state.restarting:
             return replace(state, restarting=False), [StartTunnel(), Log("tunnel-watch: starting the tunnel")]
@@ -295,14 +321,19 @@ def _probe_result(
             next_probe_at=state.probe_asked_at + config.rules.probe_interval,
             backoff=0.0 if healthy else state.backoff,
         )
-        return state, [Publish(state)]
+        state, actions = _next_probe(config, state, now)
+        return state, [*actions, Publish(state)]
     if in_grace:
-        return replace(state, next_probe_at=now + config.rules.confirm_interval), [Publish(state)]
+        state = replace(state, next_probe_at=now + config.rules.confirm_interval)
+        state, actions = _next_probe(config, state, now)
+        return state, [*actions, Publish(state)]
     state = replace(state, failures=state.failures + 1)
     if state.failures >= config.rules.failures:
         state = replace(state, next_probe_at=now + config.rules.probe_interval)
         state, actions = _restart(config, state, now, f"{state.failures} failed probes ({detail})")
-        return state, [*actions, Publish(state)]
+        # No restart allowed yet (backoff, or the hourly budget): the clock goes on, so `status` stays true.
+        state, more = _next_probe(config, state, now)
+        return state, [*actions, *more, Publish(state)]
     log = Log(f"tunnel-watch: probe failed ({state.failures}/{config.rules.failures}): {detail}")
     if state.in_flight:  # the confirmation asked while this one hung is already on its way
         return state, [log, Publish(state)]
@@ -488,9 +519,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = read_json(state_path)
     info = rpc().supervisor.getProcessInfo(TUNNEL)
     saved = state_from_document(doc) if doc else None
-    holder = {"state": resume(config, saved, info["statename"], int(info["pid"]), time.time())}
+    now = time.time()
+    state, actions = begin(config, resume(config, saved, info["statename"], int(info["pid"]), now), now)
+    holder = {"state": state}
     watched = " and ".join(url for url in (config.public_url, config.agent_url) if url) or "nothing"
-    log(f"tunnel-watch: watching {watched}")
+    log(f"tunnel-watch: watching {watched} every {config.rules.probe_interval:g} s")
+    executor.execute(actions)
 
     def on_event(event: Event) -> None:
         state, actions = handle(config, holder["state"], event, time.time())

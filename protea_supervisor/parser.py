@@ -459,9 +459,9 @@ def _parse_tunnel_watch(reader: Reader) -> TunnelWatch:
     watch = TunnelWatch(
         enabled=bool(get("enabled", True)),
         probe_interval=get("probe_interval", 5),
-        probe_timeout=float(get("probe_timeout", 5)),
+        probe_timeout=float(get("probe_timeout", 2)),
         failures=get("failures", 3),
-        confirm_interval=float(get("confirm_interval", 2)),
+        confirm_interval=float(get("confirm_interval", 0.5)),
         grace=get("grace", 20),
         backoff_initial=get("backoff_initial", 15),
         backoff_max=get("backoff_max", 300),

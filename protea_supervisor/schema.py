@@ -139,7 +139,7 @@ SCHEMA: dict[str, Any] = {
     },
     "tunnel_watch": {
         "enabled": bool,
-        "probe_interval": seconds(5, 3600, "probes are paced by TICK_5"),
+        "probe_interval": seconds(1, 3600),
         "probe_timeout": Num(float, 0.1, 60, "seconds"),
         "failures": Num(int, 1, 100),
         "confirm_interval": Num(float, 0, 60, "seconds"),

@@ -234,7 +234,7 @@ def test_orphans_of_a_killed_supervisord_are_shown_then_stopped_gracefully_by_up
 def test_the_watchdog_is_the_only_restarter_of_a_tunnel_that_exits_at_once(
     short_tmp: Path, supervisord: Callable[[Stack], None]
 ) -> None:
-    fast = {"probe_interval": 5, "probe_timeout": 1, "failures": 3, "confirm_interval": 0.5, "grace": 2,
+    fast = {"probe_interval": 1, "probe_timeout": 1, "failures": 3, "confirm_interval": 0.5, "grace": 2,
             "backoff_initial": 1, "backoff_max": 2, "max_restarts_per_hour": 3}  # fmt: skip
     stack = Stack(stack_file(short_tmp, extra={"tunnel_watch": fast}))
     supervisord(stack)

@@ -16,7 +16,7 @@ from conftest import Stack, stack_file, wait_for
 pytestmark = pytest.mark.integration
 FAST = {
     "tunnel_watch": {
-        "probe_interval": 5,
+        "probe_interval": 1,
         "probe_timeout": 1,
         "failures": 3,
         "confirm_interval": 0.5,

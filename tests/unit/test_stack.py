@@ -144,8 +144,8 @@ enabled = false
             "deploy.api_canary_url must name a port of its own, not the serving API's (127.0.0.1:8000",
         ),
         (
-            "[tunnel_watch]\nprobe_interval = 2",
-            "tunnel_watch.probe_interval must be 5 to 3600 (probes are paced by TICK_5), got 2",
+            "[tunnel_watch]\nprobe_interval = 0",
+            "tunnel_watch.probe_interval must be 1 to 3600, got 0",
         ),
         (
             "[tunnel_watch]\nbackoff_max = 10",

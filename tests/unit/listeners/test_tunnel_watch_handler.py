@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 
@@ -17,7 +18,9 @@ from protea_supervisor.listeners.tunnel_watch import (
     WatchConfig,
     WatchState,
     agent_verdict,
+    begin,
     handle,
+    lost_after,
     public_verdict,
     resume,
     state_document,
@@ -62,8 +65,24 @@ def replay(state: WatchState, events: Iterable[tuple[Event, float]]) -> tuple[Wa
 
 
 def running_since(at: float) -> WatchState:
-    state, _ = replay(WatchState(), [tunnel("STARTING", at - 1), tunnel("RUNNING", at)])
+    """A tunnel that went RUNNING at `at`: the clock started with probe 1, sent then and not answered yet."""
+    state, actions = replay(WatchState(), [tunnel("STARTING", at - 1), tunnel("RUNNING", at)])
+    assert actions == [[], [Probe(1, 0, 2)]]
     return state
+
+
+def healthy_until(state: WatchState, until: float) -> WatchState:
+    """Answer every probe (0.3 s after it was sent) while the next one is due before `until`; the one due at
+    or after `until` is left in flight."""
+    while state.probe_asked_at < until:
+        answer_at = state.probe_asked_at + 0.3
+        state, actions = replay(state, [result(state.probe_id, True, answer_at)])
+        assert actions == [[Probe(state.probe_id, state.probe_asked_at - answer_at, 2)]]
+    return state
+
+
+def starts_and_stops(actions: list[list[object]]) -> list[list[object]]:
+    return [[a for a in step if isinstance(a, (StartTunnel, StopTunnel))] for step in actions]
 
 
 def test_not_started_by_the_gate_yet_means_nothing_is_probed_or_restarted() -> None:
@@ -73,80 +92,130 @@ def test_not_started_by_the_gate_yet_means_nothing_is_probed_or_restarted() -> N
     assert actions == [[], [], [], []] and not state.armed
 
 
-def test_healthy_tunnel_is_probed_every_interval_and_never_restarted() -> None:
-    state = running_since(0)
-    events: list[tuple[Event, float]] = []
-    probe_id = 0
-    for t in range(5, 3600, 5):
-        events.append(tick(t))
-    actions_seen: list[object] = []
-    for event, at in events:
-        state, actions = handle(CONFIG, state, event, at)
+def simulate(
+    state: WatchState, rules: TunnelWatch, until: float
+) -> tuple[WatchState, list[float], list[object]]:
+    """Run the handler against TICK_5 and a tunnel that answers every probe 0.3 s after it is sent; returns
+    when each probe was sent and every action."""
+    config = WatchConfig(CONFIG.public_url, CONFIG.agent_url, rules)
+    pending: list[tuple[float, int, Event]] = [(float(t), 0, tick(t)[0]) for t in range(5, int(until), 5)]
+    sent = [state.probe_asked_at] if state.in_flight else []
+    pending += [
+        (state.probe_asked_at + 0.3, 1, result(i, True, state.probe_asked_at + 0.3)[0])
+        for i in state.in_flight
+    ]
+    seen: list[object] = []
+    while pending:
+        pending.sort(key=lambda item: (item[0], item[1]))
+        at, _, event = pending.pop(0)
+        state, actions = handle(config, state, event, at)
         for action in actions:
+            seen.append(action)
             if isinstance(action, Probe):
-                probe_id = action.probe_id
-                state, more = handle(CONFIG, state, result(probe_id, True, at + 0.3)[0], at + 0.3)
-                actions_seen += more
-            actions_seen.append(action)
-    assert not [a for a in actions_seen if isinstance(a, (StartTunnel, StopTunnel))]
-    assert 355 <= probe_id <= 361  # one probe per 10 s interval over the hour
+                sent.append(at + action.delay)
+                answer = at + action.delay + 0.3
+                if answer < until:
+                    pending.append((answer, 1, result(action.probe_id, True, answer)[0]))
+    return state, [t for t in sent if t < until], seen
+
+
+def test_a_healthy_tunnel_is_probed_on_its_own_clock_every_interval_and_never_restarted() -> None:
+    state = running_since(0)
+    state, sent, seen = simulate(state, RULES, 3600)
+    assert not [a for a in seen if isinstance(a, (StartTunnel, StopTunnel))]
+    # One probe per 10 s interval over the hour, each exactly one interval after the one before: the
+    # ticks every 5 s add none.
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(sent)}
+    assert gaps == {10.0} and len(sent) == 360
     assert state.restarts == () and state.failures == 0
 
 
+def test_a_one_second_interval_is_kept_although_ticks_come_every_five_seconds() -> None:
+    rules = TunnelWatch(**{**RULES.__dict__, "probe_interval": 1})
+    state, _ = replay(WatchState(), [tunnel("RUNNING", 0)])
+    state, sent, _ = simulate(state, rules, 60)
+    assert len(sent) == 60 and max(b - a for a, b in itertools.pairwise(sent)) < 1.0 + 1e-9
+
+
 def test_three_consecutive_failures_after_grace_restart_the_tunnel_with_confirmations_off_the_tick() -> None:
-    state = running_since(0)
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
     state, actions = replay(
-        state, [tick(30), result(1, False, 35), result(2, False, 42), result(3, False, 49)]
+        state, [result(n, False, 30.5), result(n + 1, False, 32.6), result(n + 2, False, 34.7)]
     )
-    assert actions == [[Probe(1, 0, 2)], [Probe(2, 2, 2)], [Probe(3, 2, 2)], [StopTunnel()]]
-    assert state.restarting and state.restarts == (49,)
+    assert actions == [[Probe(n + 1, 2, 2)], [Probe(n + 2, 2, 2)], [StopTunnel()]]
+    assert state.restarting and state.restarts == (34.7,)
     state, actions = replay(
-        state, [tunnel("STOPPING", 49.5), tunnel("STOPPED", 50), tunnel("STARTING", 50.1)]
+        state, [tunnel("STOPPING", 35), tunnel("STOPPED", 35.5), tunnel("STARTING", 35.6)]
     )
     assert actions == [[], [StartTunnel()], []]
-    state, actions = replay(state, [tunnel("RUNNING", 51), tick(55)])
-    assert actions == [[], [Probe(4, 0, 2)]] and state.failures == 0
+    # The new process is probed at once (its answers count once the grace has passed); ticks add nothing.
+    state, actions = replay(state, [tunnel("RUNNING", 36.6), tick(40)])
+    assert actions == [[Probe(n + 3, 0, 2)], []] and state.failures == 0
 
 
 def test_a_hung_tunnel_is_confirmed_while_the_first_probe_still_waits_for_its_timeout() -> None:
     # Each probe hangs for its 5 s timeout; confirmations are asked 2 s apart, not 5 + 2 s apart.
-    state = running_since(0)
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
     state, actions = replay(
         state,
-        [tick(30), slow(1, 32), slow(2, 34), slow(3, 36), result(1, False, 35), result(2, False, 37),
-         result(3, False, 39)],
+        [slow(n, 32), slow(n + 1, 34), slow(n + 2, 36), result(n, False, 35), result(n + 1, False, 37),
+         result(n + 2, False, 39)],
     )  # fmt: skip
-    assert actions == [[Probe(1, 0, 2)], [Probe(2, 0, 2)], [Probe(3, 0, 2)], [], [], [], [StopTunnel()]]
+    assert actions == [[Probe(n + 1, 0, 2)], [Probe(n + 2, 0, 2)], [], [], [], [StopTunnel()]]
     assert state.restarts == (39,) and state.in_flight == ()
 
 
 def test_a_late_answer_from_before_a_restart_is_ignored() -> None:
-    state = running_since(0)
-    state, _ = replay(state, [tick(30), slow(1, 32), slow(2, 34), result(1, False, 35), result(2, False, 37)])
-    state, _ = replay(state, [result(3, False, 39)])
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
+    state, _ = replay(state, [slow(n, 32), slow(n + 1, 34), result(n, False, 35), result(n + 1, False, 37)])
+    state, _ = replay(state, [result(n + 2, False, 39)])
     assert state.restarting
     before = state
-    state, actions = replay(state, [result(3, True, 40), slow(3, 40)])
+    state, actions = replay(state, [result(n + 2, True, 40), slow(n + 2, 40)])
     assert state == before and actions == [[], []]
 
 
-def test_a_slow_probe_that_then_answers_clears_the_count() -> None:
-    state = running_since(0)
-    state, actions = replay(state, [tick(30), slow(1, 32), result(1, True, 32.5), result(2, True, 32.6)])
-    assert actions == [[Probe(1, 0, 2)], [Probe(2, 0, 2)], [], []]
-    assert state.failures == 0 and state.in_flight == ()
+def test_a_slow_probe_that_then_answers_clears_the_count_and_the_clock_goes_on() -> None:
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
+    state, actions = replay(state, [slow(n, 32), result(n, True, 32.5), result(n + 1, True, 32.6)])
+    # The next regular probe is one interval after the last one was sent (at 32).
+    assert actions == [[Probe(n + 1, 0, 2)], [], [Probe(n + 2, 42 - 32.6, 2)]]
+    assert state.failures == 0 and state.in_flight == (n + 2,)
 
 
 def test_failures_inside_the_grace_period_do_not_count() -> None:
     state = running_since(100)
-    state, actions = replay(state, [tick(105), result(1, False, 106), tick(110), result(2, False, 111)])
+    state, actions = replay(state, [result(1, False, 101), tick(105), result(2, False, 106), tick(110)])
+    assert actions[0] == [Probe(2, 2, 2)]  # asked again `confirm_interval` later, not counted
     assert state.failures == 0 and not [a for step in actions for a in step if isinstance(a, StopTunnel)]
 
 
 def test_one_success_clears_the_count() -> None:
-    state = running_since(0)
-    state, _ = replay(state, [tick(30), result(1, False, 31), result(2, True, 34)])
-    assert state.failures == 0 and state.next_probe_at == 43  # one interval after the probe was asked for
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
+    state, _ = replay(state, [result(n, False, 31), result(n + 1, True, 34)])
+    assert state.failures == 0 and state.next_probe_at == 43  # one interval after the probe was sent (33)
+
+
+def test_a_probe_that_never_reports_is_given_up_on_a_tick() -> None:
+    state = healthy_until(running_since(0), 30)
+    n = state.probe_id
+    limit = 30 + lost_after(RULES)
+    state, actions = replay(state, [tick(limit), tick(limit + 1)])
+    assert actions == [[], [Probe(n + 1, 0, 2)]] and state.in_flight == (n + 1,)
+    state, actions = replay(state, [result(n, False, limit + 2)])
+    assert actions == [[]] and state.failures == 0  # its late answer no longer counts
+
+
+def test_a_listener_that_starts_beside_a_running_tunnel_probes_at_once() -> None:
+    resumed = resume(CONFIG, None, "RUNNING", 4242, 200)
+    _, actions = begin(CONFIG, resumed, 200)
+    assert actions == [Probe(1, 0, 2)]
+    assert begin(CONFIG, resume(CONFIG, None, "STOPPED", 0, 200), 200)[1] == []
 
 
 def test_exited_or_fatal_tunnel_is_started_again_with_capped_exponential_backoff() -> None:
@@ -170,7 +239,7 @@ def test_restart_budget_per_hour_then_loud_log_then_reset() -> None:
         state, actions = replay(
             state, [tunnel("EXITED", 1000 + n * 400), tunnel("RUNNING", 1000 + n * 400 + 1)]
         )
-        assert actions == [[StartTunnel()], []]
+        assert starts_and_stops(actions) == [[StartTunnel()], []]
     assert len(state.restarts) == 6
     state, actions = handle(CONFIG, state, tunnel("EXITED", 3500)[0], 3500)
     assert not [a for a in actions if isinstance(a, StartTunnel)] and state.capped
@@ -205,7 +274,7 @@ def test_a_tunnel_stopped_by_hand_is_left_alone() -> None:
 def test_stale_or_unasked_probe_results_are_ignored() -> None:
     state = running_since(0)
     state, actions = replay(state, [result(7, False, 30), tick(30), result(99, False, 31)])
-    assert actions == [[], [Probe(1, 0, 2)], []] and state.failures == 0
+    assert actions == [[], [], []] and state.failures == 0 and state.in_flight == (1,)
 
 
 def test_restart_history_survives_a_listener_restart() -> None:
@@ -222,13 +291,17 @@ def test_consecutive_failures_survive_a_listener_restart_for_the_same_tunnel_pro
     state = running_since(0)
     state, _ = replay(state, [(Event("PROCESS_STATE_RUNNING", fields={"processname": "tunnel",
                       "groupname": "tunnel", "pid": "4242"}), 1)])  # fmt: skip
-    state, _ = replay(state, [tick(30), result(1, False, 31), result(2, False, 33)])
+    state = healthy_until(state, 30)
+    n = state.probe_id
+    state, _ = replay(state, [result(n, False, 31.5), result(n + 1, False, 33.6)])
     assert state.failures == 2
     saved = state_from_document(json.loads(json.dumps(state_document(state))))
     same = resume(CONFIG, saved, "RUNNING", 4242, 34)
     assert same.failures == 2 and same.started_at == state.started_at
     # One more failed probe is the third: the restart comes now, not two probes later.
-    same, actions = replay(same, [tick(35), result(1, False, 36)])
+    same, actions = begin(CONFIG, same, 34)
+    assert actions == [Probe(1, 0, 2)]
+    same, actions = replay(same, [result(1, False, 35)])
     assert [StopTunnel()] in actions
     # A tunnel started anew meanwhile (another pid) starts from zero, with a fresh grace.
     other = resume(CONFIG, saved, "RUNNING", 5555, 34)
@@ -277,5 +350,6 @@ def test_with_the_budget_spent_it_keeps_probing_and_publishing_without_restartin
     state, actions = handle(CONFIG, state, result(1, False, 101)[0], 101)
     assert not [a for a in actions if isinstance(a, (StartTunnel, StopTunnel))]
     assert any(isinstance(a, Publish) and a.state.last_probe_at == 101 for a in actions)
-    state, actions = handle(CONFIG, state, tick(115)[0], 115)  # the next one an interval later
-    assert [a for a in actions if isinstance(a, Probe)] == [Probe(2, 0, 2)]
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(2, 10, 2)]  # the next one an interval later
+    state, actions = handle(CONFIG, state, tick(115)[0], 115)
+    assert actions == []
