@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: float = 3.0,
                api_port: int = 0, web_port: int = 0, agent_port: int = 0, api_ready_after: float = 2.0,
-               programs: bool = True, worker_args: str = "", public_port: int = 0) -> Path:  # fmt: skip
+               programs: bool = True, worker_args: str = "", public_port: int = 0,
+               worker_startsecs: int = 1) -> Path:  # fmt: skip
     """The demo stack (all 11 queues by default); `programs=False` leaves only the workers."""
     wanted = set(queues)
     tunnel_public = (
@@ -48,7 +49,7 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
         "[workers]",
         f'command = "{STAND_IN}worker --queue {{queue}} --job-seconds {job_seconds} {worker_args}"',
         f"stop_grace = {int(job_seconds) + 30}",
-        "startsecs = 1",
+        f"startsecs = {worker_startsecs}",
         "[probes]",
         "infra_from_env = []",
         f'public_url = "{f"http://127.0.0.1:{public_port}/" if public_port else ""}"',

@@ -78,7 +78,7 @@ def watchdog(mode: str, phases: list[float], rules: dict[str, str]) -> list[floa
     times = []
     try:
         for phase in phases:
-            healthy_at = wait_healthy_past_grace(root)
+            healthy_at = wait_healthy_past_grace(root, tunnel_pid(stack))
             # The failure lands `phase` s into the probe cycle that began with that healthy probe.
             time.sleep(max(0.0, healthy_at + phase - time.time()))
             before = tunnel_pid(stack)
@@ -96,12 +96,15 @@ def watchdog(mode: str, phases: list[float], rules: dict[str, str]) -> list[floa
         ps(stack, "down")
 
 
-def wait_healthy_past_grace(root: Path) -> float:
-    """Wait for a healthy probe after the grace period (so the backoff is reset); return when it answered."""
+def wait_healthy_past_grace(root: Path, pid: int) -> float:
+    """Wait for a healthy probe of tunnel process `pid` after its grace period (so the backoff is reset);
+    return when it answered. (The watchdog's file still describes the previous process until the new one is
+    RUNNING: without the pid, the next outage could land on a tunnel still starting.)"""
     deadline = time.monotonic() + 120
     while True:
         doc = json.loads((root / "run" / "tunnel-watch.json").read_text() or "{}")
-        if doc.get("last_ok") and doc.get("last_probe_at", 0) > doc.get("started_at", 0) + GRACE:
+        mine = doc.get("tunnel_pid") == pid
+        if mine and doc.get("last_ok") and doc.get("last_probe_at", 0) > doc.get("started_at", 0) + GRACE:
             return float(doc["last_probe_at"])
         if time.monotonic() > deadline:
             raise SystemExit("the watchdog never saw a healthy tunnel past its grace")

@@ -1,8 +1,9 @@
-"""The readiness gate's decisions: infra ports -> migrate exits 0 -> api ready -> web and the workers start
--> web ready -> tunnel -> the workers RUNNING. The tunnel waits for what the public needs (API and web
-ready), not for the workers' startsecs: they start in parallel with web and their start is reported (and
-fails the run if one cannot start) after the tunnel is up. Pure: `handle` and `refresh` take (plan, state,
-input, now) and return (state, actions); `gate.py` is the edge (executor, state file, main).
+"""The readiness gate's decisions: infra ports -> migrate exits 0 -> api ready -> web ready -> tunnel RUNNING
+-> the workers RUNNING. The public chain comes first: the tunnel waits for what the public needs (API and
+web ready), not for the workers' startsecs, and the workers start (all at once) only after the tunnel is up,
+so their start-up (on a small host, eleven Python processes importing at once) does not slow the chain's
+steps; their start is reported, and fails the run if one cannot start. Pure: `handle` and `refresh` take
+(plan, state, input, now) and return (state, actions); `gate.py` is the edge (executor, state file, main).
 """
 
 from __future__ import annotations
@@ -277,13 +278,6 @@ def advance(
         else:
             state, more = _act(state, outcome)
             actions += more
-            if (
-                step == "web"
-                and "workers" not in state.steps
-                and any(isinstance(a, Start) and a.namespec.split(":")[0] in plan.workers for a in more)
-            ):
-                # The workers' step is timed (and its start_timeout counted) from their start.
-                state = replace(state, steps={**state.steps, "workers": (now, 0.0)})
         break
     else:
         state = replace(state, phase="done", step="done", finished_at=now)
@@ -316,17 +310,6 @@ def _check(plan: GatePlan, state: GateState, step: str) -> Outcome:
     if step == "migrate":
         return _oneshot(state, procs)
     outcome = _services(state, procs)
-    if step == "web" and not isinstance(outcome, Failure):
-        # The workers start with web; the gate waits for them only after the tunnel (their own step).
-        workers = [
-            Start(p.key)
-            for p in state.processes.values()
-            if p.group in plan.workers
-            and p.state not in (*UP_STATES, "STOPPING")
-            and p.key not in state.requested
-        ]
-        if workers:
-            return [*(outcome or []), *workers]
     if outcome is not None:
         return outcome
     if step == "api":

@@ -59,6 +59,9 @@ def wait_ports(
         time.sleep(0.5)
 
 
+FAST_POLL, FAST_FOR, SLOW_POLL = 0.1, 10.0, 0.5
+
+
 def wait_http(
     url: str,
     deadline: float,
@@ -66,10 +69,12 @@ def wait_http(
     waiting: Callable[[str], None] | None = None,
 ) -> str:
     """Poll until `url` answers 2xx; '' on success, else the last problem seen. `waiting` hears a line per
-    failed poll (a Ticker rate-limits it)."""
+    failed poll (a Ticker rate-limits it). Every 0.1 s for the first 10 s (a readiness wait is on the start-up
+    chain: a coarse poll adds up to its interval to every step), then every 0.5 s."""
     import requests
 
-    end = clock() + deadline
+    began = clock()
+    end = began + deadline
     last = "no answer"
     while True:
         try:
@@ -83,4 +88,4 @@ def wait_http(
             return last
         if waiting:
             waiting(f"  waiting for {url} ({last})")
-        time.sleep(0.5)
+        time.sleep(FAST_POLL if clock() - began < FAST_FOR else SLOW_POLL)

@@ -84,26 +84,24 @@ def test_boot_runs_the_steps_in_order_each_only_after_the_last_is_ready() -> Non
         state_event("STARTING", "api"), state_event("RUNNING", "api"),
         probe("api", True),
         state_event("RUNNING", "web"),
-        state_event("RUNNING", "worker-ping"),
         probe("web", True),
         state_event("RUNNING", "tunnel"),
+        state_event("RUNNING", "worker-ping"),
         state_event("RUNNING", "worker-batch", "worker-batch-1"),
         state_event("RUNNING", "worker-batch", "worker-batch-2"),
     ])  # fmt: skip
     assert steps == [
         [Start("migrate:migrate")], [], [], [Start("api:api")], [], [Probe("api", 1)],
-        [Start("web:web"), Start("worker-ping:worker-ping"), Start("worker-batch:worker-batch-1"),
+        [Start("web:web")], [Probe("web", 1)], [Start("tunnel:tunnel")],
+        # The public chain is up: only now do the workers start, all at once.
+        [Start("worker-ping:worker-ping"), Start("worker-batch:worker-batch-1"),
          Start("worker-batch:worker-batch-2")],
-        [Probe("web", 1)], [],
-        # The tunnel starts once web is ready, while worker-batch is still starting.
-        [Start("tunnel:tunnel")], [], [], [],
+        [], [], [],
     ]  # fmt: skip
     assert state.phase == "done"
-    assert list(state.steps) == ["infra", "migrate", "api", "web", "workers", "tunnel"]
+    assert list(state.steps) == ["infra", "migrate", "api", "web", "tunnel", "workers"]
     assert all(finished >= started > 0 for started, finished in state.steps.values())
-    # The workers' time counts from their start with web, and ends after the tunnel's.
-    assert state.steps["workers"][0] == state.steps["web"][0]
-    assert state.steps["workers"][1] > state.steps["tunnel"][1]
+    assert state.steps["workers"][0] == state.steps["tunnel"][1]
 
 
 def test_a_worker_that_cannot_start_fails_the_run_after_the_tunnel_is_up() -> None:
@@ -229,7 +227,7 @@ def test_parse_infra_takes_host_and_port_never_the_password() -> None:
 
 
 def up_to_web() -> GateState:
-    """A gate run that has reached the web step at t=103 (web and the workers asked to start)."""
+    """A gate run that has reached the web step at t=103 (web asked to start)."""
     state, _ = boot()
     state, _ = replay(state, [probe("infra", True), state_event("EXITED", "migrate"),
                               state_event("RUNNING", "api"), probe("api", True)])  # fmt: skip
@@ -257,7 +255,8 @@ def test_a_new_run_starts_processes_that_exist_now_and_not_those_that_did() -> N
     state, _ = refresh(PLAN, state, live, 150.0)  # what the edge does before a start request
     state, steps = replay(state, [comm({"command": "retry", "request": "r1"}), probe("infra", True, 2),
                                   state_event("EXITED", "migrate"), state_event("RUNNING", "api"),
-                                  probe("api", True, 2)], start=151)  # fmt: skip
+                                  probe("api", True, 2), state_event("RUNNING", "web"), probe("web", True, 2),
+                                  state_event("RUNNING", "tunnel")], start=151)  # fmt: skip
     started = [a.namespec for step in steps for a in step if isinstance(a, Start)]
     assert "worker-batch:worker-batch-2" not in started and "worker-batch:worker-batch-1" in started
 
@@ -266,10 +265,10 @@ def test_a_step_whose_processes_never_run_fails_within_its_deadline_naming_them(
     state = up_to_web()
     state, _ = replay(state, [state_event("RUNNING", "worker-ping"), state_event("RUNNING", "web"),
                               probe("web", True), state_event("RUNNING", "tunnel")], start=104)  # fmt: skip
-    assert state.step == "workers"
-    state, _ = refresh(PLAN, state, state.processes, 150.0)
-    assert state.phase == "running"  # 47 s after the workers were started: within the 60 s start_timeout
-    state, _ = refresh(PLAN, state, state.processes, 164.0)
+    assert state.step == "workers" and state.steps["workers"][0] == 107
+    state, _ = refresh(PLAN, state, state.processes, 166.0)
+    assert state.phase == "running"  # 59 s after the workers were started: within the 60 s start_timeout
+    state, _ = refresh(PLAN, state, state.processes, 168.0)
     assert state.phase == "failed" and state.step == "workers"
     assert "worker-batch-1 STARTING" not in state.reason and "worker-batch-1 STOPPED" in state.reason
     assert state.reason.endswith("did not reach RUNNING within 60 s")

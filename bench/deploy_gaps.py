@@ -1,0 +1,162 @@
+"""Deploys under load: what the public sees during `protea-supervisor tick`, per kind of commit.
+
+An app repo behind a real local git remote (the test suite's: an API stand-in that serves its VERSION and
+answers 500 while a BROKEN file exists, a web build, a dependency file) is deployed by a real supervisord
+with a worker on a real RabbitMQ queue. Before each tick, jobs of 2 s are published so that the worker has
+one in hand; during the tick, the API's /jobs and the web page are each polled every 50 ms.
+
+  api-change   VERSION changes: no install, no build
+  deps-change  the dependency file changes: install, then every program restarts
+  web-change   the web page changes: a build, web restarts onto it
+  break-api    the new revision's API answers 500: with the canary (deploy.api_canary_*) it never serves
+
+Reported per kind: the tick's exit, failed API polls and the longest API gap, failed web polls and the
+longest web gap, and jobs cut off (acked twice or never) out of those published. Needs this machine's
+Postgres and RabbitMQ, like the suite.
+Run: .venv/bin/python bench/deploy_gaps.py [--no-canary]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import Stack, free_port
+from deploy_app import AppRepo, deploy_stack
+from rabbit import delete_queue, publish
+
+JOBS = 6
+JOB_SECONDS = 2.0
+KINDS: dict[str, dict[str, str | None]] = {
+    "api-change": {"VERSION": "v{n}\n"},
+    "deps-change": {"pyproject.toml": "[project]\nname='app'\nversion='{n}'\n"},
+    "web-change": {"apps/web/page.txt": "page {n}"},
+    "break-api": {"BROKEN": "yes", "VERSION": "v{n}\n"},  # last: nothing after it removes BROKEN
+}
+
+
+class Poller:
+    """GET `url` every 50 ms; count the answers that were not a 200 and the longest run of them."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.polls, self.failed, self.longest = url, 0, 0, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ok(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _run(self) -> None:
+        down_since = 0.0
+        while not self._done.is_set():
+            ok, now = self._ok(), time.monotonic()
+            self.polls += 1
+            if ok:
+                if down_since:
+                    self.longest = max(self.longest, now - down_since)
+                down_since = 0.0
+            else:
+                self.failed += 1
+                down_since = down_since or now
+            self._done.wait(0.05)
+        if down_since:
+            self.longest = max(self.longest, time.monotonic() - down_since)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def acks(stack: Stack) -> collections.Counter[int]:
+    path = stack.root / "acks.log"
+    text = path.read_text() if path.exists() else ""
+    return collections.Counter(int(line.split()[0]) for line in text.splitlines())
+
+
+def wait(condition: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} within {seconds:g} s did not happen")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-canary", action="store_true", help="deploy without deploy.api_canary_*")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bd-"))
+    queue = f"bench.deploy.{int(time.time())}"
+    repo = AppRepo(base)
+    canary = free_port()
+    extra = (
+        {}
+        if args.no_canary
+        else {"deploy": {"api_canary_command": f"{{python}} -P app.py {canary}",
+                         "api_canary_url": f"http://127.0.0.1:{canary}/jobs"}}
+    )  # fmt: skip
+    stack = deploy_stack(base, repo, queue, extra=extra)
+    assert stack.ps("render").code == 0
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(stack.conf)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    rows = []
+    try:
+        wait(lambda: (stack.conf.parent / "supervisor.sock").exists(), 30, "supervisord started")
+        first = stack.ps("tick")
+        if first.code != 10:
+            raise SystemExit(f"the first deploy failed: {first.both}")
+        worker = "worker-" + queue.replace(".", "-")
+        api_url = f"http://127.0.0.1:{stack.api_port}/jobs"
+        web_url = tomllib.loads(stack.file.read_text())["probes"]["web_url"]
+        published = 0
+        for n, (kind, files) in enumerate(KINDS.items(), start=2):
+            repo.commit(kind, {k: (v.format(n=n) if v else v) for k, v in files.items()})
+            publish(queue, JOBS, seconds=JOB_SECONDS, first=published)
+            published += JOBS
+            wait(lambda: "started" in stack.log(worker), 20, "a job in flight")
+            with Poller(api_url) as api, Poller(web_url) as web:
+                began = time.monotonic()
+                tick = stack.ps("tick")
+                took = time.monotonic() - began
+            wait(lambda p=published: len(acks(stack)) >= p, 120, "every job acked")
+            twice = sum(1 for count in acks(stack).values() if count > 1)
+            rows.append((kind, tick.code, took, api, web, twice))
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "protea-supervisor"), "--stack", str(stack.file),
+                        "down", "--force"], capture_output=True)  # fmt: skip
+        daemon.terminate()
+        daemon.wait()
+        delete_queue(queue)
+    mode = "without the canary" if args.no_canary else "with the canary"
+    print(f"deploys under load ({mode}); API and web polled every 50 ms during the tick; {JOBS} jobs of "
+          f"{JOB_SECONDS:g} s per deploy")  # fmt: skip
+    print(f"{'commit kind':<12} {'exit':>4} {'tick s':>7} {'API failed':>11} {'API gap s':>10} "
+          f"{'web failed':>11} {'web gap s':>10} {'jobs cut off':>13}")  # fmt: skip
+    for kind, code, took, api, web, twice in rows:
+        print(f"{kind:<12} {code:>4} {took:>7.1f} {f'{api.failed}/{api.polls}':>11} {api.longest:>10.2f} "
+              f"{f'{web.failed}/{web.polls}':>11} {web.longest:>10.2f} {twice:>13}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
