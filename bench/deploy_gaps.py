@@ -1,12 +1,13 @@
 """Deploys under load: what the public sees during `protea-supervisor tick`, per kind of commit.
 
-An app repo behind a real local git remote (the test suite's: an API stand-in that serves its VERSION and
-answers 500 while a BROKEN file exists, a web build, a dependency file) is deployed by a real supervisord
-with a worker on a real RabbitMQ queue. Before each tick, jobs of 2 s are published so that the worker has
-one in hand; during the tick, the API's /jobs and the web page are each polled every 50 ms.
+An app repo behind a real local git remote (the test suite's: an API stand-in that serves its VERSION,
+answers 503 for its first 2 s and 500 while a BROKEN file exists, a web build, a dependency file) is
+deployed by a real supervisord with a worker on a real RabbitMQ queue. Before each tick, jobs of 2 s are
+published so that the worker has one in hand; during the tick, the API's /jobs and the web page are each
+polled every 50 ms.
 
   api-change   VERSION changes: no install, no build
-  deps-change  the dependency file changes: install, then every program restarts
+  deps-change  the dependency file changes: install; the API and the workers restart, web keeps its build
   web-change   the web page changes: a build, web restarts onto it
   break-api    the new revision's API answers 500: with the canary (deploy.api_canary_*) it never serves
 
@@ -33,11 +34,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Stack, free_port
-from deploy_app import AppRepo, deploy_stack
+from deploy_app import APP, AppRepo, deploy_stack
 from rabbit import delete_queue, publish
 
 JOBS = 6
 JOB_SECONDS = 2.0
+WARM_UP = 2.0
+# The suite's app API, with a warm-up like PROTEA's: /jobs answers 503 for WARM_UP s after the start.
+WARMING_APP = APP.replace(
+    "class Handler(http.server.BaseHTTPRequestHandler):",
+    f"import time\nready_at = time.monotonic() + {WARM_UP}\n"
+    "class Handler(http.server.BaseHTTPRequestHandler):",
+).replace("self.send_response(500 if broken else 200)",
+          "self.send_response(500 if broken else 200 if time.monotonic() >= ready_at else 503)")  # fmt: skip
+assert WARMING_APP.count("ready_at") == 2
 KINDS: dict[str, dict[str, str | None]] = {
     "api-change": {"VERSION": "v{n}\n"},
     "deps-change": {"pyproject.toml": "[project]\nname='app'\nversion='{n}'\n"},
@@ -107,6 +117,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bd-"))
     queue = f"bench.deploy.{int(time.time())}"
     repo = AppRepo(base)
+    repo.commit("an API with a warm-up", {"app.py": WARMING_APP})
     canary = free_port()
     extra = (
         {}
@@ -149,8 +160,8 @@ def main() -> None:
         daemon.wait()
         delete_queue(queue)
     mode = "without the canary" if args.no_canary else "with the canary"
-    print(f"deploys under load ({mode}); API and web polled every 50 ms during the tick; {JOBS} jobs of "
-          f"{JOB_SECONDS:g} s per deploy")  # fmt: skip
+    print(f"deploys under load ({mode}); API (warm-up {WARM_UP:g} s) and web polled every 50 ms during the "
+          f"tick; {JOBS} jobs of {JOB_SECONDS:g} s per deploy")  # fmt: skip
     print(f"{'commit kind':<12} {'exit':>4} {'tick s':>7} {'API failed':>11} {'API gap s':>10} "
           f"{'web failed':>11} {'web gap s':>10} {'jobs cut off':>13}")  # fmt: skip
     for kind, code, took, api, web, twice in rows:
