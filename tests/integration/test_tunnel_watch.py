@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -99,12 +100,16 @@ def test_a_healthy_tunnel_is_never_restarted_over_a_run_of_ticks(
 ) -> None:
     stack = bring_up(short_tmp, supervisord)
     pid = tunnel_pid(stack)
-    probed = watch(stack)["last_probe_at"]
+    probed = [watch(stack)["last_probe_at"]]
     for _ in range(5):
-        wait_for(lambda since=probed: watch(stack)["last_probe_at"] > since, 30, "the next probe")
-        probed = watch(stack)["last_probe_at"]
+        wait_for(lambda since=probed[-1]: watch(stack)["last_probe_at"] > since, 30, "the next probe")
+        probed.append(watch(stack)["last_probe_at"])
         assert watch(stack)["last_ok"] is True
     assert tunnel_pid(stack) == pid and watch(stack)["restarts"] == []
+    # The probes keep the stack's 1 s interval, on the watchdog's own clock: paced by supervisord's TICK_5,
+    # they would come 5 s apart.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(probed)]
+    assert max(gaps) < 2.5, gaps
 
 
 def test_a_tunnel_stopped_by_hand_stays_stopped(
