@@ -14,7 +14,7 @@ polled every 50 ms.
 Reported per kind: the tick's exit, failed API polls and the longest API gap, failed web polls and the
 longest web gap, and jobs cut off (acked twice or never) out of those published. Needs this machine's
 Postgres and RabbitMQ, like the suite.
-Run: .venv/bin/python bench/deploy_gaps.py [--no-canary]
+Run: .venv/bin/python bench/deploy_gaps.py [--no-canary] [--socket]
 """
 
 from __future__ import annotations
@@ -48,6 +48,20 @@ WARMING_APP = APP.replace(
 ).replace("self.send_response(500 if broken else 200)",
           "self.send_response(500 if broken else 200 if time.monotonic() >= ready_at else 503)")  # fmt: skip
 assert WARMING_APP.count("ready_at") == 2
+# The same API on the socket supervisord holds (programs.api.socket): like uvicorn, it warms up before it
+# accepts. With a port for an argument (the canary) it is the API above.
+SERVE = 'http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()'
+assert SERVE in WARMING_APP
+SOCKET_APP = WARMING_APP.replace(
+    SERVE,
+    "if sys.argv[1] == 'fd0':\n"
+    f"    time.sleep({WARM_UP})\n"
+    "    import socket\n"
+    "    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)\n"
+    "    server.socket = socket.socket(fileno=0)\n"
+    "    server.serve_forever()\n"
+    f"else:\n    {SERVE}\n",
+)
 KINDS: dict[str, dict[str, str | None]] = {
     "api-change": {"VERSION": "v{n}\n"},
     "deps-change": {"pyproject.toml": "[project]\nname='app'\nversion='{n}'\n"},
@@ -57,10 +71,11 @@ KINDS: dict[str, dict[str, str | None]] = {
 
 
 class Poller:
-    """GET `url` every 50 ms; count the answers that were not a 200 and the longest run of them."""
+    """GET `url` every 50 ms; count the answers that were not a 200, the longest run of them, and the
+    slowest answer (a request held in a socket's backlog fails nothing but waits)."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.polls, self.failed, self.longest = url, 0, 0, 0.0
+        self.url, self.polls, self.failed, self.longest, self.slowest = url, 0, 0, 0.0, 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,7 +89,9 @@ class Poller:
     def _run(self) -> None:
         down_since = 0.0
         while not self._done.is_set():
+            asked = time.monotonic()
             ok, now = self._ok(), time.monotonic()
+            self.slowest = max(self.slowest, now - asked)
             self.polls += 1
             if ok:
                 if down_since:
@@ -113,19 +130,23 @@ def wait(condition: Any, seconds: float, what: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-canary", action="store_true", help="deploy without deploy.api_canary_*")
+    parser.add_argument("--socket", action="store_true", help="the API on a socket supervisord holds")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bd-"))
     queue = f"bench.deploy.{int(time.time())}"
     repo = AppRepo(base)
-    repo.commit("an API with a warm-up", {"app.py": WARMING_APP})
-    canary = free_port()
-    extra = (
+    repo.commit("an API with a warm-up", {"app.py": SOCKET_APP if args.socket else WARMING_APP})
+    canary, api_port = free_port(), free_port()
+    extra: dict[str, Any] = (
         {}
         if args.no_canary
         else {"deploy": {"api_canary_command": f"{{python}} -P app.py {canary}",
                          "api_canary_url": f"http://127.0.0.1:{canary}/jobs"}}
     )  # fmt: skip
-    stack = deploy_stack(base, repo, queue, extra=extra)
+    if args.socket:
+        extra["programs"] = {"api": {"command": "{python} -P app.py fd0", "directory": "{root}",
+                                     "socket": f"tcp://127.0.0.1:{api_port}"}}  # fmt: skip
+    stack = deploy_stack(base, repo, queue, extra=extra, api_port=api_port)
     assert stack.ps("render").code == 0
     daemon = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(stack.conf)],
@@ -160,13 +181,15 @@ def main() -> None:
         daemon.wait()
         delete_queue(queue)
     mode = "without the canary" if args.no_canary else "with the canary"
+    mode += ", the API on a socket supervisord holds" if args.socket else ""
     print(f"deploys under load ({mode}); API (warm-up {WARM_UP:g} s) and web polled every 50 ms during the "
           f"tick; {JOBS} jobs of {JOB_SECONDS:g} s per deploy")  # fmt: skip
     print(f"{'commit kind':<12} {'exit':>4} {'tick s':>7} {'API failed':>11} {'API gap s':>10} "
-          f"{'web failed':>11} {'web gap s':>10} {'jobs cut off':>13}")  # fmt: skip
+          f"{'API slowest s':>14} {'web failed':>11} {'web gap s':>10} {'jobs cut off':>13}")  # fmt: skip
     for kind, code, took, api, web, twice in rows:
         print(f"{kind:<12} {code:>4} {took:>7.1f} {f'{api.failed}/{api.polls}':>11} {api.longest:>10.2f} "
-              f"{f'{web.failed}/{web.polls}':>11} {web.longest:>10.2f} {twice:>13}")  # fmt: skip
+              f"{api.slowest:>14.2f} {f'{web.failed}/{web.polls}':>11} {web.longest:>10.2f} "
+              f"{twice:>13}")  # fmt: skip
 
 
 if __name__ == "__main__":

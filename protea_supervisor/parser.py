@@ -385,6 +385,7 @@ def _parse_program(reader: Reader, expand_: Expander, role: str, root: Path) -> 
     problem = carry.arg_problem(requires_file)
     if problem:
         raise reader.fail(f"{key}.requires_file", problem)
+    socket = _check_socket(reader, role, table.get("socket", ""))
     return Program(
         role=role,
         command=command,
@@ -396,7 +397,24 @@ def _parse_program(reader: Reader, expand_: Expander, role: str, root: Path) -> 
         enabled=enabled,
         requires_file=requires_file,
         fallback_command=_check_command(reader, f"{key}.fallback_command", fallback, False),
+        socket=socket,
     )
+
+
+SOCKET = re.compile(r"tcp://([A-Za-z0-9.-]+):([0-9]{1,5})")
+
+
+def _check_socket(reader: Reader, role: str, socket: str) -> str:
+    """A socket supervisord holds for the program: tcp://host:port, for the API only."""
+    key = f"programs.{role}.socket"
+    if not socket:
+        return ""
+    if role != "api":
+        raise reader.fail(key, "is for programs.api only (the one program that is replaced behind a socket)")
+    match = SOCKET.fullmatch(socket)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise reader.fail(key, f"must be tcp://HOST:PORT with a port from 1 to 65535, got {shown(socket)!r}")
+    return socket
 
 
 def _parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Queue, ...]:

@@ -54,6 +54,8 @@ class ProgramBlock:
     numbered: bool
     # None: supervisord's default (3). A watched tunnel gets 0: the watchdog is its only restarter.
     startretries: int | None = None
+    # tcp://host:port: an [fcgi-program:x]; supervisord holds the socket and passes it on fd 0.
+    socket: str = ""
     # Which dotted key of the stack each setting came from (command, directory, ...), for refusals.
     keys: tuple[tuple[str, str], ...] = ()
 
@@ -185,7 +187,7 @@ def wrapper_argv(
 
 
 def program_keys(prefix: str, command_key: str = "") -> tuple[tuple[str, str], ...]:
-    fields = ("directory", "environment", "stop_signal", "stop_grace", "startsecs")
+    fields = ("directory", "environment", "stop_signal", "stop_grace", "startsecs", "socket")
     return (("name", prefix), ("command", command_key or f"{prefix}.command"),
             *((f, f"{prefix}.{f}") for f in fields))  # fmt: skip
 
@@ -240,6 +242,7 @@ def program_blocks(
                 numprocs=1,
                 numbered=False,
                 startretries=0 if watched else None,
+                socket=program.socket,
                 keys=program_keys(f"programs.{program.role}"),
             )
         )

@@ -48,6 +48,7 @@ PROGRAM_SCHEMA: dict[str, Any] = {
     "enabled": bool,
     "requires_file": str,
     "fallback_command": str,
+    "socket": str,
 }
 QUEUE_SCHEMA: dict[str, Any] = {
     "program": str,

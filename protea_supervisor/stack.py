@@ -71,6 +71,8 @@ class Program:
     enabled: bool
     requires_file: str
     fallback_command: str
+    # tcp://host:port: supervisord holds the listening socket and gives it to the program on fd 0 (api only).
+    socket: str = ""
 
     @property
     def name(self) -> str:

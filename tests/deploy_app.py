@@ -91,7 +91,12 @@ class AppRepo:
 
 
 def deploy_stack(
-    base: Path, repo: AppRepo, queue: str, db_url: str = "", extra: dict[str, Any] | None = None
+    base: Path,
+    repo: AppRepo,
+    queue: str,
+    db_url: str = "",
+    extra: dict[str, Any] | None = None,
+    api_port: int = 0,
 ) -> Stack:
     host = base / "host"
     host.mkdir()
@@ -99,7 +104,7 @@ def deploy_stack(
     db = db_url or "postgresql://postgres@127.0.0.1:5432/postgres"
     env_file.write_text(f"PROTEA_DB_URL={db}\nPROTEA_AMQP_URL={AMQP}\n")
     env_file.chmod(0o600)
-    api = free_port()
+    api = api_port or free_port()
     python = sys.executable
     path = stack_file(
         host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import sys
 import threading
 import time
@@ -39,9 +40,24 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.reply(404, b"not found\n")
 
 
-def serve(name: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
-    """Serve on loopback until TERM or INT, then exit 0."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+class _OnInheritedSocket(ThreadingHTTPServer):
+    """Serves on a listening socket it was given (supervisord's fcgi-program socket on fd 0)."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+
+def serve(name: str, port: int, handler: type[BaseHTTPRequestHandler], fd: int | None = None) -> None:
+    """Serve on loopback until TERM or INT, then exit 0; on the listening socket `fd` when given."""
+    if fd is None:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    else:
+        server = _OnInheritedSocket(("127.0.0.1", 0), handler, bind_and_activate=False)
+        server.socket = socket.socket(fileno=fd)
+        port = int(server.socket.getsockname()[1])
     server.daemon_threads = True
 
     def stop(signum: int, _frame: FrameType | None) -> None:

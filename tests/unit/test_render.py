@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,8 @@ SAFE_VALUE = st.text(
 ).filter(
     lambda v: (
         not (("'" in v and '"' in v) or v[:1] in "'\"" or v[-1:] in "'\"")
-        and " ;" not in v
-        and " #" not in v
+        # Any whitespace (a no-break space too) before ';' or '#' is a comment to supervisord: refused.
+        and not re.search(r"\s[;#]", v)
         and "\t" not in v
         and v == v.strip()
     )
@@ -195,3 +196,16 @@ def test_web_serving_a_build_is_stamped_with_the_build_and_the_rest_with_the_rev
     assert "PROTEA_REVISION" not in one["tunnel"] and "PROTEA_WEB_BUILD" not in one["tunnel"]
     # Web run from the worktree runs the checked-out code: the revision stamps it.
     assert environments("", "a" * 40, "")["web"]["PROTEA_REVISION"] == "a" * 40
+
+
+def test_an_api_with_a_socket_is_an_fcgi_program_whose_socket_supervisord_holds(tmp_path: Path) -> None:
+    extra = "[programs.api]\ncommand = 'uvicorn protea.api:app --fd 0'\nsocket = 'tcp://127.0.0.1:8000'\n"
+    text = render(rooted(tmp_path, extra), EXE)
+    check_config(text)
+    assert "[fcgi-program:api]" in text and "[program:api]" not in text
+    groups = {g.name: g for g in loaded(text).process_group_configs}
+    api = groups["api"]
+    assert type(api).__name__ == "FastCGIGroupConfig"
+    assert str(api.socket_config) == "tcp://127.0.0.1:8000"
+    assert [pc.name for pc in api.process_configs] == ["api"]  # the same process name as a plain program
+    assert type(groups["web"]).__name__ == "ProcessGroupConfig"

@@ -155,6 +155,18 @@ enabled = false
             "[tunnel_watch]\ndown_statuses = [99]",
             "tunnel_watch.down_statuses must be 100 to 599 (HTTP status codes), got 99",
         ),
+        (
+            "[programs.web]\nsocket = 'tcp://127.0.0.1:3000'",
+            "programs.web.socket is for programs.api only",
+        ),
+        (
+            "[programs.api]\nsocket = '127.0.0.1:8000'",
+            "programs.api.socket must be tcp://HOST:PORT with a port from 1 to 65535, got '127.0.0.1:8000'",
+        ),
+        (
+            "[programs.api]\nsocket = 'tcp://127.0.0.1:70000'",
+            "programs.api.socket must be tcp://HOST:PORT with a port from 1 to 65535",
+        ),
     ],
 )
 def test_bad_input_names_file_key_and_expectation(text: str, expected: str | None) -> None:
