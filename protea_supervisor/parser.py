@@ -410,7 +410,9 @@ def _check_socket(reader: Reader, role: str, socket: str) -> str:
     if not socket:
         return ""
     if role != "api":
-        raise reader.fail(key, "is for programs.api only (the one program that is replaced behind a socket)")
+        raise reader.fail(
+            key, "is for programs.api only (the one program served on a socket supervisord holds)"
+        )
     match = SOCKET.fullmatch(socket)
     if match is None or not 1 <= int(match.group(2)) <= 65535:
         raise reader.fail(key, f"must be tcp://HOST:PORT with a port from 1 to 65535, got {shown(socket)!r}")
