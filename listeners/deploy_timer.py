@@ -11,6 +11,7 @@ and a pause; prerequisite failures (exit 40) back off and never escalate. Never 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -365,15 +366,27 @@ class Executor:
         )  # fmt: skip
 
 
-def consume_marker(run_dir: Path) -> str | None:
-    """The manual trigger's marker file: its reason, and the file is gone; None when there is none."""
+def marker_text(reason: str, trigger_id: str) -> str:
+    """What `trigger` writes into the marker file: the reason and the id its event carries too."""
+    return json.dumps({"reason": reason, "id": trigger_id}) + "\n"
+
+
+def consume_marker(run_dir: Path) -> tuple[str, str] | None:
+    """The manual trigger's marker file as (reason, id), and the file is gone; None when there is none. A
+    marker of plain text (written by hand or by another tool) is all reason, with no id."""
     path = run_dir / MARKER_FILE
     try:
-        reason = path.read_text(encoding="utf-8", errors="replace")[:200].strip()
+        text = path.read_text(encoding="utf-8", errors="replace")
         path.unlink()
     except FileNotFoundError:
         return None
-    return reason
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("reason"), str):
+        return doc["reason"][:200].strip(), str(doc.get("id", ""))
+    return text[:200].strip(), ""
 
 
 def is_manual_trigger(event: Event) -> bool:
@@ -388,8 +401,17 @@ def is_manual_trigger(event: Event) -> bool:
     )
 
 
-def trigger_message(reason: str, trigger: str = "manual") -> str:
-    return json.dumps({"kind": "trigger", "trigger": trigger, "reason": reason})
+def trigger_message(reason: str, trigger: str = "manual", trigger_id: str = "") -> str:
+    message = {"kind": "trigger", "trigger": trigger, "reason": reason}
+    return json.dumps({**message, "id": trigger_id} if trigger_id else message)
+
+
+def trigger_id(event: Event) -> str:
+    try:
+        message = json.loads(event.data)
+    except ValueError:
+        return ""
+    return str(message.get("id", "")) if isinstance(message, dict) else ""
 
 
 def config_from_stack(stack: Any) -> TimerConfig:
@@ -429,14 +451,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         holder["state"] = new
         executor.execute(actions)
 
+    # Ids of triggers taken from their marker file at a tick: `trigger` writes the marker before it sends the
+    # event, so a TICK_5 in between finds the marker first, and the event that follows is the same trigger.
+    taken: collections.deque[str] = collections.deque(maxlen=32)
+
     def on_event(event: Event) -> None:
         if event.name.startswith("TICK_"):
             # A trigger written while supervisord did not answer (or by a tool without XML-RPC).
-            reason = consume_marker(stack.paths.run)
-            if reason is not None:
-                feed(Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=trigger_message(reason)))
+            marker = consume_marker(stack.paths.run)
+            if marker is not None:
+                reason, marker_id = marker
+                if marker_id:
+                    taken.append(marker_id)
+                data = trigger_message(reason, trigger_id=marker_id)
+                feed(Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=data))
         elif is_manual_trigger(event):
             consume_marker(stack.paths.run)  # `trigger` wrote both: this event is the one to act on
+            if trigger_id(event) and trigger_id(event) in taken:
+                log(f"deploy-timer: trigger {trigger_id(event)} was already taken from its marker file")
+                return
         if event.name == "PROCESS_STATE_EXITED" and event.process == TICK:
             # The exit code is not in the event's payload; supervisord has it.
             status = rpc().supervisor.getProcessInfo(TICK)["exitstatus"]

@@ -6,6 +6,7 @@ import getpass
 import json
 import os
 import time
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -29,7 +30,7 @@ from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
-from protea_supervisor.listeners.deploy_timer import trigger_message
+from protea_supervisor.listeners.deploy_timer import marker_text, trigger_message
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.notify import host_name, now_iso, send_detached, tick_event
 from protea_supervisor.releases import NoTarget, read_history, rollback_target
@@ -153,7 +154,9 @@ def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
     prepare_dirs(stack, need_root=False)
     text = " ".join(reason)[:200] or "manual trigger"
     marker = stack.paths.run / TRIGGER_MARKER
-    write_atomic(marker, text + "\n")
+    # One id in the marker and in the event: the timer acts on whichever it sees first, once.
+    token = uuid.uuid4().hex[:12]
+    write_atomic(marker, marker_text(text, token))
     supervisor = Supervisor(stack.socket_path)
     if not supervisor.is_running():
         click.echo(f"supervisord is not running; the trigger waits in {marker} for the deploy timer")
@@ -165,7 +168,7 @@ def trigger_cmd(ctx: click.Context, reason: tuple[str, ...]) -> None:
             "until it runs (`protea-supervisor up` starts it)"
         )
         return
-    supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text))
+    supervisor.send_comm(TIMER_COMM_TYPE, trigger_message(text, trigger_id=token))
     click.echo(f"triggered: {text}")
 
 

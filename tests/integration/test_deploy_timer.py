@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import Stack, free_port, wait_for
 from deploy_app import AppRepo, deploy_stack, serving
+from protea_supervisor.listeners.deploy_timer import marker_text, trigger_message
 
 pytestmark = pytest.mark.integration
 SEND = (
@@ -58,6 +59,20 @@ def test_an_xmlrpc_trigger_starts_a_tick_in_seconds_and_a_new_commit_is_picked_u
     assert "tick scheduled: trigger:new-commit" in timer_log(stack)
     status = stack.ps("status")
     assert "next tick" in status.out and f"deployed {rev2[:10]}" in status.out, status.out
+
+    # `trigger` writes its marker, then sends its event: a TICK_5 between the two takes the marker first, and
+    # the event that follows is the same trigger (same id), not a second one (CI once saw two ticks).
+    scheduled = timer_log(stack).count("tick scheduled: trigger:manual")
+    marker = stack.root / "run" / "deploy-trigger"
+    marker.write_text(marker_text("raced", "abc123"))
+    wait_for(lambda: not marker.exists(), 10, "a TICK_5 to take the marker")
+    subprocess.run(
+        [sys.executable, "-c", SEND, socket, trigger_message("raced", trigger_id="abc123")], check=True
+    )
+    wait_for(lambda: "abc123 was already taken" in timer_log(stack), 10, "the event to be known as taken")
+    log = timer_log(stack)
+    assert log.count("tick scheduled: trigger:manual") == scheduled + 1
+    assert "the trigger waits for it" not in log  # nothing pending behind the one tick
 
 
 def test_failing_ticks_run_the_ladder_then_escalate_once_even_across_a_listener_kill(

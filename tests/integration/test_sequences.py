@@ -161,7 +161,15 @@ def wait_quiet(world: World) -> None:
             if (world.run / "gate.json").exists()
             else ""
         )
-        return tick not in ("STARTING", "RUNNING", "STOPPING") and gate != "running"
+        # A running timer with a trigger still to act on (its marker, or one waiting for a tick to end) starts
+        # a tick soon: not quiet yet.
+        timer_doc = world.run / "deploy-timer.json"
+        timer_up = infos.get("deploy-timer", {}).get("statename") == "RUNNING"
+        pending = timer_up and (
+            (world.run / "deploy-trigger").exists()
+            or bool(timer_doc.exists() and json.loads(timer_doc.read_text() or "{}").get("pending"))
+        )
+        return tick not in ("STARTING", "RUNNING", "STOPPING") and gate != "running" and not pending
 
     wait_for(quiet, 200, "the timer's tick and the gate to finish")
 
@@ -348,7 +356,8 @@ def timer_idle(world: World) -> bool:
         else {}
     )
     states = {i["name"]: i["statename"] for i in supervisor(world).all_process_info()}
-    return not timer.get("running") and states.get("deploy-tick") not in ("STARTING", "RUNNING", "STOPPING")
+    idle_tick = states.get("deploy-tick") not in ("STARTING", "RUNNING", "STOPPING")
+    return not timer.get("running") and not timer.get("pending") and idle_tick
 
 
 def dry(world: World, *args: str) -> None:
