@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from protea_supervisor import orphans
@@ -112,9 +113,10 @@ def chain_times(doc: Mapping[str, Any]) -> tuple[float, float, float] | None:
 def own_start_time() -> float:
     """When this process started, as wall time (from /proc; now when unreadable)."""
     try:
-        stat = open("/proc/self/stat").read()  # noqa: SIM115
+        stat = Path("/proc/self/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))  # noqa: SIM115
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(float(line.split()[1]) for line in lines if line.startswith("btime "))
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
     return boot + ticks / os.sysconf("SC_CLK_TCK")
