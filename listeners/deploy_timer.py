@@ -389,29 +389,25 @@ def consume_marker(run_dir: Path) -> tuple[str, str] | None:
     return text[:200].strip(), ""
 
 
-def is_manual_trigger(event: Event) -> bool:
+def manual_trigger_id(event: Event) -> str | None:
+    """For a manual trigger's event, the id it carries ('' when it has none, as from another tool); None for
+    any other event."""
     if event.name != "REMOTE_COMMUNICATION" or event.fields.get("type") != COMM_TYPE:
-        return False
+        return None
     try:
         message = json.loads(event.data)
     except ValueError:
-        return False
-    return (
-        isinstance(message, dict) and message.get("kind") == "trigger" and message.get("trigger") == "manual"
-    )
+        return None
+    if not isinstance(message, dict):
+        return None
+    if message.get("kind") != "trigger" or message.get("trigger") != "manual":
+        return None
+    return str(message.get("id", ""))
 
 
 def trigger_message(reason: str, trigger: str = "manual", trigger_id: str = "") -> str:
     message = {"kind": "trigger", "trigger": trigger, "reason": reason}
     return json.dumps({**message, "id": trigger_id} if trigger_id else message)
-
-
-def trigger_id(event: Event) -> str:
-    try:
-        message = json.loads(event.data)
-    except ValueError:
-        return ""
-    return str(message.get("id", "")) if isinstance(message, dict) else ""
 
 
 def config_from_stack(stack: Any) -> TimerConfig:
@@ -465,10 +461,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     taken.append(marker_id)
                 data = trigger_message(reason, trigger_id=marker_id)
                 feed(Event("REMOTE_COMMUNICATION", fields={"type": COMM_TYPE}, data=data))
-        elif is_manual_trigger(event):
+        elif (manual := manual_trigger_id(event)) is not None:
             consume_marker(stack.paths.run)  # `trigger` wrote both: this event is the one to act on
-            if trigger_id(event) and trigger_id(event) in taken:
-                log(f"deploy-timer: trigger {trigger_id(event)} was already taken from its marker file")
+            if manual and manual in taken:
+                log(f"deploy-timer: trigger {manual} was already taken from its marker file")
                 return
         if event.name == "PROCESS_STATE_EXITED" and event.process == TICK:
             # The exit code is not in the event's payload; supervisord has it.

@@ -27,6 +27,7 @@ from protea_supervisor.stack import Stack
 Report = Callable[[str], None]
 POLL = 0.2
 RESEND_AFTER = 10.0
+STEP_ORDER = {name: i for i, name in enumerate(STEPS)}  # steps finished at the same moment show in order
 
 
 def gate_deadline(stack: Stack) -> float:
@@ -64,10 +65,9 @@ def run_gate(stack: Stack, supervisor: Supervisor, report: Report, retry: bool =
     while True:
         doc = read_gate_state(stack.paths.run) or {}
         mine = request in doc.get("requests", [])
-        order = {name: i for i, name in enumerate(STEPS)}
         finished = sorted(
             (s for s in doc.get("steps", []) if s["finished_at"]),
-            key=lambda s: (s["finished_at"], order.get(s["step"], len(order))),
+            key=lambda s: (s["finished_at"], STEP_ORDER.get(s["step"], len(STEP_ORDER))),
         )
         for step in finished if mine else []:
             if step["finished_at"] and step["step"] not in shown:
