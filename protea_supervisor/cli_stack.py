@@ -323,7 +323,7 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
 
 @click.group("gate")
 def gate_group() -> None:
-    """The readiness gate: infra ports, migrate, api, workers and web, web, tunnel."""
+    """The readiness gate: infra ports, migrate, api, web, tunnel, then the workers."""
 
 
 @gate_group.command("retry")

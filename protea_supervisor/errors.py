@@ -77,7 +77,7 @@ class RpcRefused(StackFailed):
 
 
 class GateFailed(StackFailed):
-    """The readiness gate stopped at `step` (infra, migrate, api, workers, web, tunnel; or `gate` when the
+    """The readiness gate stopped at `step` (infra, migrate, api, web, tunnel, workers; or `gate` when the
     listener itself failed or the gate did not finish in time)."""
 
     def __init__(self, message: str, step: str) -> None:
