@@ -127,12 +127,14 @@ def chain_summary(doc: Mapping[str, Any], started_at: float, now: float) -> str:
     times = chain_times(doc)
     if times is None:
         return ""
-    chain, run, _ = times
+    chain, run, began = times
+    line = f"the public chain ({', '.join(CHAIN)}) took {chain:.1f} s, the whole gate {run:.1f} s"
+    if began < started_at:
+        # A run already under way (an interrupted `up`, the gate at supervisord's boot): this command's own
+        # overhead is not in it, and no figure for it would be true.
+        return f"{line}; this command joined a gate run that began {started_at - began:.1f} s before it"
     overhead = max(0.0, (now - started_at) - run)
-    return (
-        f"the public chain ({', '.join(CHAIN)}) took {chain:.1f} s, the whole gate {run:.1f} s; "
-        f"overhead {overhead:.1f} s (supervisord, the listeners and this command)"
-    )
+    return f"{line}; overhead {overhead:.1f} s (supervisord, the listeners and this command)"
 
 
 def _gate_failure(stack: Stack, doc: dict[str, Any]) -> GateFailed:

@@ -28,6 +28,17 @@ def test_the_chain_ends_with_the_tunnel_and_the_workers_count_only_in_the_whole_
     assert "overhead 1.5 s" in line
 
 
+def test_a_run_that_began_before_the_command_is_said_to_be_joined_with_no_overhead_figure() -> None:
+    doc = run(("api", 100.0, 103.0), ("web", 103.0, 103.5), ("tunnel", 103.5, 104.5), finished_at=104.5)
+    # An interrupted `up` started this run; a second `up` began at 102 and followed it to the end.
+    line = chain_summary(doc, started_at=102.0, now=104.7)
+    assert line == (
+        "the public chain (infra, migrate, api, web, tunnel) took 4.5 s, the whole gate 4.5 s; "
+        "this command joined a gate run that began 2.0 s before it"
+    )
+    assert "overhead" not in line
+
+
 def test_a_run_without_steps_says_nothing() -> None:
     assert chain_times({"phase": "done", "steps": []}) is None
     assert chain_summary({"phase": "done", "steps": []}, 0.0, 1.0) == ""
