@@ -24,17 +24,14 @@ import collections
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Stack, free_port
-from deploy_app import APP, AppRepo, deploy_stack
+from deploy_app import APP, AppRepo, Poller, deploy_stack, on_socket
 from rabbit import delete_queue, publish
 
 JOBS = 6
@@ -48,69 +45,15 @@ WARMING_APP = APP.replace(
 ).replace("self.send_response(500 if broken else 200)",
           "self.send_response(500 if broken else 200 if time.monotonic() >= ready_at else 503)")  # fmt: skip
 assert WARMING_APP.count("ready_at") == 2
-# The same API on the socket supervisord holds (programs.api.socket): like uvicorn, it warms up before it
-# accepts. With a port for an argument (the canary) it is the API above.
-SERVE = 'http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()'
-assert SERVE in WARMING_APP
-SOCKET_APP = WARMING_APP.replace(
-    SERVE,
-    "if sys.argv[1] == 'fd0':\n"
-    f"    time.sleep({WARM_UP})\n"
-    "    import socket\n"
-    "    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)\n"
-    "    server.socket = socket.socket(fileno=0)\n"
-    "    server.serve_forever()\n"
-    f"else:\n    {SERVE}\n",
-)
+# The same API on the socket supervisord holds (programs.api.socket); with a port (the canary) it is the API
+# above.
+SOCKET_APP = on_socket(WARMING_APP, WARM_UP)
 KINDS: dict[str, dict[str, str | None]] = {
     "api-change": {"VERSION": "v{n}\n"},
     "deps-change": {"pyproject.toml": "[project]\nname='app'\nversion='{n}'\n"},
     "web-change": {"apps/web/page.txt": "page {n}"},
     "break-api": {"BROKEN": "yes", "VERSION": "v{n}\n"},  # last: nothing after it removes BROKEN
 }
-
-
-class Poller:
-    """GET `url` every 50 ms; count the answers that were not a 200, the longest run of them, and the
-    slowest answer (a request held in a socket's backlog fails nothing but waits)."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.polls, self.failed, self.longest, self.slowest = url, 0, 0, 0.0, 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _ok(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url, timeout=5) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def _run(self) -> None:
-        down_since = 0.0
-        while not self._done.is_set():
-            asked = time.monotonic()
-            ok, now = self._ok(), time.monotonic()
-            self.slowest = max(self.slowest, now - asked)
-            self.polls += 1
-            if ok:
-                if down_since:
-                    self.longest = max(self.longest, now - down_since)
-                down_since = 0.0
-            else:
-                self.failed += 1
-                down_since = down_since or now
-            self._done.wait(0.05)
-        if down_since:
-            self.longest = max(self.longest, time.monotonic() - down_since)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def acks(stack: Stack) -> collections.Counter[int]:

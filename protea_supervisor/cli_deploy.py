@@ -35,9 +35,9 @@ from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.notify import host_name, now_iso, send_detached, tick_event
 from protea_supervisor.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.releases import table as releases_table
-from protea_supervisor.rollout import TickEnv
 from protea_supervisor.stack import Stack
 from protea_supervisor.tick import finish, read_record, roll_back_to, run_tick, write_record
+from protea_supervisor.tickenv import TickEnv
 
 
 def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: bool) -> TickEnv:

@@ -106,6 +106,14 @@ class Supervisor:
         """protea.getDraining: processes a scale-down removed that are still finishing their job."""
         return cast(dict[str, list[str]], self._call("protea.getDraining"))
 
+    def switch(self, step: str, name: str) -> dict[str, Any]:
+        """protea.beginSwitch / finishSwitch / abortSwitch (`step` begin, finish or abort) of one group."""
+        return cast(dict[str, Any], self._call(f"protea.{step}Switch", name))
+
+    def switches(self) -> dict[str, dict[str, Any]]:
+        """protea.getSwitches: start-first replacements under way, by group."""
+        return cast(dict[str, dict[str, Any]], self._call("protea.getSwitches"))
+
     def plan_reload(self, path: Path | None = None) -> dict[str, Any]:
         """protea.planReload: every group sorted into added, removed, scaled, changed, unchanged. With
         `path`, that file is compared instead of the config file, and supervisord's state is left alone."""

@@ -237,9 +237,9 @@ def deploy_plan(revision: str, work: Work, supervisord_up: bool, canary: bool = 
     started at the end and the gate runs migrate and starts everything in order.
 
     With supervisord up the API goes first and alone: with a `canary`, the new revision's API is proved ready
-    on its own port before the serving one is touched; then the serving API restarts onto it and must get
-    ready. Only then do the workers and web move (`apply`), so a revision whose API fails never reaches a
-    worker or web."""
+    on its own port before the serving one is touched; then the serving API moves onto it (replaced
+    start-first when it is on a socket supervisord holds, else restarted) and must get ready. Only then do
+    the workers and web move (`apply`), so a revision whose API fails never reaches a worker or web."""
     rev = short(revision)
     steps = [Step("checkout", f"check out {rev} (detached)", undo="checkout")]
     if work.install:
@@ -251,8 +251,8 @@ def deploy_plan(revision: str, work: Work, supervisord_up: bool, canary: bool = 
         steps.append(Step("migrate", "run migrate (it must exit 0)"))
         if canary:
             steps.append(Step("canary", f"start {rev}'s API on its own (api-canary); it must get ready"))
-        steps.append(Step("api", f"render with PROTEA_REVISION={rev}; restart the API; it must get ready",
-                          undo="apply"))  # fmt: skip
+        steps.append(Step("api", f"render with PROTEA_REVISION={rev}; move the API (start-first on its "
+                                 "socket, else restarted); it must get ready", undo="apply"))  # fmt: skip
         steps.append(Step("apply", "restart the rest that changed (workers within their grace, web when "
                                    "its build changed)", undo="apply"))  # fmt: skip
     else:

@@ -8,55 +8,32 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from protea_supervisor.apiswitch import replace_api
 from protea_supervisor.apply import (
     LIVE,
     UP,
-    Deadlines,
     apply_plan,
     stack_is_up,
     start_group,
     states,
     wait_until_gone_or_down,
 )
-from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import short as deploy_short
 from protea_supervisor.errors import ProteaError, SupervisorDown
 from protea_supervisor.lifecycle import gate_deadline
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.probes import wait_http
-from protea_supervisor.lock import LockFile
 from protea_supervisor.progress import Ticker
 from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.render import CANARY
 from protea_supervisor.stack import Stack
+from protea_supervisor.tickenv import TickEnv
 from protea_supervisor.webbuild import run_command
 from protea_supervisor.worktree import StepError
 
-Report = Callable[[str], None]
 HEALTH_PROBE_DEADLINE = 5.0
-
-
-@dataclass(frozen=True)
-class TickEnv:
-    """What the tick touches, built by the CLI."""
-
-    stack: Stack
-    supervisor: Supervisor
-    lock: LockFile
-    environ: Mapping[str, str]  # the process environment merged with the env files
-    secrets: Sequence[str]
-    # Renders the stack with a revision and writes <run>/supervisord.conf.
-    write_config: Callable[[str], None]
-    run_gate: Callable[[], object]  # follows the gate until done; raises GateFailed
-    # Starts supervisord with the written config (a first deploy).
-    start_supervisord: Callable[[], None]
-    deadlines: Deadlines
-    report: Report
-    trigger: str = "by hand"  # who or what asked for the tick, for the release history
 
 
 # --- commands and the frontend build --------------------------------------------------------------------
@@ -149,6 +126,8 @@ def apply_revision(env: TickEnv, revision: str) -> None:
     keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
     # The canary only takes its new config; only a deploy's canary step starts it.
     on_demand = {CANARY} & {*plan.added, *plan.changed}
+    if "api" in plan.changed and _replaced(env):
+        keep -= {"api"}
     moving = plan.only(keep - {"migrate"} - on_demand)
     if "migrate" in plan.changed:
         replace_idle(env, "migrate")
@@ -261,15 +240,27 @@ def _stop(env: TickEnv, group: str) -> None:
                                 env.report)  # fmt: skip
 
 
+def _replaced(env: TickEnv) -> bool:
+    """The API replaced start-first onto the re-read config (`apiswitch`); False, said, when it cannot be."""
+    why = replace_api(env)
+    if why:
+        env.report(f"  api: restarting it (not replaced start-first: {why})")
+    return not why
+
+
 def restart_api(env: TickEnv, revision: str) -> None:
     """Render with the revision and move the API alone onto it; it must answer its readiness URL within
-    probes.api_ready_timeout before anything else moves. Workers and web keep their config meanwhile."""
+    probes.api_ready_timeout before anything else moves. Workers and web keep their config meanwhile. On a
+    socket supervisord holds, the new API starts beside the serving one and replaces it once it answers
+    (`apiswitch`); else the API restarts."""
     stack, supervisor = env.stack, env.supervisor
     if not stack.program("api").enabled:
         env.write_config(revision)
         return
     env.write_config(revision)
     moving = plan_from_document(supervisor.plan_reload()).only({"api"})
+    if "api" in moving.changed and _replaced(env):
+        return
     for line in describe_plan(moving):
         env.report(line)
     apply_plan(supervisor, moving, env.deadlines, env.report, start_added=True)

@@ -34,7 +34,6 @@ from protea_supervisor.files import write_atomic
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.probes import parse_infra, wait_ports
 from protea_supervisor.rollout import (
-    TickEnv,
     apply_revision,
     healthy,
     install,
@@ -45,6 +44,7 @@ from protea_supervisor.rollout import (
     wait_gate_idle,
 )
 from protea_supervisor.stack import Stack
+from protea_supervisor.tickenv import TickEnv
 from protea_supervisor.webbuild import (
     build_web,
     prune_builds,

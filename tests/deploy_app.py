@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -35,6 +37,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = f"{version} {os.environ.get('PROTEA_REVISION', '-')}".encode()
         self.send_response(500 if broken else 200)
+        self.send_header("X-Api-Pid", str(os.getpid()))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -42,6 +45,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
+SERVE = 'http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()'
+
+
+def on_socket(app: str, warm_up: float) -> str:
+    """`app` that, run with `fd0` for its port, serves on supervisord's socket (fd 0) once a start-up of
+    `warm_up` s is over, as `uvicorn --fd 0` accepts only once the app has started; with a file HANG in its
+    directory that start-up never ends."""
+    assert SERVE in app
+    return app.replace(
+        SERVE,
+        "if sys.argv[1] == 'fd0':\n"
+        "    import socket, time\n"
+        f"    time.sleep({warm_up})\n"
+        "    while (here / 'HANG').exists():\n"
+        "        time.sleep(1)\n"
+        "    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)\n"
+        "    server.socket = socket.socket(fileno=0)\n"
+        "    server.serve_forever()\n"
+        f"else:\n    {SERVE}\n",
+    )
+
+
 BUILD = """import pathlib, shutil
 out = pathlib.Path(".next")
 (out / "standalone").mkdir(parents=True, exist_ok=True)
@@ -153,3 +178,50 @@ def lines(path: Path) -> int:
 
 def record(stack: Stack) -> dict[str, object]:
     return json.loads((stack.root / "run" / "deployed.json").read_text())
+
+
+class Poller:
+    """GET `url` every 50 ms, each on its own connection; count the answers that were not a 200, the
+    longest run of them, and the slowest answer (a request held in a socket's backlog fails nothing but
+    waits); `pids` are the X-Api-Pid headers of the 200s, in order."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.polls, self.failed, self.longest, self.slowest = url, 0, 0, 0.0, 0.0
+        self.pids: list[str] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ok(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                if response.status == 200 and response.headers.get("X-Api-Pid"):
+                    self.pids.append(response.headers["X-Api-Pid"])
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _run(self) -> None:
+        down_since = 0.0
+        while not self._done.is_set():
+            asked = time.monotonic()
+            ok, now = self._ok(), time.monotonic()
+            self.slowest = max(self.slowest, now - asked)
+            self.polls += 1
+            if ok:
+                if down_since:
+                    self.longest = max(self.longest, now - down_since)
+                down_since = 0.0
+            else:
+                self.failed += 1
+                down_since = down_since or now
+            self._done.wait(0.05)
+        if down_since:
+            self.longest = max(self.longest, time.monotonic() - down_since)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import BIN, Stack, free_port, stack_file
+from conftest import BIN, Stack, free_port, stack_file, wait_for
+
+from protea_supervisor.control import Supervisor
+from protea_supervisor.errors import RpcRefused
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +47,28 @@ def test_the_api_serves_on_the_socket_supervisord_holds_and_requests_wait_out_a_
     status, new_pid = answer(port)
     assert status == 200 and new_pid not in ("", pid)
     assert new_pid == str(stack.status()["api"]["pid"])
+
+    # What a switch refuses, said rather than done: a group not on a socket, a switch that is not under way,
+    # a group whose config has not changed is still switchable (a deploy asks only when it changed).
+    supervisor = Supervisor(stack.conf.parent / "supervisor.sock")
+    assert supervisor.switch("begin", "web") == {
+        "switching": False,
+        "why": "web: not on a socket supervisord holds (an fcgi-program)",
+    }
+    assert supervisor.switch("begin", "nope")["why"] == "nope: no such group is running"
+    with pytest.raises(RpcRefused, match="api: no switch under way to finish"):
+        supervisor.switch("finish", "api")
+    assert supervisor.switches() == {}
+
+    # Begun, then aborted: the successor starts beside api on the one socket, and once stopped it is dropped;
+    # api never stopped.
+    begun = supervisor.switch("begin", "api")
+    assert begun["switching"] and begun["successor"] == "api-next", begun
+    assert supervisor.switches()["api"]["phase"] == "warming"
+    with pytest.raises(RpcRefused, match="a switch is already under way"):
+        supervisor.switch("begin", "api")
+    supervisor.switch("abort", "api")
+    wait_for(lambda: supervisor.switches() == {}, 30, "the successor dropped")
+    names = {i["name"]: i for i in supervisor.all_process_info() if i["group"] == "api"}
+    assert set(names) == {"api"} and str(names["api"]["pid"]) == new_pid
+    assert names["api"]["statename"] == "RUNNING"

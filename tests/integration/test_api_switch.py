@@ -1,0 +1,92 @@
+"""A deploy replaces the API start-first on the socket supervisord holds (`programs.api.socket`), on a real
+supervisord with a real git remote: the new process starts beside the serving one, is proved by an answer
+carrying its own pid, and only then does the old one drain and stop. The API is polled every 50 ms, each
+poll on its own connection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from conftest import BIN, Stack, free_port
+from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket, record, serving
+
+pytestmark = pytest.mark.integration
+
+WARM_UP = 1.5
+
+
+def socket_stack(short_tmp: Path, repo: AppRepo, queue: str) -> Stack:
+    repo.commit("the API on a socket", {"app.py": on_socket(APP, WARM_UP)})
+    port = free_port()
+    api = {"command": "{python} -P app.py fd0", "directory": "{root}", "socket": f"tcp://127.0.0.1:{port}"}
+    return deploy_stack(short_tmp, repo, queue, extra={"programs": {"api": api}}, api_port=port)
+
+
+def api_group(stack: Stack) -> dict[str, str]:
+    """`supervisorctl status` lines of the api group: name -> state (`api` alone when the group holds only
+    its namesake, `api:api-next` beside it during a switch)."""
+    out = subprocess.run(
+        [str(BIN / "supervisorctl"), "-c", str(stack.conf), "status"], capture_output=True, text=True
+    ).stdout
+    fields = [
+        line.split() for line in out.splitlines() if line.split()[0] == "api" or line.startswith("api:")
+    ]
+    return {f[0]: f[1] for f in fields}
+
+
+def reread(stack: Stack) -> str:
+    ctl = [str(BIN / "supervisorctl"), "-c", str(stack.conf), "reread"]
+    return subprocess.run(ctl, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_deploy_replaces_the_api_without_a_failed_request_and_a_hung_one_never_serves(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str
+) -> None:
+    repo = AppRepo(short_tmp)
+    stack = socket_stack(short_tmp, repo, queue_name)
+    supervisord(stack)
+    first = stack.ps("tick")
+    assert first.code == 10, first.both
+    old_pid = str(stack.status()["api"]["pid"])
+    url = f"http://127.0.0.1:{stack.api_port}/jobs"
+    worker = "worker-" + queue_name.replace(".", "-")
+
+    # An API change: the new process answers on the one socket before the old one stops.
+    rev2 = repo.commit("v2", {"VERSION": "v2\n"})
+    with Poller(url) as polled:
+        second = stack.ps("tick")
+    assert second.code == 10, second.both
+    new_pid = str(stack.status()["api"]["pid"])
+    assert new_pid != old_pid
+    assert f"pid {new_pid} serves as api" in second.out, second.out
+    assert polled.failed == 0 and polled.polls > 20, (polled.failed, polled.polls)
+    # Both served during the switch, the old one first; once the new one answered, the old one only drained.
+    assert polled.pids[0] == old_pid and polled.pids[-1] == new_pid, polled.pids
+    assert set(polled.pids) == {old_pid, new_pid}
+    assert serving(stack) == f"v2 {rev2}"
+    # The successor took the name api and the group the re-read config: nothing left to apply or to see.
+    assert api_group(stack) == {"api": "RUNNING"}
+    assert reread(stack) == "No config updates to processes"
+    assert stack.status()["api"]["state"] == "RUNNING"
+
+    # A revision whose API never gets ready (its start-up hangs; no canary in this stack): the serving API
+    # answers every request throughout, no worker moves to it, and the successor is gone afterwards.
+    worker_pid = stack.status()[worker]["pid"]
+    rev3 = repo.commit("hangs", {"HANG": "yes", "VERSION": "v3\n"})
+    with Poller(url) as polled:
+        third = stack.ps("tick")
+    assert third.code == 20, third.both
+    assert "never answered" in third.out and "the serving API was not touched" in third.out, third.out
+    assert polled.failed == 0 and set(polled.pids) == {new_pid}, (polled.failed, set(polled.pids))
+    assert str(stack.status()["api"]["pid"]) == new_pid
+    assert stack.status()[worker]["pid"] == worker_pid
+    assert api_group(stack) == {"api": "RUNNING"}
+    assert rev3 in record(stack)["failed"]
+    assert git(repo.worktree, "rev-parse", "HEAD") == git(repo.dev, "rev-parse", "HEAD~1")
+    assert serving(stack) == f"v2 {rev2}"
