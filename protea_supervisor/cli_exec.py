@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from protea_supervisor import guard
 from protea_supervisor.cli_lock import after_double_dash
 from protea_supervisor.env import check_required, merged_environment
 from protea_supervisor.errors import CommandNotFound, EnvError, UsageError
@@ -31,6 +32,22 @@ from protea_supervisor.errors import CommandNotFound, EnvError, UsageError
     "--requires-file", help="Run --fallback instead when this file (relative to the cwd) is missing."
 )
 @click.option("--fallback", help="Command line used when --requires-file is missing.")
+@click.option(
+    "--revision-guard",
+    is_flag=True,
+    help="Start only from a clean checkout at PROTEA_REVISION (exit 78 otherwise).",
+)
+@click.option(
+    "--declared-from",
+    default="",
+    metavar="VAR",
+    help="With --revision-guard: also at the revision declared in the Postgres that VAR names (a node).",
+)
+@click.option(
+    "--refusals",
+    type=click.Path(path_type=Path),
+    help="With --revision-guard: the directory where a refused start leaves its reason for `status`.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(
     env_files: tuple[Path, ...],
@@ -38,6 +55,9 @@ def exec_cmd(
     require_jwt_secret: bool,
     requires_file: str | None,
     fallback: str | None,
+    revision_guard: bool,
+    declared_from: str,
+    refusals: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
@@ -46,6 +66,8 @@ def exec_cmd(
     argv = list(after_double_dash(command))
     if not argv:
         raise UsageError("exec needs a command after --.")
+    if revision_guard:
+        guard.check(Path.cwd(), env, declared_from, refusals)
     if requires_file and not Path(requires_file).exists():
         if not fallback:
             raise EnvError(f"{requires_file} is missing and no --fallback was given.")

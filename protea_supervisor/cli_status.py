@@ -17,6 +17,7 @@ from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
+from protea_supervisor.guard import read_refusals
 from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
@@ -112,7 +113,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     infos = supervisor.all_process_info()
     rss = group_rss_kb(int(i["pid"]) for i in infos if i["pid"])
     spawns = spawn_counts(read_tail(stack.paths.run / "supervisord.log"))
-    status_rows = rows(infos, rss, spawns)
+    status_rows = rows(infos, rss, spawns, read_refusals(stack.paths.run / "refused"))
     lock = lock_view(stack)
     gate = read_gate_state(stack.paths.run) or {}
     watch = read_json(stack.paths.run / TUNNEL_STATE_FILE) or {}

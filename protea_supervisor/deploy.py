@@ -232,14 +232,25 @@ def blame(step: str, failure: str) -> Blame:
     return "revision" if failure in REVISION_FAILURES.get(step, frozenset()) else "infra"
 
 
-def deploy_plan(revision: str, work: Work, supervisord_up: bool, canary: bool = False) -> tuple[Step, ...]:
+def _declare_step(rev: str) -> Step:
+    return Step("declare", f"declare {rev} in Postgres as the revision that may consume (nodes follow it)",
+                undo="declare")  # fmt: skip
+
+
+def deploy_plan(
+    revision: str, work: Work, supervisord_up: bool, canary: bool = False, declare: bool = False
+) -> tuple[Step, ...]:
     """The steps that take the stack to `revision`. With supervisord down (a first deploy), supervisord is
     started at the end and the gate runs migrate and starts everything in order.
 
     With supervisord up the API goes first and alone: with a `canary`, the new revision's API is proved ready
     on its own port before the serving one is touched; then the serving API moves onto it (replaced
     start-first when it is on a socket supervisord holds, else restarted) and must get ready. Only then do
-    the workers and web move (`apply`), so a revision whose API fails never reaches a worker or web."""
+    the workers and web move (`apply`), so a revision whose API fails never reaches a worker or web.
+
+    With `declare` (host.declare_revision), the revision is declared in Postgres once it is migrated and its
+    API proved, before this host's workers move onto it (their revision guard reads nothing, but the nodes
+    follow the declaration); a rollback declares the previous revision again."""
     rev = short(revision)
     steps = [Step("checkout", f"check out {rev} (detached)", undo="checkout")]
     if work.install:
@@ -253,11 +264,15 @@ def deploy_plan(revision: str, work: Work, supervisord_up: bool, canary: bool = 
             steps.append(Step("canary", f"start {rev}'s API on its own (api-canary); it must get ready"))
         steps.append(Step("api", f"render with PROTEA_REVISION={rev}; move the API (start-first on its "
                                  "socket, else restarted); it must get ready", undo="apply"))  # fmt: skip
+        if declare:
+            steps.append(_declare_step(rev))
         steps.append(Step("apply", "restart the rest that changed (workers within their grace, web when "
                                    "its build changed)", undo="apply"))  # fmt: skip
     else:
         steps.append(Step("start", f"render with PROTEA_REVISION={rev}; start supervisord; the gate "
                                    "migrates and starts the stack in order", undo="stop"))  # fmt: skip
+        if declare:
+            steps.append(_declare_step(rev))
     steps.append(Step("verify", "probe API readiness and web"))
     return tuple(steps)
 
@@ -274,6 +289,9 @@ def rollback_plan(done: Sequence[Step], supervisord_up: bool) -> tuple[Step, ...
         steps.append(Step("undo-stop", "stop the stack that was started"))
     elif supervisord_up:
         steps.append(Step("undo-apply", "render with the previous revision; restart what changed"))
+    if "declare" in undo:
+        steps.append(Step("undo-declare", "declare the previous revision again (nodes follow it back)"))
+    if "stop" not in undo and supervisord_up:
         steps.append(Step("verify", "probe API readiness and web"))
     return tuple(steps)
 

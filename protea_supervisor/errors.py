@@ -27,6 +27,12 @@ class EnvError(ProteaError):
     exit_code = 78
 
 
+class RevisionRefused(ProteaError):
+    """The revision guard refused a worker's start: its checkout is dirty or not the revision it must run."""
+
+    exit_code = 78
+
+
 class LockContention(ProteaError):
     """Another owner or task holds the stack-owner lock."""
 

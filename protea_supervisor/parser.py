@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from protea_supervisor import carry
 from protea_supervisor.errors import StackError
+from protea_supervisor.hosts import HostSettings, host_problems
 from protea_supervisor.placeholders import NAMES, PlaceholderError, expand, shown
 from protea_supervisor.schema import ROLES, Reader, check_layer, merge, quoted
 from protea_supervisor.stack import (
@@ -166,6 +167,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         jobs=reader.get("backup.jobs", 4),
     )
     notify = _parse_notify(reader)
+    host_settings = _parse_host(reader, host, programs)
     name = reader.get("name", "protea")
     if not PROGRAM_NAME.fullmatch(name):
         raise reader.fail("name", f"must be lowercase letters, digits and dashes, got {shown(name)!r}")
@@ -186,9 +188,25 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         monitor=monitor,
         backup=backup,
         notify=notify,
+        host=host_settings,
         python=host.python,
         origins=tuple(sorted(origin.items())),
     )
+
+
+def _parse_host(reader: Reader, facts: HostFacts, programs: tuple[Program, ...]) -> HostSettings:
+    settings = HostSettings(
+        role=reader.get("host.role", "server"),
+        name=reader.get("host.name", facts.hostname),
+        declare_revision=bool(reader.get("host.declare_revision", False)),
+        revision_guard=bool(reader.get("host.revision_guard", False)),
+        db_url_env=_env_names(reader, "host.db_url_env", [reader.get("host.db_url_env", "PROTEA_DB_URL")])[0],
+        migrations_dir=reader.get("host.migrations_dir", "alembic/versions"),
+    )
+    for key, expected in host_problems(settings, [p.role for p in programs if p.enabled]):
+        # A program left on is wrong because of the role: the file that made this host a node is named.
+        raise reader.fail(key, expected, blame="host.role" if key.startswith("programs.") else "")
+    return settings
 
 
 def _no_nul(data: Any, source: str, prefix: str = "") -> None:

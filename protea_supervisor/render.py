@@ -170,11 +170,24 @@ def template_env() -> jinja2.Environment:
     return env
 
 
+def guard_args(stack: Stack) -> tuple[str, ...]:
+    """The exec wrapper's revision guard for a worker (host.revision_guard): refused starts leave their
+    reason in <run>/refused; a node also checks the revision the server declared."""
+    if not stack.host.revision_guard:
+        return ()
+    node = ("--declared-from", stack.host.db_url_env) if stack.host.node else ()
+    return ("--revision-guard", "--refusals", str(stack.paths.run / "refused"), *node)
+
+
 def wrapper_argv(
-    stack: Stack, exe: Sequence[str], command: Sequence[str], program: Program | None = None
+    stack: Stack,
+    exe: Sequence[str],
+    command: Sequence[str],
+    program: Program | None = None,
+    guard: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """The exec wrapper loads the env files at each start and execs the command (same pid)."""
-    args = [*exe, "exec"]
+    args = [*exe, "exec", *guard]
     for env_file in stack.env.files:
         args += ["--env-file", str(env_file)]
     for name in stack.env.required:
@@ -312,7 +325,7 @@ def _queue_block(
     own = any(key == f"{prefix}.command" for key, _ in stack.origins)
     return ProgramBlock(
         name=queue.program,
-        argv=wrapper_argv(stack, exe, shlex.split(queue.command)),
+        argv=wrapper_argv(stack, exe, shlex.split(queue.command), guard=guard_args(stack)),
         directory=str(stack.workers.directory),
         environment=stamp,
         priority=PRIORITY["worker"],

@@ -10,6 +10,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+from protea_supervisor import declared
 from protea_supervisor.apiswitch import replace_api
 from protea_supervisor.apply import (
     LIVE,
@@ -272,3 +273,11 @@ def restart_api(env: TickEnv, revision: str) -> None:
         problem = wait_http(url, timeout, waiting=Ticker(env.report).say)
         if problem:
             raise StepError(f"API readiness probe {url}: {problem} after {timeout} s", "probe")
+
+
+def declare_revision(env: TickEnv, revision: str) -> None:
+    """Record `revision` in the server's Postgres as the one that may consume (`declared`)."""
+    host = env.stack.host
+    digest = declared.migration_digest(env.stack.paths.root, revision, host.migrations_dir)
+    declared.declare(env.environ.get(host.db_url_env, ""), host.db_url_env, revision, digest, host.name)
+    env.report(f"declared {deploy_short(revision)} in Postgres ({declared.TABLE}) from {host.name}")

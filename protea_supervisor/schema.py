@@ -113,6 +113,14 @@ SCHEMA: dict[str, Any] = {
         "api_canary_command": str,
         "api_canary_url": str,
     },
+    "host": {
+        "role": str,
+        "name": str,
+        "declare_revision": bool,
+        "revision_guard": bool,
+        "db_url_env": str,
+        "migrations_dir": str,
+    },
     "lock": {"file": str, "flock_timeout": Num(float, 0.001, 3600, "the shell tool's flock -w")},
     "metrics": {"enabled": bool, "host": str, "port": PORT},
     "monitor": {

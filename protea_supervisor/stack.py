@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protea_supervisor.errors import StackError
+from protea_supervisor.hosts import HostSettings
 from protea_supervisor.schema import ROLES, key_parts, quoted
 
 __all__ = ["ROLES", "quoted"]
@@ -30,6 +31,7 @@ class HostFacts:
 
     home: Path
     python: str
+    hostname: str = "localhost"  # host.name's default
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ class Stack:
     monitor: Monitor
     backup: BackupSettings
     notify: NotifySettings = field(default=NotifySettings())
+    host: HostSettings = field(default=HostSettings())
     python: str = field(default="")
     # How the stack was chosen (--stack): a host file path, `demo`, or "" for the PROTEA defaults.
     choice: str = field(default="")

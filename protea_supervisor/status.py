@@ -38,12 +38,19 @@ def spawn_counts(log_text: str) -> dict[str, int]:
 
 
 def rows(
-    infos: Iterable[Mapping[str, Any]], rss_kb: Mapping[int, int], spawns: Mapping[str, int]
+    infos: Iterable[Mapping[str, Any]],
+    rss_kb: Mapping[int, int],
+    spawns: Mapping[str, int],
+    refused: Mapping[str, str] | None = None,
 ) -> list[StatusRow]:
+    """`refused`: `group:process` -> why the revision guard refused its last start; shown as its
+    description while it is not running."""
     result = []
     for info in infos:
         pid = int(info["pid"])  # supervisord reports 0 when no process is alive
         running = info["statename"] in ("RUNNING", "STOPPING") and pid > 0
+        reason = (refused or {}).get(f"{info['group']}:{info['name']}", "")
+        description = f"refused: {reason}" if reason and not running else str(info.get("description", ""))
         rss = rss_kb.get(pid) if pid else None
         result.append(
             StatusRow(
@@ -54,7 +61,7 @@ def rows(
                 rss_mb=round(rss / 1024, 1) if rss is not None else None,
                 uptime_s=max(0, int(info["now"]) - int(info["start"])) if running else 0,
                 restarts=max(0, spawns.get(str(info["name"]), 0) - 1),
-                description=str(info.get("description", "")),
+                description=description,
             )
         )
     return result

@@ -35,6 +35,7 @@ from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.listeners.probes import parse_infra, wait_ports
 from protea_supervisor.rollout import (
     apply_revision,
+    declare_revision,
     healthy,
     install,
     prove_canary,
@@ -59,6 +60,10 @@ GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "w
 
 def has_canary(stack: Stack) -> bool:
     return bool(stack.deploy.api_canary_command) and stack.program("api").enabled
+
+
+def plan_for(stack: Stack, revision: str, work: Work, supervisord_up: bool) -> tuple[deploy.Step, ...]:
+    return deploy.deploy_plan(revision, work, supervisord_up, has_canary(stack), stack.host.declare_revision)
 
 
 def record_path(stack: Stack) -> Path:
@@ -152,6 +157,9 @@ class Deployer:
     def _verify(self) -> None:
         verify(self.env)
 
+    def _declare(self) -> None:
+        declare_revision(self.env, self.revision)
+
     # --- undo steps ---
     def _undo_checkout(self) -> None:
         git(self.env.stack.paths.root, "checkout", "--quiet", "--detach", "--force", self.previous)
@@ -164,6 +172,9 @@ class Deployer:
 
     def _undo_apply(self) -> None:
         apply_revision(self.env, self.previous)
+
+    def _undo_declare(self) -> None:
+        declare_revision(self.env, self.previous)
 
 
 def deploy_revision(
@@ -195,7 +206,7 @@ def _deploy_revision(
     stack = env.stack
     deployer = Deployer(env, revision, previous, work)
     try:
-        deployer.run(deploy.deploy_plan(revision, work, supervisord_up, has_canary(stack)))
+        deployer.run(plan_for(stack, revision, work, supervisord_up))
     except ProteaError as why:
         step = deployer.current
         blamed = deploy.blame(step, failure_kind(why))
@@ -305,7 +316,7 @@ def _decide_and_act(env: TickEnv, record: DeployRecord, remote: str, head: str, 
     work = deploy.work_for(changed, stack.deploy.lock_files, stack.deploy.web_dir, bool(served_build(stack)))
     if dry_run:
         if decision.action == "deploy":
-            for step in deploy.deploy_plan(remote, work, supervisord_up, has_canary(stack)):
+            for step in plan_for(stack, remote, work, supervisord_up):
                 env.report(f"plan: {step.name}: {step.says}")
             env.report(
                 f"plan: check out {deploy.short(remote)}; install: {'yes' if work.install else 'no'}; "

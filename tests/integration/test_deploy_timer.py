@@ -32,6 +32,15 @@ def timer_log(stack: Stack) -> str:
     return stack.log("deploy-timer")
 
 
+def timer_running(stack: Stack) -> bool:
+    """The listener has logged its start and supervisord counts it RUNNING (past its startsecs): only then
+    does `trigger` send its event instead of leaving the marker for later (CI saw STARTING once)."""
+    return (
+        "polling every" in timer_log(stack)
+        and stack.status().get("deploy-timer", {}).get("state") == "RUNNING"
+    )
+
+
 def ticks(stack: Stack, code: int) -> int:
     return stack.log("deploy-tick").count(f"tick exit={code} ")
 
@@ -93,7 +102,7 @@ def test_failing_ticks_run_the_ladder_then_escalate_once_even_across_a_listener_
     }
     stack = deploy_stack(short_tmp, repo, queue_name, extra=timer)
     supervisord(stack)
-    wait_for(lambda: "polling every" in timer_log(stack), 20, "the timer listener")
+    wait_for(lambda: timer_running(stack), 20, "the timer listener")
     trigger = stack.ps("trigger", "first", "try")
     assert trigger.code == 0 and "triggered: first try" in trigger.out
     wait_for(lambda: ticks(stack, 30) == 2, 60, "two failing ticks")
@@ -135,7 +144,7 @@ def test_prerequisite_failures_retry_with_backoff_and_never_escalate(
         short_tmp, repo, queue_name, db_url=f"postgresql://postgres@127.0.0.1:{closed}/x", extra=timer
     )
     supervisord(stack)
-    wait_for(lambda: "polling every" in timer_log(stack), 20, "the timer listener")
+    wait_for(lambda: timer_running(stack), 20, "the timer listener")
     assert stack.ps("trigger").code == 0
     # Twice the ladder's length plus one: a deploy failure would have escalated by now.
     wait_for(lambda: ticks(stack, 40) >= 4, 90, "four ticks with the database down")

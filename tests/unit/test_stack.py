@@ -209,3 +209,29 @@ def test_shipped_example_host_file_parses() -> None:
         "worker-predictions-batch-1",
         "worker-predictions-batch-2",
     )
+
+
+def test_a_node_stack_is_refused_while_it_runs_what_only_the_server_runs() -> None:
+    assert refused('[host]\nrole = "node"\n') == (
+        '/etc/protea/host.toml: programs.migrate.enabled must be false on a node (host.role = "node" runs only '
+        "workers)."
+    )
+    off = "".join(f"[programs.{role}]\nenabled = false\n" for role in ("migrate", "api", "web", "tunnel"))
+    node = build(host(f'[host]\nrole = "node"\nname = "gpu-box"\nrevision_guard = true\n{off}'))
+    assert node.host.node and node.host.name == "gpu-box" and node.host.revision_guard
+    assert build().host.role == "server" and build().host.name == "localhost"
+    assert refused('[host]\nrole = "worker"\n') == (
+        "/etc/protea/host.toml: host.role must be one of server, node, got 'worker'."
+    )
+
+
+def test_shipped_example_node_file_parses_and_runs_only_the_compute_queues() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "protea-node.example.toml"
+    stack = build((str(example), parse_toml(example.read_text(), str(example))))
+    assert stack.host.node and stack.host.revision_guard and not stack.host.declare_revision
+    assert not any(p.enabled for p in stack.programs)
+    running = {q.name: q.processes for q in stack.queues if q.processes}
+    assert running == {
+        "protea.embeddings.batch": 1, "protea.predictions.batch": 1, "protea.evaluations": 1, "protea.jobs": 3,
+    }  # fmt: skip
+    assert stack.workers.stop_signal == "INT" and stack.workers.stop_grace == 120
