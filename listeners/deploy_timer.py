@@ -55,6 +55,9 @@ class TimerConfig:
     escalation_command: str
     check_interval: float  # how often `git ls-remote` looks for a new commit (0: never)
     tunnel_trigger_spacing: float = 300.0
+    # A compute node: the check reads the revision the server declared, and its first sighting triggers a
+    # tick too (the node may have been down while the server moved on).
+    follow: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,11 +180,13 @@ def _message(
         state = replace(state, checking=False)
         sha = str(message.get("sha", ""))
         if not sha:
-            return state, [Log(f"deploy-timer: ls-remote failed: {message.get('detail', '')}")]
-        if not state.seen_sha:
+            what = "reading the declared revision" if config.follow else "ls-remote"
+            return state, [Log(f"deploy-timer: {what} failed: {message.get('detail', '')}")]
+        if sha == state.seen_sha or not (state.seen_sha or config.follow):
             return replace(state, seen_sha=sha), []
-        if sha == state.seen_sha:
-            return state, []
+        if config.follow:
+            seen = Log(f"deploy-timer: declared {state.seen_sha[:10] or '(none seen)'} -> {sha[:10]}")
+            return _trigger(config, replace(state, seen_sha=sha), "declared", now, [seen])
         seen = Log(f"deploy-timer: new commit {state.seen_sha[:10]} -> {sha[:10]}")
         return _trigger(config, replace(state, seen_sha=sha), "new-commit", now, [seen])
     return state, []
@@ -313,6 +318,19 @@ def ls_remote(repository: Path, remote: str, ref: str) -> tuple[str, str]:
     return result.stdout.split()[0], ""
 
 
+def declared_revision(stack: Any) -> tuple[str, str]:
+    """A node's check: the revision the server declared in Postgres (its URL from the env files)."""
+    from protea_supervisor.declared import DeclarationUnavailable, current
+    from protea_supervisor.env import merged_environment
+
+    variable = stack.host.db_url_env
+    try:
+        declaration = current(merged_environment(os.environ, stack.env.files).get(variable, ""), variable)
+    except DeclarationUnavailable as why:
+        return "", str(why)
+    return (declaration.revision, "") if declaration else ("", "no revision is declared yet")
+
+
 class Executor:
     def __init__(self, rpc: Rpc, stack: Any, state_path: Path, log: ListenerLog) -> None:
         self.rpc = rpc
@@ -340,7 +358,10 @@ class Executor:
     def _check_remote(self) -> None:
         deploy = self.stack.deploy
         try:
-            sha, detail = ls_remote(deploy.repository, deploy.remote, deploy.ref)
+            if self.stack.host.node:
+                sha, detail = declared_revision(self.stack)
+            else:
+                sha, detail = ls_remote(deploy.repository, deploy.remote, deploy.ref)
         except (OSError, subprocess.SubprocessError) as why:
             sha, detail = "", type(why).__name__
         send_event(self.rpc, COMM_TYPE, {"kind": "remote", "sha": sha, "detail": detail})
@@ -419,6 +440,7 @@ def config_from_stack(stack: Any) -> TimerConfig:
         pause_after_escalation=float(deploy.pause_after_escalation),
         escalation_command=deploy.escalation_command,
         check_interval=float(deploy.check_interval),
+        follow=stack.host.node,
     )
 
 

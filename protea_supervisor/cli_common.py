@@ -15,6 +15,7 @@ import click
 
 from protea_supervisor.apply import Deadlines
 from protea_supervisor.errors import LockContention, LockCorrupt, StackError
+from protea_supervisor.executor import read_record
 from protea_supervisor.files import load_stack
 from protea_supervisor.hosts import default_name
 from protea_supervisor.lock import LockFile, export_holder, resolve_path, resolve_timeout
@@ -23,7 +24,6 @@ from protea_supervisor.overrides import shadowed_counts, with_overrides
 from protea_supervisor.readback import verify
 from protea_supervisor.render import blocks, render
 from protea_supervisor.stack import HostFacts, Stack
-from protea_supervisor.tick import read_record
 from protea_supervisor.webbuild import served_build
 
 

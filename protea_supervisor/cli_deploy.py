@@ -25,6 +25,7 @@ from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TASK_ID, unpinned
 from protea_supervisor.env import merged_environment, redact, secret_values
 from protea_supervisor.errors import OperationBusy, UsageError
+from protea_supervisor.executor import read_record, write_record
 from protea_supervisor.files import write_atomic
 from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
@@ -36,7 +37,7 @@ from protea_supervisor.notify import host_name, now_iso, send_detached, tick_eve
 from protea_supervisor.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.releases import table as releases_table
 from protea_supervisor.stack import Stack
-from protea_supervisor.tick import finish, read_record, roll_back_to, run_tick, write_record
+from protea_supervisor.tick import finish, roll_back_to, run_tick
 from protea_supervisor.tickenv import TickEnv
 
 

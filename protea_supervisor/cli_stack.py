@@ -29,6 +29,7 @@ from protea_supervisor.control import RUNNING_STATES, Supervisor
 from protea_supervisor.deploy import MEANING, REDEPLOYED
 from protea_supervisor.env import check_required, merged_environment
 from protea_supervisor.errors import StackFailed, SupervisorDown, UsageError
+from protea_supervisor.executor import read_record
 from protea_supervisor.files import write_atomic
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
 from protea_supervisor.lifecycle import (
@@ -52,7 +53,7 @@ from protea_supervisor.overrides import (
 from protea_supervisor.reconcile import describe_plan, plan_from_document, scaled_count
 from protea_supervisor.render import listener_blocks
 from protea_supervisor.stack import MAX_PROCESSES, Stack
-from protea_supervisor.tick import finish, first_deploy, read_record
+from protea_supervisor.tick import finish, first_deploy
 
 
 @click.command("render")
@@ -111,7 +112,8 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
             save_counts(stack.paths.run, counts)
         supervisor = Supervisor(stack.socket_path)
         running = supervisor.is_running()
-        if not running and stack.deploy.enabled and not read_record(stack).revision:
+        # A node never deploys the remote head: its timer follows the server's declaration once it runs.
+        if not running and stack.deploy.enabled and not read_record(stack).revision and not stack.host.node:
             first_deploy_up(ctx, stack, supervisor)
             return
         write_atomic(stack.config_path, text, mode=0o600)

@@ -17,6 +17,7 @@ from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
+from protea_supervisor.executor import read_record
 from protea_supervisor.guard import read_refusals
 from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
@@ -39,7 +40,6 @@ from protea_supervisor.status import (
     spawn_counts,
     table,
 )
-from protea_supervisor.tick import read_record
 from protea_supervisor.worktree import is_worktree
 
 

@@ -94,3 +94,28 @@ def guard_verdict(checkout: Checkout, rendered: str, declared: str | None, node:
                 f"the checkout is at {short(checkout.head)}, not at the declared revision {short(declared)}"
             )
     return ""
+
+
+def follow_decision(deployed: str, declared: str | None, on_it: bool, force: bool) -> tuple[str, str]:
+    """What a node's tick does: ("wait" | "noop" | "follow", why). `on_it`: every worker runs `declared`."""
+    if declared is None:
+        return "wait", "no revision is declared yet; the node waits for the server's first deploy"
+    if force:
+        return "follow", f"forced: moving to the declared revision {short(declared)}"
+    if deployed == declared and on_it:
+        return "noop", f"every worker runs the declared revision {short(declared)}"
+    if deployed == declared:
+        return "follow", f"{short(declared)} is declared and deployed here, but not every worker runs it"
+    return "follow", f"the server declared {short(declared)} (this node runs {short(deployed)})"
+
+
+def follow_plan(revision: str, install: bool) -> tuple[tuple[str, str], ...]:
+    """(step name, what it does) for moving a node onto the declared `revision`. No undo: a node that fails
+    to move is left with its workers stopped, never on another revision."""
+    rev = short(revision)
+    steps = [("checkout", f"check out the declared {rev} (detached)")]
+    if install:
+        steps.append(("install", "install dependencies (a lock file changed)"))
+    steps.append(("apply", f"render with PROTEA_REVISION={rev}; restart the workers (each finishes its job)"))
+    steps.append(("verify-node", f"every worker RUNNING and running {rev} (its own environment)"))
+    return tuple(steps)

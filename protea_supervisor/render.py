@@ -18,6 +18,7 @@ import jinja2
 
 from protea_supervisor.carry import command_line, env_problem
 from protea_supervisor.errors import RenderError
+from protea_supervisor.hosts import REFUSED_EXIT
 from protea_supervisor.schema import quoted
 from protea_supervisor.stack import Program, Queue, Stack
 
@@ -330,9 +331,11 @@ def _queue_block(
         environment=stamp,
         priority=PRIORITY["worker"],
         startsecs=stack.workers.startsecs,
-        autorestart="true",
+        # A guarded worker's refused start (exit 78) is final however long the guard took (past startsecs
+        # too): 78 is its only expected exit, and only unexpected ones restart it.
+        autorestart="unexpected" if stack.host.revision_guard else "true",
         # 143: the worker ran out of shutdown grace, requeued its job and exited on purpose.
-        exitcodes="0,143",
+        exitcodes=str(REFUSED_EXIT) if stack.host.revision_guard else "0,143",
         stopsignal=stack.workers.stop_signal,
         stopwaitsecs=queue.stop_grace,
         log_dir=str(stack.paths.logs),

@@ -30,6 +30,7 @@ from protea_supervisor.progress import Ticker
 from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.render import CANARY
 from protea_supervisor.stack import Stack
+from protea_supervisor.status import process_revision
 from protea_supervisor.tickenv import TickEnv
 from protea_supervisor.webbuild import run_command
 from protea_supervisor.worktree import StepError
@@ -281,3 +282,21 @@ def declare_revision(env: TickEnv, revision: str) -> None:
     digest = declared.migration_digest(env.stack.paths.root, revision, host.migrations_dir)
     declared.declare(env.environ.get(host.db_url_env, ""), host.db_url_env, revision, digest, host.name)
     env.report(f"declared {deploy_short(revision)} in Postgres ({declared.TABLE}) from {host.name}")
+
+
+def verify_node(env: TickEnv, revision: str) -> None:
+    """A node moved onto `revision`: every worker RUNNING, and each process's own environment says it runs
+    that revision (PROTEA_REVISION, read from /proc), not only the config."""
+    wrong = []
+    groups = own_groups(env.stack)
+    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
+    if not infos:
+        raise StepError("no worker runs on this node", "program")
+    for info in infos:
+        if info["statename"] != "RUNNING":
+            wrong.append(f"{info['name']} {info['statename']}")
+        elif (running := process_revision(int(info["pid"]))) != revision:
+            wrong.append(f"{info['name']} runs {deploy_short(running or '')}")
+    if wrong:
+        raise StepError(f"not every worker runs {deploy_short(revision)}: {', '.join(wrong)}", "program")
+    env.report(f"every worker runs {deploy_short(revision)} ({len(infos)} processes)")

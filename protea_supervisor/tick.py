@@ -11,51 +11,34 @@ the failed list; anything supervisord, the host or the network did exits 50 and 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from protea_supervisor import deploy, releases
 from protea_supervisor.deploy import DeployRecord, Step, Work
 from protea_supervisor.errors import (
-    GateFailed,
     LockCorrupt,
-    LockTimeout,
-    OperationBusy,
-    ProgramFailed,
     ProteaError,
-    StopTimeout,
-    SupervisorDown,
 )
-from protea_supervisor.files import write_atomic
-from protea_supervisor.listeners.edge import read_json
+from protea_supervisor.executor import (
+    Deployer,
+    failure_kind,
+    now_iso,
+    read_record,
+    write_record,
+)
+from protea_supervisor.follow import follow_tick
 from protea_supervisor.listeners.probes import parse_infra, wait_ports
-from protea_supervisor.rollout import (
-    apply_revision,
-    declare_revision,
-    healthy,
-    install,
-    prove_canary,
-    restart_api,
-    run_migrate,
-    verify,
-    wait_gate_idle,
-)
+from protea_supervisor.rollout import healthy, wait_gate_idle
 from protea_supervisor.stack import Stack
 from protea_supervisor.tickenv import TickEnv
 from protea_supervisor.webbuild import (
-    build_web,
     prune_builds,
     served_build,
-    switch_web,
 )
-from protea_supervisor.worktree import StepError, changed_files, fetch, git, peek
-
-# What a failed gate step says about the revision (see deploy.blame).
-GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "web": "probe"}
+from protea_supervisor.worktree import StepError, changed_files, fetch, peek
 
 
 def has_canary(stack: Stack) -> bool:
@@ -64,117 +47,6 @@ def has_canary(stack: Stack) -> bool:
 
 def plan_for(stack: Stack, revision: str, work: Work, supervisord_up: bool) -> tuple[deploy.Step, ...]:
     return deploy.deploy_plan(revision, work, supervisord_up, has_canary(stack), stack.host.declare_revision)
-
-
-def record_path(stack: Stack) -> Path:
-    return stack.paths.run / deploy.RECORD_FILE
-
-
-def read_record(stack: Stack) -> DeployRecord:
-    return deploy.record_from_doc(read_json(record_path(stack)))
-
-
-def write_record(stack: Stack, record: DeployRecord) -> None:
-    write_atomic(record_path(stack), json.dumps(record.to_doc(), indent=2) + "\n")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def failure_kind(error: Exception) -> str:
-    """deploy.blame's word for an exception raised by a step."""
-    if isinstance(error, StepError):
-        return error.kind
-    if isinstance(error, GateFailed):
-        return GATE_FAILURE_KIND.get(error.step, "refused")
-    if isinstance(error, ProgramFailed):
-        return "program"
-    if isinstance(error, StopTimeout):
-        return "stop-timeout"
-    if isinstance(error, SupervisorDown):
-        return "supervisord"
-    if isinstance(error, (OperationBusy, LockCorrupt, LockTimeout)):
-        return "lock"
-    return "refused"  # RpcRefused and anything else supervisord or the host refused
-
-
-# --- the executor ---------------------------------------------------------------------------------------
-
-
-class Deployer:
-    """Runs plan steps in order and remembers which ran, so the rollback plan undoes exactly those."""
-
-    def __init__(self, env: TickEnv, revision: str, previous: str, work: Work) -> None:
-        self.env = env
-        self.revision = revision
-        self.previous = previous
-        self.work = work
-        self.old_build = served_build(env.stack)
-        self.new_build = self.old_build
-        self.done: list[Step] = []
-        self.current = ""  # the step running, or the one that failed
-
-    def run(self, steps: Sequence[Step]) -> None:
-        for step in steps:
-            self.current = step.name
-            self.env.report(f"step {step.name}: {step.says}")
-            getattr(self, "_" + step.name.replace("-", "_"))()
-            self.done.append(step)
-
-    # --- forward steps ---
-    def _checkout(self) -> None:
-        git(self.env.stack.paths.root, "checkout", "--quiet", "--detach", "--force", self.revision)
-
-    def _install(self) -> None:
-        install(self.env)
-
-    def _build(self) -> None:
-        env = self.env
-        self.new_build = str(build_web(env.stack, self.revision, env.environ, env.secrets, env.report))
-
-    def _switch(self) -> None:
-        switch_web(self.env.stack, self.new_build)
-        self.env.report(f"serving the new frontend build {self.new_build}")
-
-    def _migrate(self) -> None:
-        run_migrate(self.env)
-
-    def _canary(self) -> None:
-        prove_canary(self.env, self.revision)
-
-    def _api(self) -> None:
-        restart_api(self.env, self.revision)
-
-    def _apply(self) -> None:
-        apply_revision(self.env, self.revision)
-
-    def _start(self) -> None:
-        self.env.write_config(self.revision)
-        self.env.start_supervisord()
-        self.env.run_gate()
-
-    def _verify(self) -> None:
-        verify(self.env)
-
-    def _declare(self) -> None:
-        declare_revision(self.env, self.revision)
-
-    # --- undo steps ---
-    def _undo_checkout(self) -> None:
-        git(self.env.stack.paths.root, "checkout", "--quiet", "--detach", "--force", self.previous)
-
-    def _undo_install(self) -> None:
-        install(self.env)
-
-    def _undo_switch(self) -> None:
-        switch_web(self.env.stack, self.old_build)
-
-    def _undo_apply(self) -> None:
-        apply_revision(self.env, self.previous)
-
-    def _undo_declare(self) -> None:
-        declare_revision(self.env, self.previous)
 
 
 def deploy_revision(
@@ -291,6 +163,8 @@ def _tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
             "`protea-supervisor up` starts the stack"
             + ("" if record.revision else " and, on a host with no deploy record, makes the first deploy")
         )
+    if stack.host.node:
+        return follow_tick(env, dry_run, force)
     try:
         if dry_run:
             remote, head, where = peek(stack, env.report)

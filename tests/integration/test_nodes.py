@@ -4,8 +4,10 @@ clean checkout at the declared revision. Each has its own stack file, run dir an
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +17,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, stack_file, wait_for
 from deploy_app import AppRepo, deploy_stack, git
-from rabbit import AMQP, WORKER_COMMAND
+from rabbit import AMQP, WORKER_COMMAND, publish
 
 from protea_supervisor import declared
+from protea_supervisor.status import process_revision
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +45,10 @@ def database() -> Iterator[str]:
     psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def node_stack(base: Path, checkout: Path, queue: str, db_url: str) -> Stack:
+def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool = False) -> Stack:
     """A compute node: only the queue's worker, in its own checkout, against the server's Postgres and
-    RabbitMQ (named in its env file), stopped with SIGINT and 120 s as today's node units."""
+    RabbitMQ (named in its env file), stopped with SIGINT and 120 s as today's node units. With `follow`, its
+    deploy timer follows the server's declaration (checked every second, at each TICK_5)."""
     home = base / "node"
     home.mkdir()
     env_file = home / "node.env"
@@ -60,12 +64,42 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str) -> Stack:
             "host": {"role": "node", "name": "gpu-1", "revision_guard": True},
             "paths": {"root": str(checkout), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
             "programs": off,
-            "workers": {"stop_signal": "INT"},
+            # startsecs 0: a refusal is always an exit after RUNNING, the case a slow guard makes (EXITED).
+            "workers": {"stop_signal": "INT", "startsecs": 0},
             "probes": {"infra_from_env": ["PROTEA_DB_URL", "PROTEA_AMQP_URL"]},
-            "deploy": {"enabled": False},
+            "deploy": {
+                "enabled": follow,
+                "repository": str(checkout),
+                "check_interval": 1,
+                "poll_interval": 3600,
+                "retry_ladder": [1, 1],
+                "install_command": f"echo installed >> {home}/installs.log",
+                "post_install_command": "",
+            },
         },
     )
     return Stack(path)
+
+
+def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str) -> Stack:
+    """The server: the whole app, deploy ticks that declare what they deployed, guarded workers."""
+    repo.commit("a migration", {"migrate.py": MIGRATE, "alembic/versions/001_init.py": "# init\n"})
+    return deploy_stack(
+        base,
+        repo,
+        queue,
+        db_url=db_url,
+        extra={
+            "host": {"name": "server-1", "declare_revision": True, "revision_guard": True},
+            "programs": {"migrate": {"command": "{python} -P migrate.py", "directory": "{root}"}},
+        },
+    )
+
+
+def worker_revision(stack: Stack, program: str) -> str | None:
+    """PROTEA_REVISION in the running worker's own environment."""
+    row = stack.status()[program]
+    return process_revision(int(row["pid"])) if row["state"] == "RUNNING" and row["pid"] else None
 
 
 def restart(stack: Stack, program: str) -> None:
@@ -74,26 +108,17 @@ def restart(stack: Stack, program: str) -> None:
 
 
 def refused(stack: Stack, program: str) -> str:
-    """The status description of a worker the guard keeps down ('' while it runs or retries)."""
+    """The status description of a worker the guard keeps down ('' while it runs or retries): FATAL when
+    the refusal came within startsecs (supervisord's retries spent), EXITED when the guard took longer."""
     row = stack.status()[program]
-    return str(row["description"]) if row["state"] == "FATAL" else ""
+    return str(row["description"]) if row["state"] in ("FATAL", "EXITED") else ""
 
 
 def test_the_server_declares_what_it_deployed_and_a_node_starts_workers_only_on_it(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str, database: str
 ) -> None:
     repo = AppRepo(short_tmp)
-    repo.commit("a migration", {"migrate.py": MIGRATE, "alembic/versions/001_init.py": "# init\n"})
-    server = deploy_stack(
-        short_tmp,
-        repo,
-        queue_name,
-        db_url=database,
-        extra={
-            "host": {"name": "server-1", "declare_revision": True, "revision_guard": True},
-            "programs": {"migrate": {"command": "{python} -P migrate.py", "directory": "{root}"}},
-        },
-    )
+    server = server_stack(short_tmp, repo, queue_name, database)
     supervisord(server)
     first = server.ps("tick")
     assert first.code == 10, first.both
@@ -130,6 +155,7 @@ def test_the_server_declares_what_it_deployed_and_a_node_starts_workers_only_on_
     restart(node, worker)
     wait_for(lambda: refused(node, worker), 60, "the dirty checkout refused")
     assert refused(node, worker) == "refused: the checkout has uncommitted changes (M app.py)"
+    assert node.status()[worker]["state"] == "EXITED"  # exit 78 is expected: never restarted
     assert "revision guard: the checkout has uncommitted changes" in node.log(worker)
     git(checkout, "checkout", "--quiet", "--", "app.py")
 
@@ -146,3 +172,51 @@ def test_the_server_declares_what_it_deployed_and_a_node_starts_workers_only_on_
     restart(node, worker)
     wait_for(lambda: node.status()[worker]["state"] == "RUNNING", 30, "the worker back")
     assert node.status()[worker]["description"].startswith("pid ")
+
+
+def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_queue(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str, database: str
+) -> None:
+    repo = AppRepo(short_tmp)
+    server = server_stack(short_tmp, repo, queue_name, database)
+    supervisord(server)
+    assert server.ps("tick").code == 10
+    rev1 = git(repo.dev, "rev-parse", "HEAD")
+    checkout = short_tmp / "node-checkout"
+    git(short_tmp, "clone", "--quiet", str(repo.remote), str(checkout))
+    git(checkout, "checkout", "--quiet", "--detach", rev1)
+    node = node_stack(short_tmp, checkout, queue_name, database, follow=True)
+    supervisord(node)
+    assert node.ps("up").code == 0
+    worker = "worker-" + queue_name.replace(".", "-")
+    # The timer's first sighting of the declaration makes a tick: the node records rev1 and its worker is
+    # restarted with PROTEA_REVISION=rev1 in its own environment.
+    wait_for(lambda: worker_revision(node, worker) == rev1, 60, "the node on the declared rev1")
+
+    # Jobs in flight on the queue both hosts consume, then the server deploys and declares rev2.
+    publish(queue_name, 12, seconds=2.0)
+    wait_for(lambda: "started" in node.log(worker) and "started" in server.log(worker), 20, "both busy")
+    rev2 = repo.commit("v2", {"VERSION": "v2\n"})
+    deployed = server.ps("tick")
+    assert deployed.code == 10 and f"declared {rev2[:10]}" in deployed.out, deployed.both
+    verified = time.monotonic()
+    wait_for(lambda: worker_revision(node, worker) == rev2, 30, "the node on rev2 within 30 s")
+    followed = time.monotonic() - verified
+    assert worker_revision(server, worker) == rev2
+    assert git(checkout, "rev-parse", "HEAD") == rev2
+    assert "following the declared" in node.log("deploy-tick")
+    print(f"the node ran rev2 {followed:.1f} s after the server's tick ended")
+
+    # Every job finished exactly once, on either host, each under rev1 or rev2 and nothing else.
+    def acks() -> list[list[str]]:
+        found = []
+        for stack in (server, node):
+            path = stack.root / "acks.log"
+            found += [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return found
+
+    wait_for(lambda: len(acks()) >= 12, 90, "every job acked")
+    counted = collections.Counter(int(fields[0]) for fields in acks())
+    assert sorted(counted) == list(range(12)) and set(counted.values()) == {1}, counted
+    assert {fields[3] for fields in acks()} <= {rev1, rev2}
+    assert {fields[3] for fields in acks() if fields[1] == worker} >= {rev1}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from supervisor.datatypes import RestartUnconditionally, dict_of_key_value_pairs
+from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected, dict_of_key_value_pairs
 from supervisor.events import EventTypes
 from supervisor.options import ServerOptions
 
@@ -209,3 +209,21 @@ def test_an_api_with_a_socket_is_an_fcgi_program_whose_socket_supervisord_holds(
     assert str(api.socket_config) == "tcp://127.0.0.1:8000"
     assert [pc.name for pc in api.process_configs] == ["api"]  # the same process name as a plain program
     assert type(groups["web"]).__name__ == "ProcessGroupConfig"
+
+
+def test_a_node_renders_guarded_workers_whose_refusal_is_final(tmp_path: Path) -> None:
+    off = "".join(f"[programs.{role}]\nenabled = false\n" for role in ("migrate", "api", "web", "tunnel"))
+    node = rooted(tmp_path, f'[host]\nrole = "node"\nrevision_guard = true\ndb_url_env = "NODE_DB"\n{off}')
+    text = render(node, EXE)
+    check_config(text)
+    processes = {p.name: p for g in loaded(text).process_group_configs for p in g.process_configs}
+    assert not {"migrate", "api", "web", "tunnel"} & set(processes)
+    worker = processes["worker-ping"]
+    # Exit 78 (refused) is the only expected exit, and only unexpected exits restart: a refusal stays down.
+    assert worker.exitcodes == [78] and worker.autorestart is RestartWhenExitUnexpected
+    guard = ["--revision-guard", "--refusals", f"{tmp_path}/run/refused", "--declared-from", "NODE_DB"]
+    assert worker.command.split()[2:7] == guard, worker.command
+    # The server's guard does not read the declaration: it writes it.
+    server = render(stack(f"[paths]\nroot = '{tmp_path}'\n[host]\nrevision_guard = true\n"), EXE)
+    assert "--revision-guard" in server and "--declared-from" not in server
+    assert "--revision-guard" not in render(stack(), EXE)

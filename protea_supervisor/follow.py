@@ -1,0 +1,99 @@
+"""A compute node's tick (host.role = "node"): follow the revision the server declared in Postgres.
+
+Read the declaration; fetch; decide (`hosts.follow_decision`); check the declared sha out, install only when
+a lock file changed, restart the workers onto it and verify each one runs it (`hosts.follow_plan`, run by the
+shared `Deployer`). Nodes never migrate and never declare. A node that fails to move stops its workers and
+says why: a silent wrong consumer is worse than no consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from protea_supervisor import deploy, hosts
+from protea_supervisor.apply import LIVE, states, wait_until_gone_or_down
+from protea_supervisor.declared import DeclarationUnavailable, current
+from protea_supervisor.deploy import Step, Work
+from protea_supervisor.errors import ProteaError
+from protea_supervisor.executor import Deployer, now_iso, read_record, write_record
+from protea_supervisor.guard import read_checkout
+from protea_supervisor.rollout import all_running, own_groups
+from protea_supervisor.status import process_revision
+from protea_supervisor.tickenv import TickEnv
+from protea_supervisor.worktree import StepError, changed_files, fetch, git
+
+
+def on_revision(env: TickEnv, revision: str) -> bool:
+    """Every worker of this node RUNNING with `revision` in its own environment."""
+    groups = own_groups(env.stack)
+    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
+    return all_running(env) and all(process_revision(int(i["pid"])) == revision for i in infos)
+
+
+def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
+    stack, host = env.stack, env.stack.host
+    try:
+        declaration = current(env.environ.get(host.db_url_env, ""), host.db_url_env)
+    except DeclarationUnavailable as why:
+        return deploy.PREREQUISITES_DOWN, f"the declared revision could not be read: {why}"
+    declared = declaration.revision if declaration else None
+    record = read_record(stack)
+    action, reason = hosts.follow_decision(
+        record.revision, declared, bool(declared) and on_revision(env, declared or ""), force
+    )
+    env.report(f"decision: {action}: {reason}")
+    if action != "follow" or declared is None:
+        return deploy.NOOP, reason
+    if dry_run:
+        for name, says in hosts.follow_plan(declared, install=True):
+            env.report(f"plan: {name}: {says}")
+        return deploy.NOOP, f"dry run: follow: {reason}; nothing was changed"
+    try:
+        fetch(stack, env.report)
+        git(stack.paths.root, "cat-file", "-e", f"{declared}^{{commit}}")
+    except StepError as failed:
+        return deploy.FETCH_FAILED, f"the declared {hosts.short(declared)} could not be fetched: {failed}"
+    dirty = read_checkout(stack.paths.root).changed
+    if dirty:
+        stopped = _stop_workers(env)
+        return deploy.INFRA_FAILED, (
+            f"the checkout {stack.paths.root} has uncommitted changes ({dirty[0].strip()}); a node never "
+            f"overwrites them, so it does not move to {hosts.short(declared)}; "
+            + ("the workers are stopped" if stopped else "stopping the workers FAILED")
+        )
+    changed = changed_files(stack.paths.root, record.revision, declared) if record.revision else None
+    work = deploy.work_for(changed, stack.deploy.lock_files, stack.deploy.web_dir, True)
+    steps = tuple(Step(name, says) for name, says in hosts.follow_plan(declared, work.install))
+    deployer = Deployer(env, declared, record.revision, Work(install=work.install, build=False))
+    try:
+        deployer.run(steps)
+    except ProteaError as why:
+        env.report(
+            f"following {hosts.short(declared)} failed at {deployer.current}: {why}; stopping the workers"
+        )
+        stopped = _stop_workers(env)
+        write_record(stack, replace(read_record(stack), result="follow failed; workers stopped"))
+        return deploy.INFRA_FAILED, (
+            f"following the declared {hosts.short(declared)} failed at {deployer.current} ({why}); "
+            + ("the workers are stopped" if stopped else "stopping the workers FAILED")
+        )
+    write_record(stack, deploy.after_success(read_record(stack), declared, "", now_iso()))
+    return (
+        deploy.REDEPLOYED,
+        f"following the declared {hosts.short(declared)} (was {hosts.short(record.revision)})",
+    )
+
+
+def _stop_workers(env: TickEnv) -> bool:
+    """Stop every worker group (each finishing its job within its grace); False when that failed too."""
+    with contextlib.suppress(ProteaError):
+        for group in sorted(own_groups(env.stack)):
+            if any(s in LIVE for s in states(env.supervisor, group).values()):
+                env.supervisor.stop_group(group)
+        for group in sorted(own_groups(env.stack)):
+            wait_until_gone_or_down(
+                env.supervisor, group, states(env.supervisor, group), env.deadlines.stop, env.report
+            )
+        return True
+    return False
