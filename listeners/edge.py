@@ -85,11 +85,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def listener_stack(argv: Sequence[str] | None, what: str) -> tuple[Any, ListenerLog]:
     """A listener's `--stack` argument, the stack it names, and a log that redacts that stack's secrets."""
     from protea_supervisor.env import secret_values
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.stack import HostFacts
+    from protea_supervisor.files import load_stack, machine_facts
 
     parser = argparse.ArgumentParser(description=f"protea-supervisor {what} (a supervisord event listener)")
     parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")
     args = parser.parse_args(argv)
-    stack = load_stack(args.stack, HostFacts(home=Path.home(), python=sys.executable))
+    stack = load_stack(args.stack, machine_facts())
     return stack, ListenerLog(sys.stderr, secret_values(stack.env.files))

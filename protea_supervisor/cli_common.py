@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +15,7 @@ import click
 from protea_supervisor.apply import Deadlines
 from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.executor import read_record
-from protea_supervisor.files import load_stack
-from protea_supervisor.hosts import default_name
+from protea_supervisor.files import load_stack, machine_facts
 from protea_supervisor.lock import LockFile, export_holder, resolve_path, resolve_timeout
 from protea_supervisor.oplock import operation, resolve_wait
 from protea_supervisor.overrides import shadowed_counts, with_overrides
@@ -42,7 +40,7 @@ def exe_argv() -> list[str]:
 
 
 def host_facts() -> HostFacts:
-    return HostFacts(home=Path.home(), python=sys.executable, hostname=default_name(socket.gethostname()))
+    return machine_facts()
 
 
 def settings(ctx: click.Context) -> Settings:

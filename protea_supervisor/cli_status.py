@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from protea_supervisor import orphans
+from protea_supervisor import declared, heartbeats, orphans
 from protea_supervisor.cli_common import load, shadow_notes, stack_lock
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
-from protea_supervisor.env import redact, secret_values
+from protea_supervisor.env import merged_environment, redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.executor import read_record
 from protea_supervisor.guard import read_refusals
@@ -101,10 +101,16 @@ def differences(stack: Stack, record: DeployRecord) -> list[str]:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--all-hosts", is_flag=True, help="Every host's heartbeat from the server's Postgres, side by side."
+)
 @click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool) -> None:
+def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
     """Every process: state, pid, RSS (whole process group), uptime, restarts."""
     stack = load(ctx)
+    if all_hosts:
+        _all_hosts(stack, as_json)
+        return
     supervisor = Supervisor(stack.socket_path)
     pid = supervisord_pid(supervisor)
     left = orphans.find(stack.socket_path, pid)
@@ -159,6 +165,25 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         )
     for note in notes:
         click.echo(note)
+
+
+def _all_hosts(stack: Stack, as_json: bool) -> None:
+    """Read from the server's Postgres only: it works while this host's supervisord is down."""
+    variable = stack.host.db_url_env
+    url = merged_environment(os.environ, stack.env.files).get(variable, "")
+    beats = heartbeats.read_all(url, variable)
+    declaration = declared.current(url, variable)
+    revision = declaration.revision if declaration else None
+    if as_json:
+        payload = {
+            "declared": declaration.__dict__ if declaration else None,
+            "hosts": [beat.__dict__ | {"stale": beat.age_s > stack.host.stale_after} for beat in beats],
+            "problems": heartbeats.flags(beats, revision, stack.host.stale_after),
+        }
+        click.echo(json.dumps(payload, indent=2, default=list))
+        return
+    for line in heartbeats.view(beats, revision, stack.host.stale_after):
+        click.echo(line)
 
 
 def _report_down(stack: Stack, left: list[orphans.Orphan], as_json: bool) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
 import xmlrpc.client
 from pathlib import Path
 from typing import Any, cast
@@ -52,12 +51,9 @@ class Client:
     ) -> Client:
         """The supervisord of the stack described by `stack_file` (a host stack file, `demo`, or None for
         the PROTEA defaults), as the CLI's --stack chooses it."""
-        from protea_supervisor.files import load_stack
-        from protea_supervisor.stack import HostFacts
+        from protea_supervisor.files import load_stack, machine_facts
 
-        stack = load_stack(
-            None if stack_file is None else str(stack_file), HostFacts(Path.home(), sys.executable)
-        )
+        stack = load_stack(None if stack_file is None else str(stack_file), machine_facts())
         if not inet:
             return cls(f"unix://{stack.socket_path}")
         control = stack.control

@@ -10,6 +10,7 @@ lock, so two hosts creating it at once do not collide; each declaration is one t
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ class Declaration:
     declared_at: str  # UTC, ISO 8601
 
 
-def _database(url: str, variable: str) -> Postgres:
+def database(url: str, variable: str) -> Postgres:
+    """The server's Postgres named by `url`; a connection attempt gives up after 5 s (a host cut off from
+    the server must not hang a worker's start or a listener)."""
+    os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
     if not url:
         raise DeclarationUnavailable(
             f"{variable} is not set in the env files; it names the server's Postgres."
@@ -70,18 +74,18 @@ def declare(url: str, variable: str, revision: str, migrations: str, host: str) 
         f"NOTIFY {CHANNEL}, '{revision}';"
     )
     try:
-        _database(url, variable).sql(statement)
+        database(url, variable).sql(statement)
     except BackupFailed as why:
         raise DeclarationUnavailable(f"declaring {revision[:10]}: {why}") from None
 
 
 def current(url: str, variable: str) -> Declaration | None:
     """The newest declaration, or None when nothing was ever declared."""
-    database = _database(url, variable)
+    db = database(url, variable)
     try:
-        if database.sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL") != ["t"]:
+        if db.sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL") != ["t"]:
             return None
-        rows = database.sql(
+        rows = db.sql(
             "SELECT revision, migrations, host, "
             "to_char(declared_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
             f"FROM {TABLE} ORDER BY id DESC LIMIT 1"

@@ -81,3 +81,13 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def machine_facts() -> HostFacts:
+    """What the parser needs from this machine: the home directory, this Python, the host name."""
+    import socket
+    import sys
+
+    from protea_supervisor.hosts import default_name
+
+    return HostFacts(home=Path.home(), python=sys.executable, hostname=default_name(socket.gethostname()))

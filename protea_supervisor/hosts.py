@@ -28,6 +28,9 @@ class HostSettings:
     revision_guard: bool = False
     db_url_env: str = "PROTEA_DB_URL"  # the env-file variable that names the server's Postgres
     migrations_dir: str = "alembic/versions"  # its digest is recorded with each declaration
+    # The heartbeat listener publishes this host's processes to Postgres (`status --all-hosts`).
+    heartbeat: bool = False
+    stale_after: int = 30  # seconds without a heartbeat before a host shows as stale
 
     @property
     def node(self) -> bool:

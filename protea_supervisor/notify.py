@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from protea_supervisor import deploy
 from protea_supervisor.humane import iso
@@ -180,14 +179,13 @@ def host_name() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from protea_supervisor.env import merged_environment
-    from protea_supervisor.files import load_stack
-    from protea_supervisor.stack import HostFacts
+    from protea_supervisor.files import load_stack, machine_facts
 
     parser = argparse.ArgumentParser(prog="protea_supervisor.notify")
     parser.add_argument("--stack", default="")
     parser.add_argument("--event", required=True)
     args = parser.parse_args(argv)
-    stack = load_stack(args.stack or None, HostFacts(Path.home(), sys.executable))
+    stack = load_stack(args.stack or None, machine_facts())
     event = Event(**json.loads(args.event))
     urls = merged_environment(os.environ, stack.env.files)
 

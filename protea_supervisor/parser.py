@@ -202,6 +202,8 @@ def _parse_host(reader: Reader, facts: HostFacts, programs: tuple[Program, ...])
         revision_guard=bool(reader.get("host.revision_guard", False)),
         db_url_env=_env_names(reader, "host.db_url_env", [reader.get("host.db_url_env", "PROTEA_DB_URL")])[0],
         migrations_dir=reader.get("host.migrations_dir", "alembic/versions"),
+        heartbeat=bool(reader.get("host.heartbeat", False)),
+        stale_after=reader.get("host.stale_after", 30),
     )
     for key, expected in host_problems(settings, [p.role for p in programs if p.enabled]):
         # A program left on is wrong because of the role: the file that made this host a node is named.

@@ -27,7 +27,9 @@ class Postgres:
         )
         if check and result.returncode != 0:
             lines = (result.stderr or result.stdout).strip().splitlines()
-            detail = lines[-1] if lines else f"exit {result.returncode}"
+            # psql follows an ERROR with the statement and a caret line: the ERROR is what to say.
+            errors = [line for line in lines if line.startswith(("ERROR:", "FATAL:", "psql: error:"))]
+            detail = (errors or lines or [f"exit {result.returncode}"])[-1]
             for prefix in (f"{argv[0]}: ", "error: ", "ERROR:  "):
                 detail = detail.removeprefix(prefix)
             raise BackupFailed(f"{argv[0]} failed: {detail}")

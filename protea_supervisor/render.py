@@ -92,7 +92,7 @@ def tunnel_watched(stack: Stack) -> bool:
 
 
 # Every listener protea-supervisor may render (which ones a stack has depends on its settings).
-LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics")
+LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics", "heartbeat")
 
 
 def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
@@ -105,6 +105,8 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
         listeners.append(("deploy-timer", "TICK_5,PROCESS_STATE,REMOTE_COMMUNICATION"))
     if stack.metrics.enabled:
         listeners.append(("metrics", "PROCESS_STATE"))
+    if stack.host.heartbeat:
+        listeners.append(("heartbeat", "TICK_5,PROCESS_STATE"))
     return [
         ListenerBlock(
             name=name,

@@ -120,6 +120,8 @@ SCHEMA: dict[str, Any] = {
         "revision_guard": bool,
         "db_url_env": str,
         "migrations_dir": str,
+        "heartbeat": bool,
+        "stale_after": seconds(15, 3600, "a heartbeat comes every 10 s"),
     },
     "lock": {"file": str, "flock_timeout": Num(float, 0.001, 3600, "the shell tool's flock -w")},
     "metrics": {"enabled": bool, "host": str, "port": PORT},

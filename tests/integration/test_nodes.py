@@ -5,12 +5,16 @@ clean checkout at the declared revision. Each has its own stack file, run dir an
 from __future__ import annotations
 
 import collections
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +65,7 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool
         env_files=[str(env_file)],
         extra={
             "name": "node",
-            "host": {"role": "node", "name": "gpu-1", "revision_guard": True},
+            "host": {"role": "node", "name": "gpu-1", "revision_guard": True, "heartbeat": follow},
             "paths": {"root": str(checkout), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
             "programs": off,
             # startsecs 0: a refusal is always an exit after RUNNING, the case a slow guard makes (EXITED).
@@ -81,8 +85,9 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool
     return Stack(path)
 
 
-def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str) -> Stack:
-    """The server: the whole app, deploy ticks that declare what they deployed, guarded workers."""
+def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str, heartbeat: bool = False) -> Stack:
+    """The server: the whole app, deploy ticks that declare what they deployed, guarded workers; with
+    `heartbeat`, its heartbeat listener too (a host is stale after 15 s without one)."""
     repo.commit("a migration", {"migrate.py": MIGRATE, "alembic/versions/001_init.py": "# init\n"})
     return deploy_stack(
         base,
@@ -90,10 +95,17 @@ def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str) -> Stack:
         queue,
         db_url=db_url,
         extra={
-            "host": {"name": "server-1", "declare_revision": True, "revision_guard": True},
+            "host": {"name": "server-1", "declare_revision": True, "revision_guard": True,
+                     "heartbeat": heartbeat, "stale_after": 15},
             "programs": {"migrate": {"command": "{python} -P migrate.py", "directory": "{root}"}},
         },
-    )
+    )  # fmt: skip
+
+
+def all_hosts(stack: Stack) -> dict[str, Any]:
+    result = stack.ps("status", "--all-hosts", "--json")
+    assert result.code == 0, result.both
+    return dict(json.loads(result.out))
 
 
 def worker_revision(stack: Stack, program: str) -> str | None:
@@ -178,7 +190,7 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str, database: str
 ) -> None:
     repo = AppRepo(short_tmp)
-    server = server_stack(short_tmp, repo, queue_name, database)
+    server = server_stack(short_tmp, repo, queue_name, database, heartbeat=True)
     supervisord(server)
     assert server.ps("tick").code == 10
     rev1 = git(repo.dev, "rev-parse", "HEAD")
@@ -220,3 +232,28 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     assert sorted(counted) == list(range(12)) and set(counted.values()) == {1}, counted
     assert {fields[3] for fields in acks()} <= {rev1, rev2}
     assert {fields[3] for fields in acks() if fields[1] == worker} >= {rev1}
+
+    # One view of both hosts, from either: both fresh, every worker on the declared revision.
+    def fresh(view: dict[str, Any]) -> bool:
+        hosts = {h["host"]: h for h in view["hosts"]}
+        return set(hosts) == {"server-1", "gpu-1"} and not any(h["stale"] for h in hosts.values())
+
+    wait_for(lambda: fresh(all_hosts(server)) and not all_hosts(server)["problems"], 30, "both hosts fresh")
+    view = all_hosts(node)
+    assert view["declared"]["revision"] == rev2
+    node_beat = next(h for h in view["hosts"] if h["host"] == "gpu-1")
+    assert node_beat["role"] == "node" and node_beat["revision"] == rev2
+    assert [(p["name"], p["revision"]) for p in node_beat["processes"] if p["name"] == worker] == [
+        (worker, rev2)
+    ]
+    text = server.ps("status", "--all-hosts").out
+    assert "gpu-1" in text and "server-1" in text and "no problem found" in text, text
+
+    # The node's supervisord killed: its heartbeat stops, and the view says so within 30 s.
+    os.kill(int((node.root / "run" / "supervisord.pid").read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: any("gpu-1: no heartbeat" in p for p in all_hosts(server)["problems"]), 30, "gpu-1 stale"
+    )
+    print(f"the node's heartbeat was flagged stale {time.monotonic() - killed:.1f} s after the kill")
+    assert "STALE" in server.ps("status", "--all-hosts").out

@@ -1,0 +1,121 @@
+"""This host's heartbeat in the server's Postgres (host.heartbeat): an event listener that upserts one row
+per host (`heartbeats.TABLE`) on every process state change (at most one a second, the rest coalesced into
+the next TICK_5) and at least every 10 s, so `status --all-hosts` sees every host's processes and a host
+whose supervisord died goes stale.
+
+`handle` is pure: (state, event, now) -> (state, actions); `sent` records the outcome of a send. The
+executor reads supervisord's process list and each process's PROTEA_REVISION, and writes the row; a write
+that fails (Postgres unreachable) is logged once per kind of failure and retried at the next TICK_5.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from protea_supervisor.deploy import record_from_doc
+from protea_supervisor.errors import ProteaError
+
+from .actions import Log
+from .edge import execute_each, listener_stack, read_json, rpc_factory
+from .protocol import Event, run
+
+INTERVAL = 10.0  # heartbeats.INTERVAL: at least this often
+SPACING = 1.0  # at most one heartbeat a second for state changes
+
+
+@dataclass(frozen=True)
+class BeatState:
+    last_sent: float | None = None  # when the last heartbeat was written (None: never)
+    dirty: bool = False  # a process changed state since
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class SendBeat:
+    reason: str
+
+
+def _since(state: BeatState, now: float) -> float:
+    return float("inf") if state.last_sent is None else now - state.last_sent
+
+
+def handle(state: BeatState, event: Event, now: float) -> tuple[BeatState, list[Any]]:
+    if event.name.startswith("PROCESS_STATE"):
+        if _since(state, now) >= SPACING:
+            return replace(state, dirty=False), [SendBeat(f"{event.process} {event.state}")]
+        return replace(state, dirty=True), []
+    if event.name == "TICK_5" and (state.dirty or _since(state, now) >= INTERVAL - 1.0):
+        return replace(state, dirty=False), [SendBeat("changes" if state.dirty else "interval")]
+    return state, []
+
+
+def sent(state: BeatState, error: str, now: float) -> tuple[BeatState, list[Any]]:
+    """After a send: a failure leaves the beat due (the next TICK_5 sends again), logged once per kind."""
+    if not error:
+        back = [Log(f"heartbeat: sent again after: {state.last_error}")] if state.last_error else []
+        return replace(state, last_sent=now, last_error=""), back
+    said = [] if error == state.last_error else [Log(f"heartbeat: not sent: {error}")]
+    return replace(state, dirty=True, last_error=error), said
+
+
+def processes(infos: Sequence[dict[str, Any]], now: float) -> tuple[dict[str, Any], ...]:
+    from protea_supervisor.status import process_revision
+
+    return tuple(
+        {
+            "name": str(info["name"]),
+            "group": str(info["group"]),
+            "state": str(info["statename"]),
+            "pid": int(info["pid"]),
+            "revision": (process_revision(int(info["pid"])) or "") if info["pid"] else "",
+            "uptime_s": max(0, int(now) - int(info["start"])) if info["statename"] == "RUNNING" else 0,
+        }
+        for info in infos
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from protea_supervisor.env import merged_environment
+    from protea_supervisor.heartbeats import Beat, publish
+
+    stack, log = listener_stack(argv, "heartbeat")
+    rpc = rpc_factory(os.environ)
+    host = stack.host
+    url = merged_environment(os.environ, stack.env.files).get(host.db_url_env, "")
+    holder = {"state": BeatState()}
+
+    def send(action: SendBeat) -> None:
+        now = time.time()
+        record = record_from_doc(read_json(stack.paths.run / "deployed.json"))
+        infos = rpc().supervisor.getAllProcessInfo()
+        beat = Beat(host.name, host.role, record.revision, processes(infos, now))
+        try:
+            publish(url, host.db_url_env, beat)
+            error = ""
+        except ProteaError as why:
+            error = str(why)
+        holder["state"], said = sent(holder["state"], error, time.monotonic())
+        execute_each(said, lambda a: log(a.message), log, "heartbeat")
+
+    def perform(action: Any) -> None:
+        if isinstance(action, Log):
+            log(action.message)
+        elif isinstance(action, SendBeat):
+            send(action)
+
+    log(f"heartbeat: {host.name} ({host.role}) to {host.db_url_env} every {INTERVAL:g} s and on changes")
+
+    def on_event(event: Event) -> None:
+        holder["state"], actions = handle(holder["state"], event, time.monotonic())
+        execute_each(actions, perform, log, "heartbeat")
+
+    run(on_event, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The heartbeat listener's pure handler, by replaying event sequences; and the all-hosts judgement."""
+
+from __future__ import annotations
+
+from protea_supervisor.listeners.actions import Log
+from protea_supervisor.listeners.heartbeat import BeatState, SendBeat, handle, sent
+from protea_supervisor.listeners.protocol import Event
+
+from protea_supervisor.heartbeats import Beat, flags, view
+
+TICK = Event("TICK_5")
+
+
+def state_event(name: str, state: str = "RUNNING") -> Event:
+    return Event(f"PROCESS_STATE_{state}", fields={"groupname": name, "processname": name})
+
+
+def replay(events: list[tuple[float, Event]]) -> list[float]:
+    """The times at which a heartbeat is sent (each send succeeds at once)."""
+    state, times = BeatState(), []
+    for now, event in events:
+        state, actions = handle(state, event, now)
+        for action in actions:
+            if isinstance(action, SendBeat):
+                state, _ = sent(state, "", now)
+                times.append(now)
+    return times
+
+
+def test_a_beat_every_ten_seconds_of_ticks_and_at_once_on_a_change_coalescing_bursts() -> None:
+    ticks = [(t, TICK) for t in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)]
+    assert replay(ticks) == [5.0, 15.0, 25.0]  # the first tick, then every other one (>= 9 s apart)
+    burst = [(5.0, TICK), (7.0, state_event("a", "STOPPING")), (7.2, state_event("a", "STOPPED")),
+             (7.4, state_event("a", "STARTING")), (10.0, TICK), (11.0, state_event("a")), (15.0, TICK)]  # fmt: skip
+    # 7.0 at once; 7.2 and 7.4 within a second of it, coalesced into the tick at 10.0; 11.0 at once.
+    assert replay(burst) == [5.0, 7.0, 10.0, 11.0]
+
+
+def test_a_failed_send_is_logged_once_retried_at_the_next_tick_and_its_recovery_said() -> None:
+    state, actions = handle(BeatState(), TICK, 5.0)
+    assert actions == [SendBeat("interval")]
+    state, said = sent(state, "psql failed: connection refused", 5.0)
+    assert said == [Log("heartbeat: not sent: psql failed: connection refused")]
+    state, actions = handle(state, TICK, 10.0)
+    assert actions == [SendBeat("changes")]
+    state, said = sent(state, "psql failed: connection refused", 10.0)
+    assert said == []  # the same failure is not logged again
+    state, actions = handle(state, TICK, 15.0)
+    state, said = sent(state, "", 15.0)
+    assert said == [Log("heartbeat: sent again after: psql failed: connection refused")]
+    assert state.last_sent == 15.0 and not state.dirty
+
+
+A, B = "a" * 40, "b" * 40
+
+
+def test_the_all_hosts_view_flags_stale_hosts_and_workers_off_the_declared_revision() -> None:
+    beats = [
+        Beat("server-1", "server", A, ({"name": "api", "state": "RUNNING", "pid": 10, "revision": A},), 3.0),
+        Beat("gpu-1", "node", A, (
+            {"name": "worker-jobs-1", "state": "RUNNING", "pid": 20, "revision": B, "uptime_s": 90},
+            {"name": "worker-jobs-2", "state": "EXITED", "pid": 0, "revision": "", "uptime_s": 0},
+        ), 41.0),
+    ]  # fmt: skip
+    assert flags(beats, A, 30) == [
+        "gpu-1: no heartbeat for 41 s (stale after 30 s)",
+        "gpu-1: worker-jobs-1 runs bbbbbbbbbb, not the declared aaaaaaaaaa",
+    ]
+    assert flags(beats, None, 60) == []
+    lines = view(beats, A, 30)
+    assert lines[0] == "declared revision: aaaaaaaaaa"
+    assert "gpu-1            node   heartbeat 41 s ago STALE  deployed aaaaaaaaaa" in lines
+    assert lines[-1] == "PROBLEM: gpu-1: worker-jobs-1 runs bbbbbbbbbb, not the declared aaaaaaaaaa"
+    assert view([], None, 30)[1].startswith("no host has sent a heartbeat")
