@@ -48,6 +48,14 @@ from protea_supervisor.errors import CommandNotFound, EnvError, UsageError
     type=click.Path(path_type=Path),
     help="With --revision-guard: the directory where a refused start leaves its reason for `status`.",
 )
+@click.option(
+    "--singleton",
+    default="",
+    metavar="QUEUE",
+    help="Hold QUEUE's one-consumer lock in Postgres for the command's life (exit 78 when another holds it).",
+)
+@click.option("--singleton-db", default="PROTEA_DB_URL", metavar="VAR", help="The variable naming Postgres.")
+@click.option("--host-name", default="", help="This host's name, shown to a start the lock refuses.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(
     env_files: tuple[Path, ...],
@@ -58,6 +66,9 @@ def exec_cmd(
     revision_guard: bool,
     declared_from: str,
     refusals: Path | None,
+    singleton: str,
+    singleton_db: str,
+    host_name: str,
     command: tuple[str, ...],
 ) -> None:
     """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
@@ -68,6 +79,10 @@ def exec_cmd(
         raise UsageError("exec needs a command after --.")
     if revision_guard:
         guard.check(Path.cwd(), env, declared_from, refusals)
+    if singleton:
+        click.echo(guard.single(singleton, singleton_db, host_name or "unknown", env, refusals), err=True)
+        if not revision_guard:
+            guard.passed(refusals, env)
     if requires_file and not Path(requires_file).exists():
         if not fallback:
             raise EnvError(f"{requires_file} is missing and no --fallback was given.")

@@ -229,6 +229,11 @@ def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool,
     if after == before and count is not None:
         click.echo(f"{program} already runs {before} process(es); nothing to do.")
         return
+    if after > 1 and target_queue.singleton:
+        raise UsageError(
+            f'scale {queue} {count}: {queue} is a singleton queue (queues."{queue}".singleton): at most one '
+            "consumer on any host."
+        )
     if after < before:
         refuse_during_export(stack, f"scale {program} down", force)
     renaming = after > 1 and not target_queue.numbered

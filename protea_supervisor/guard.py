@@ -9,11 +9,13 @@ import json
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 from protea_supervisor.declared import current
 from protea_supervisor.errors import RevisionRefused
 from protea_supervisor.files import write_atomic
 from protea_supervisor.hosts import Checkout, guard_verdict
+from protea_supervisor.singleton import hold
 
 
 def read_checkout(directory: Path) -> Checkout:
@@ -59,10 +61,27 @@ def check(directory: Path, environ: Mapping[str, str], declared_from: str, refus
     verdict = guard_verdict(
         read_checkout(directory), environ.get("PROTEA_REVISION", ""), declared, node=bool(declared_from)
     )
-    path = record_path(refusals, environ) if refusals else None
     if verdict:
-        if path:
-            write_atomic(path, json.dumps({"reason": verdict, "directory": str(directory)}) + "\n")
-        raise RevisionRefused(f"revision guard: {verdict}; not starting (exit 78).")
-    if path:
-        path.unlink(missing_ok=True)
+        refuse(refusals, environ, verdict, f"revision guard: {verdict}; not starting (exit 78).")
+    passed(refusals, environ)
+
+
+def refuse(refusals: Path | None, environ: Mapping[str, str], reason: str, message: str) -> NoReturn:
+    """Leave the reason for `status`, then raise the refusal (exit 78)."""
+    if refusals:
+        write_atomic(record_path(refusals, environ), json.dumps({"reason": reason}) + "\n")
+    raise RevisionRefused(message)
+
+
+def passed(refusals: Path | None, environ: Mapping[str, str]) -> None:
+    if refusals:
+        record_path(refusals, environ).unlink(missing_ok=True)
+
+
+def single(queue: str, variable: str, host: str, environ: Mapping[str, str], refusals: Path | None) -> str:
+    """The singleton queue's lock for this worker (`singleton.hold`), or its refusal recorded for status."""
+    try:
+        return hold(environ.get(variable, ""), variable, queue, host, environ)
+    except RevisionRefused as why:
+        reason = str(why).removesuffix(" (exit 78).").removesuffix("; not starting a second")
+        refuse(refusals, environ, reason, str(why))

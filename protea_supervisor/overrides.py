@@ -50,7 +50,7 @@ def batch_counts(stack: Stack, count: int) -> dict[str, int]:
     """manage.sh `start N`: N processes for every numbered queue in use (the two batch queues by default)."""
     if count < 1:
         raise StackError(f"the process count must be at least 1, got {count}.")
-    return {q.program: count for q in stack.queues if q.numbered and q.processes}
+    return {q.program: count for q in stack.queues if q.numbered and q.processes and not q.singleton}
 
 
 def _load(run_dir: Path) -> dict[str, object]:

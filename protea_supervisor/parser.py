@@ -469,6 +469,12 @@ def _parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[
                 f"is {processes}, but an unnumbered queue runs one process named {program}; "
                 "set numbered = true to run several",
             )
+        singleton = bool(table.get("singleton", False))
+        if singleton and processes > 1:
+            raise reader.fail(
+                f"{key}.processes",
+                f"is {processes}, but a singleton queue has at most one consumer on any host",
+            )
         command_key = f"{key}.command" if "command" in table else "workers.command"
         command = expand_.text(command_key, table.get("command", workers.command), {"queue": name})
         queues.append(
@@ -480,6 +486,7 @@ def _parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[
                 stop_grace=table.get("stop_grace", workers.stop_grace),
                 command=_check_command(reader, command_key, command),
                 starved_after=table.get("starved_after", reader.get("monitor.starved_after", 1800)),
+                singleton=singleton,
             )
         )
     for queue in queues:

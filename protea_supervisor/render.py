@@ -173,13 +173,30 @@ def template_env() -> jinja2.Environment:
     return env
 
 
-def guard_args(stack: Stack) -> tuple[str, ...]:
-    """The exec wrapper's revision guard for a worker (host.revision_guard): refused starts leave their
-    reason in <run>/refused; a node also checks the revision the server declared."""
-    if not stack.host.revision_guard:
-        return ()
-    node = ("--declared-from", stack.host.db_url_env) if stack.host.node else ()
-    return ("--revision-guard", "--refusals", str(stack.paths.run / "refused"), *node)
+def guard_args(stack: Stack, queue: Queue) -> tuple[str, ...]:
+    """The exec wrapper's checks before a worker starts, each refusal leaving its reason in <run>/refused:
+    the revision guard (host.revision_guard; a node also checks the revision the server declared), and a
+    singleton queue's one-consumer lock."""
+    args: tuple[str, ...] = ()
+    if stack.host.revision_guard:
+        node = ("--declared-from", stack.host.db_url_env) if stack.host.node else ()
+        args += ("--revision-guard", *node)
+    if queue.singleton:
+        args += (
+            "--singleton",
+            queue.name,
+            "--singleton-db",
+            stack.host.db_url_env,
+            "--host-name",
+            stack.host.name,
+        )
+    return (*args, "--refusals", str(stack.paths.run / "refused")) if args else ()
+
+
+def refusal_final(stack: Stack, queue: Queue) -> bool:
+    """A worker whose start may be refused (exit 78) is not restarted after a refusal, however long the
+    check took (past startsecs too): 78 is its only expected exit, and only unexpected ones restart it."""
+    return stack.host.revision_guard or queue.singleton
 
 
 def wrapper_argv(
@@ -328,16 +345,14 @@ def _queue_block(
     own = any(key == f"{prefix}.command" for key, _ in stack.origins)
     return ProgramBlock(
         name=queue.program,
-        argv=wrapper_argv(stack, exe, shlex.split(queue.command), guard=guard_args(stack)),
+        argv=wrapper_argv(stack, exe, shlex.split(queue.command), guard=guard_args(stack, queue)),
         directory=str(stack.workers.directory),
         environment=stamp,
         priority=PRIORITY["worker"],
         startsecs=stack.workers.startsecs,
-        # A guarded worker's refused start (exit 78) is final however long the guard took (past startsecs
-        # too): 78 is its only expected exit, and only unexpected ones restart it.
-        autorestart="unexpected" if stack.host.revision_guard else "true",
+        autorestart="unexpected" if refusal_final(stack, queue) else "true",
         # 143: the worker ran out of shutdown grace, requeued its job and exited on purpose.
-        exitcodes=str(REFUSED_EXIT) if stack.host.revision_guard else "0,143",
+        exitcodes=str(REFUSED_EXIT) if refusal_final(stack, queue) else "0,143",
         stopsignal=stack.workers.stop_signal,
         stopwaitsecs=queue.stop_grace,
         log_dir=str(stack.paths.logs),

@@ -57,6 +57,7 @@ QUEUE_SCHEMA: dict[str, Any] = {
     "stop_grace": GRACE,
     "command": str,
     "starved_after": seconds(1, 30 * DAY, "a month without an ack is not starving, it is dead"),
+    "singleton": bool,
 }
 TIMEOUT = seconds(1, 3600, "an hour at most: a wait longer than that is a hang")
 SCHEMA: dict[str, Any] = {

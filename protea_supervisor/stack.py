@@ -90,6 +90,8 @@ class Queue:
     stop_grace: int
     command: str
     starved_after: int
+    # At most one consumer across every host (a Postgres advisory lock taken by the exec wrapper).
+    singleton: bool = False
 
     def process_names(self) -> tuple[str, ...]:
         if self.numbered:

@@ -221,9 +221,26 @@ def test_a_node_renders_guarded_workers_whose_refusal_is_final(tmp_path: Path) -
     worker = processes["worker-ping"]
     # Exit 78 (refused) is the only expected exit, and only unexpected exits restart: a refusal stays down.
     assert worker.exitcodes == [78] and worker.autorestart is RestartWhenExitUnexpected
-    guard = ["--revision-guard", "--refusals", f"{tmp_path}/run/refused", "--declared-from", "NODE_DB"]
+    guard = ["--revision-guard", "--declared-from", "NODE_DB", "--refusals", f"{tmp_path}/run/refused"]
     assert worker.command.split()[2:7] == guard, worker.command
     # The server's guard does not read the declaration: it writes it.
     server = render(stack(f"[paths]\nroot = '{tmp_path}'\n[host]\nrevision_guard = true\n"), EXE)
     assert "--revision-guard" in server and "--declared-from" not in server
     assert "--revision-guard" not in render(stack(), EXE)
+
+
+def test_a_singleton_queue_holds_its_lock_through_the_wrapper_and_its_refusal_is_final(
+    tmp_path: Path,
+) -> None:
+    text = render(
+        rooted(tmp_path, '[host]\nname = "gpu-1"\n[queues."protea.embeddings"]\nsingleton = true\n'), EXE
+    )
+    check_config(text)
+    processes = {p.name: p for g in loaded(text).process_group_configs for p in g.process_configs}
+    single = processes["worker-embeddings-coord"]
+    assert single.command.split()[2:10] == [
+        "--singleton", "protea.embeddings", "--singleton-db", "PROTEA_DB_URL", "--host-name", "gpu-1",
+        "--refusals", f"{tmp_path}/run/refused",
+    ]  # fmt: skip
+    assert single.exitcodes == [78] and single.autorestart is RestartWhenExitUnexpected
+    assert processes["worker-ping"].exitcodes == [0, 143]  # the others as before
