@@ -82,6 +82,7 @@ def processes(infos: Sequence[dict[str, Any]], now: float) -> tuple[dict[str, An
 def main(argv: Sequence[str] | None = None) -> None:
     from protea_supervisor.env import merged_environment
     from protea_supervisor.heartbeats import Beat, publish
+    from protea_supervisor.lock import lock_document, resolve_path
 
     stack, log = listener_stack(argv, "heartbeat")
     rpc = rpc_factory(os.environ)
@@ -93,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         now = time.time()
         record = record_from_doc(read_json(stack.paths.run / "deployed.json"))
         infos = rpc().supervisor.getAllProcessInfo()
-        beat = Beat(host.name, host.role, record.revision, processes(infos, now))
+        lock = lock_document(resolve_path(None, dict(os.environ), stack.lock.file))
+        beat = Beat(host.name, host.role, record.revision, processes(infos, now), lock=lock)
         try:
             publish(url, host.db_url_env, beat)
             error = ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from protea_supervisor.humane import recent_restarts
-from protea_supervisor.lock import resolve_path
+from protea_supervisor.lock import lock_document, resolve_path
 
 from .edge import listener_stack, read_json, rpc_factory
 from .protocol import Event, run
@@ -325,24 +325,6 @@ def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
         with contextlib.suppress(ValueError):
             files["deploy"]["last_tick_epoch"] = datetime.fromisoformat(str(tick)).timestamp()
     return files
-
-
-def lock_document(lock_file: Path) -> dict[str, Any]:
-    """The lock as it is: a corrupt file is `corrupt`, never `free`."""
-    from protea_supervisor.errors import LockCorrupt
-    from protea_supervisor.lock import LockFile
-
-    try:
-        record = LockFile(lock_file, 5).read()
-    except LockCorrupt:
-        return {"owner": "corrupt", "task_id": ""}
-    doc: dict[str, Any] = {"owner": record.owner, "task_id": record.task_id}
-    if record.acquired_at:
-        from datetime import datetime
-
-        with contextlib.suppress(ValueError):
-            doc["since"] = datetime.fromisoformat(record.acquired_at).timestamp()
-    return doc
 
 
 class Collector:

@@ -13,9 +13,11 @@ from pathlib import Path
 import click
 
 from protea_supervisor.apply import Deadlines
+from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.executor import read_record
 from protea_supervisor.files import load_stack, machine_facts
+from protea_supervisor.heartbeats import read_all, server_export
 from protea_supervisor.lock import LockFile, export_holder, resolve_path, resolve_timeout
 from protea_supervisor.oplock import operation, resolve_wait
 from protea_supervisor.overrides import shadowed_counts, with_overrides
@@ -145,3 +147,10 @@ def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
             f"refusing to {what}: export task {holder.task_id} holds the stack-owner lock since "
             f"{holder.acquired_at} ({holder.reason}); use --force to interrupt it."
         )
+    if stack.host.node:
+        # A node's workers serve the server's export too: its lock, as the server's heartbeat publishes it.
+        variable = stack.host.db_url_env
+        url = merged_environment(os.environ, stack.env.files).get(variable, "")
+        export = server_export(read_all(url, variable))
+        if export:
+            raise LockContention(f"refusing to {what}: {export}; use --force to interrupt it.")

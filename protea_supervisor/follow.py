@@ -18,6 +18,7 @@ from protea_supervisor.deploy import Step, Work
 from protea_supervisor.errors import ProteaError
 from protea_supervisor.executor import Deployer, now_iso, read_record, write_record
 from protea_supervisor.guard import read_checkout
+from protea_supervisor.heartbeats import read_all, server_export
 from protea_supervisor.rollout import all_running, own_groups
 from protea_supervisor.status import process_revision
 from protea_supervisor.tickenv import TickEnv
@@ -29,6 +30,15 @@ def on_revision(env: TickEnv, revision: str) -> bool:
     groups = own_groups(env.stack)
     infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
     return all_running(env) and all(process_revision(int(i["pid"])) == revision for i in infos)
+
+
+def server_export_now(env: TickEnv) -> str:
+    """The server's export, as its last heartbeat tells (nothing when no heartbeat can be read)."""
+    variable = env.stack.host.db_url_env
+    try:
+        return server_export(read_all(env.environ.get(variable, ""), variable))
+    except DeclarationUnavailable:
+        return ""
 
 
 def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
@@ -45,6 +55,9 @@ def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     env.report(f"decision: {action}: {reason}")
     if action != "follow" or declared is None:
         return deploy.NOOP, reason
+    export = server_export_now(env)
+    if export:
+        return deploy.NOOP, f"deferred: {export}; the node follows {hosts.short(declared)} at a later tick"
     if dry_run:
         for name, says in hosts.follow_plan(declared, install=True):
             env.report(f"plan: {name}: {says}")

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     revision text NOT NULL,
     processes jsonb NOT NULL,
     sent_at timestamptz NOT NULL DEFAULT now()
-);"""
+);
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS lock jsonb NOT NULL DEFAULT '{{}}';"""
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Beat:
     revision: str  # what the host's deploy record says it deployed ("" before its first)
     processes: tuple[Mapping[str, Any], ...]  # name, group, state, pid, revision, uptime_s
     age_s: float = 0.0  # seconds since it was sent, by Postgres's clock (when read back)
+    lock: Mapping[str, Any] | None = None  # the host's stack-owner lock: owner, task_id, since (epoch s)
 
 
 def _text(value: str) -> str:
@@ -46,11 +48,12 @@ def publish(url: str, variable: str, beat: Beat) -> None:
     if not HOST_NAME.fullmatch(beat.host):
         raise DeclarationUnavailable(f"refusing a heartbeat for host {beat.host!r}.")
     row = ", ".join(_text(v) for v in (beat.host, beat.role, beat.revision))
-    processes = _text(json.dumps(list(beat.processes)))
+    processes, lock = _text(json.dumps(list(beat.processes))), _text(json.dumps(dict(beat.lock or {})))
     upsert = (
-        f"INSERT INTO {TABLE} (host, role, revision, processes) VALUES ({row}, {processes}::jsonb) "
+        f"INSERT INTO {TABLE} (host, role, revision, processes, lock) "
+        f"VALUES ({row}, {processes}::jsonb, {lock}::jsonb) "
         "ON CONFLICT (host) DO UPDATE SET role = EXCLUDED.role, revision = EXCLUDED.revision, "
-        "processes = EXCLUDED.processes, sent_at = now();"
+        "processes = EXCLUDED.processes, lock = EXCLUDED.lock, sent_at = now();"
     )
     # The table is made on first use; IF NOT EXISTS under the advisory lock costs next to nothing after.
     try:
@@ -66,15 +69,26 @@ def read_all(url: str, variable: str) -> list[Beat]:
             return []
         rows = db.sql(
             "SELECT coalesce(json_agg(json_build_object('host', host, 'role', role, 'revision', revision, "
-            "'processes', processes, 'age_s', extract(epoch FROM now() - sent_at)) ORDER BY host), '[]') "
+            "'processes', processes, 'lock', lock, 'age_s', extract(epoch FROM now() - sent_at)) "
+            "ORDER BY host), '[]') "
             f"FROM {TABLE}"
         )
     except BackupFailed as why:
         raise DeclarationUnavailable(f"reading the heartbeats: {why}") from None
     return [
-        Beat(d["host"], d["role"], d["revision"], tuple(d["processes"]), float(d["age_s"]))
+        Beat(d["host"], d["role"], d["revision"], tuple(d["processes"]), float(d["age_s"]), d.get("lock"))
         for d in json.loads(rows[0] if rows else "[]")
     ]
+
+
+def server_export(beats: Sequence[Beat]) -> str:
+    """'' unless a server's last heartbeat says an export holds its stack-owner lock; then what holds it. A
+    stale beat still counts: a server cut off mid-export has not said the export ended."""
+    for beat in beats:
+        lock = beat.lock or {}
+        if beat.role == "server" and lock.get("owner") == "export":
+            return f"export task {lock.get('task_id', '?')} holds {beat.host}'s stack-owner lock"
+    return ""
 
 
 def flags(beats: Sequence[Beat], declared: str | None, stale_after: float) -> list[str]:

@@ -7,12 +7,14 @@ guarded by a flock on `<file>.lock`. The decisions are pure functions; `LockFile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -175,3 +177,16 @@ def export_holder(lock: LockFile) -> LockRecord | None:
     """The record when an export holds the lock, for commands that would interrupt it."""
     record = lock.read()
     return record if record.owner == "export" else None
+
+
+def lock_document(lock_file: Path) -> dict[str, Any]:
+    """The lock as it is: a corrupt file is `corrupt`, never `free`."""
+    try:
+        record = LockFile(lock_file, 5).read()
+    except LockCorrupt:
+        return {"owner": "corrupt", "task_id": ""}
+    doc: dict[str, Any] = {"owner": record.owner, "task_id": record.task_id}
+    if record.acquired_at:
+        with contextlib.suppress(ValueError):
+            doc["since"] = datetime.fromisoformat(record.acquired_at).timestamp()
+    return doc

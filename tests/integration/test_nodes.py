@@ -75,7 +75,7 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool
                 "enabled": follow,
                 "repository": str(checkout),
                 "check_interval": 1,
-                "poll_interval": 3600,
+                "poll_interval": 5,  # a tick deferred by the server's export is tried again soon
                 "retry_ladder": [1, 1],
                 "install_command": f"echo installed >> {home}/installs.log",
                 "post_install_command": "",
@@ -248,6 +248,24 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     ]
     text = server.ps("status", "--all-hosts").out
     assert "gpu-1" in text and "server-1" in text and "no problem found" in text, text
+
+    # An export on the server: a node defers a new declaration until the export ends, and refuses to scale
+    # down meanwhile; it learns of the export from the server's heartbeat.
+    def server_lock() -> str:
+        beat = next(h for h in all_hosts(node)["hosts"] if h["host"] == "server-1")
+        return str((beat.get("lock") or {}).get("owner", ""))
+
+    assert server.ps("lock", "acquire", "export", "exp-1", "nightly export").code == 0
+    wait_for(lambda: server_lock() == "export", 30, "the export in the server's heartbeat")
+    rev3 = repo.commit("v3", {"VERSION": "v3\n"})
+    digest = declared.migration_digest(repo.dev, rev3, "alembic/versions")
+    declared.declare(database, "PROTEA_DB_URL", rev3, digest, "server-1")
+    wait_for(lambda: "deferred: export task exp-1" in node.log("deploy-tick"), 30, "the node's tick deferred")
+    assert worker_revision(node, worker) == rev2
+    scale = node.ps("scale", queue_name, "0")
+    assert scale.code == 2 and "export task exp-1 holds server-1's stack-owner lock" in scale.err, scale.both
+    assert server.ps("lock", "release", "exp-1").code == 0
+    wait_for(lambda: worker_revision(node, worker) == rev3, 60, "the node on rev3 once the export ended")
 
     # The node's supervisord killed: its heartbeat stops, and the view says so within 30 s.
     os.kill(int((node.root / "run" / "supervisord.pid").read_text()), signal.SIGKILL)

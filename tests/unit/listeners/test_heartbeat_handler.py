@@ -72,3 +72,15 @@ def test_the_all_hosts_view_flags_stale_hosts_and_workers_off_the_declared_revis
     assert "gpu-1            node   heartbeat 41 s ago STALE  deployed aaaaaaaaaa" in lines
     assert lines[-1] == "PROBLEM: gpu-1: worker-jobs-1 runs bbbbbbbbbb, not the declared aaaaaaaaaa"
     assert view([], None, 30)[1].startswith("no host has sent a heartbeat")
+
+
+def test_a_servers_export_is_read_from_its_heartbeat_even_a_stale_one() -> None:
+    from protea_supervisor.heartbeats import server_export
+
+    export = {"owner": "export", "task_id": "exp-1"}
+    assert server_export([Beat("gpu-1", "node", A, (), 1.0, export)]) == ""  # only a server's lock counts
+    assert server_export([Beat("server-1", "server", A, (), 3.0, {"owner": "deploy", "task_id": "t"})]) == ""
+    assert server_export([Beat("server-1", "server", A, (), 400.0, export)]) == (
+        "export task exp-1 holds server-1's stack-owner lock"
+    )
+    assert server_export([Beat("server-1", "server", A, (), 3.0, None)]) == ""
