@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,11 +63,17 @@ def sent(state: BeatState, error: str, now: float) -> tuple[BeatState, list[Any]
     return replace(state, dirty=True, last_error=error), said
 
 
-def processes(infos: Sequence[dict[str, Any]], now: float) -> tuple[dict[str, Any], ...]:
+def processes(
+    infos: Sequence[dict[str, Any]], now: float, refused: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], ...]:
+    """Each process as the heartbeat carries it; `refused` (`group:process` -> why) marks a worker whose
+    last start a check refused, while it is down."""
     from protea_supervisor.status import process_revision
 
-    return tuple(
-        {
+    found = []
+    for info in infos:
+        running = info["statename"] in ("RUNNING", "STARTING", "STOPPING")
+        entry = {
             "name": str(info["name"]),
             "group": str(info["group"]),
             "state": str(info["statename"]),
@@ -75,12 +81,16 @@ def processes(infos: Sequence[dict[str, Any]], now: float) -> tuple[dict[str, An
             "revision": (process_revision(int(info["pid"])) or "") if info["pid"] else "",
             "uptime_s": max(0, int(now) - int(info["start"])) if info["statename"] == "RUNNING" else 0,
         }
-        for info in infos
-    )
+        reason = (refused or {}).get(f"{info['group']}:{info['name']}", "")
+        if reason and not running:
+            entry["refused"] = reason
+        found.append(entry)
+    return tuple(found)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from protea_supervisor.env import merged_environment
+    from protea_supervisor.guard import read_refusals
     from protea_supervisor.heartbeats import Beat, publish
     from protea_supervisor.lock import lock_document, resolve_path
 
@@ -95,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         record = record_from_doc(read_json(stack.paths.run / "deployed.json"))
         infos = rpc().supervisor.getAllProcessInfo()
         lock = lock_document(resolve_path(None, dict(os.environ), stack.lock.file))
-        beat = Beat(host.name, host.role, record.revision, processes(infos, now), lock=lock)
+        refused = read_refusals(stack.paths.run / "refused")
+        beat = Beat(host.name, host.role, record.revision, processes(infos, now, refused), lock=lock)
         try:
             publish(url, host.db_url_env, beat)
             error = ""

@@ -98,6 +98,11 @@ def flags(beats: Sequence[Beat], declared: str | None, stale_after: float) -> li
     for beat in beats:
         if beat.age_s > stale_after:
             found.append(f"{beat.host}: no heartbeat for {beat.age_s:.0f} s (stale after {stale_after:g} s)")
+        found += [
+            f"{beat.host}: {process.get('name')} refused: {process['refused']}"
+            for process in beat.processes
+            if process.get("refused")
+        ]
         if not declared:
             continue
         for process in beat.processes:

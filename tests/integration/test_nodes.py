@@ -65,7 +65,7 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool
         env_files=[str(env_file)],
         extra={
             "name": "node",
-            "host": {"role": "node", "name": "gpu-1", "revision_guard": True, "heartbeat": follow},
+            "host": {"role": "node", "name": "gpu-1", "revision_guard": True, "heartbeat": True},
             "paths": {"root": str(checkout), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
             "programs": off,
             # startsecs 0: a refusal is always an exit after RUNNING, the case a slow guard makes (EXITED).
@@ -169,6 +169,9 @@ def test_the_server_declares_what_it_deployed_and_a_node_starts_workers_only_on_
     assert refused(node, worker) == "refused: the checkout has uncommitted changes (M app.py)"
     assert node.status()[worker]["state"] == "EXITED"  # exit 78 is expected: never restarted
     assert "revision guard: the checkout has uncommitted changes" in node.log(worker)
+    # ... and so does the view of every host, from the heartbeat.
+    problem = f"gpu-1: {worker} refused: the checkout has uncommitted changes (M app.py)"
+    wait_for(lambda: problem in all_hosts(node)["problems"], 30, "the refusal in status --all-hosts")
     git(checkout, "checkout", "--quiet", "--", "app.py")
 
     # Clean, but on a revision the server never declared (the one whose migration failed): refused.
