@@ -73,7 +73,12 @@ def exec_cmd(
 ) -> None:
     """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
     env = merged_environment(os.environ, env_files)
-    check_required(env, required, require_jwt_secret, env_files)
+    try:
+        check_required(env, required, require_jwt_secret, env_files)
+    except EnvError as why:
+        if refusals:  # exit 78: final, and said in `status`
+            guard.refuse(refusals, env, str(why).rstrip("."), str(why))
+        raise
     argv = list(after_double_dash(command))
     if not argv:
         raise UsageError("exec needs a command after --.")

@@ -118,6 +118,7 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
         stop_grace=reader.get("workers.stop_grace", 300),
         startsecs=reader.get("workers.startsecs", 1),
         directory=expand_.path("workers.directory", reader.get("workers.directory", "{root}"), root),
+        restart_delay=reader.get("workers.restart_delay", 0),
     )
     queues = _parse_queues(reader, expand_, workers)
     probes = Probes(

@@ -190,7 +190,17 @@ def guard_args(stack: Stack, queue: Queue) -> tuple[str, ...]:
             "--host-name",
             stack.host.name,
         )
-    return (*args, "--refusals", str(stack.paths.run / "refused")) if args else ()
+    # With a restart delay, any refusal (an env error too) must leave its reason: the reviver skips it.
+    keep = args or stack.workers.restart_delay
+    return (*args, "--refusals", str(stack.paths.run / "refused")) if keep else ()
+
+
+def worker_autorestart(stack: Stack, queue: Queue) -> str:
+    """With workers.restart_delay the extension restarts a worker after the delay (`reviver`), not
+    supervisord; a worker whose start may be refused restarts only on an unexpected exit (not 78)."""
+    if stack.workers.restart_delay:
+        return "false"
+    return "unexpected" if refusal_final(stack, queue) else "true"
 
 
 def refusal_final(stack: Stack, queue: Queue) -> bool:
@@ -350,7 +360,7 @@ def _queue_block(
         environment=stamp,
         priority=PRIORITY["worker"],
         startsecs=stack.workers.startsecs,
-        autorestart="unexpected" if refusal_final(stack, queue) else "true",
+        autorestart=worker_autorestart(stack, queue),
         # 143: the worker ran out of shutdown grace, requeued its job and exited on purpose.
         exitcodes=str(REFUSED_EXIT) if refusal_final(stack, queue) else "0,143",
         stopsignal=stack.workers.stop_signal,
@@ -386,6 +396,7 @@ def render(stack: Stack, exe: Sequence[str], revision: str = "", web_build: str 
         "listeners": listeners,
         # Numbered queues only: an unnumbered worker cannot grow without renaming its running process.
         "worker_groups": [q.program for q in stack.queues if q.processes and q.numbered],
+        "revive_groups": [q.program for q in stack.queues if q.processes and stack.workers.restart_delay],
         "log_maxbytes": LOG_MAXBYTES,
         "log_backups": LOG_BACKUPS,
     }

@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from protea_supervisor.groupsync import GroupSyncer
+from protea_supervisor.reviver import Reviver
 from protea_supervisor.switcher import Switcher
 
 SUPPORTED_SUPERVISOR = "4.3.0"
@@ -193,6 +194,23 @@ class ProteaNamespace:
 
 
 _current_parts: tuple[GroupSyncer, Switcher] | None = None
+_current_reviver: Reviver | None = None
+
+
+def _reviver(supervisord: Any, settings: dict[str, str]) -> None:
+    """One per run of supervisord's loop (its subscriptions are cleared at each), with the run's settings."""
+    global _current_reviver
+    from supervisor import events
+
+    current = _current_reviver
+    subscribed = current is not None and any(cb == current._on_tick for _, cb in events.callbacks)
+    if current is None or current.supervisord is not supervisord or not subscribed:
+        _current_reviver = Reviver(
+            supervisord,
+            settings.get("revive_groups", ""),
+            settings.get("revive_delay", "0"),
+            settings.get("refusals", ""),
+        )
 
 
 def _parts(supervisord: Any) -> tuple[GroupSyncer, Switcher]:
@@ -209,10 +227,11 @@ def _parts(supervisord: Any) -> tuple[GroupSyncer, Switcher]:
     return current
 
 
-def make_interface(supervisord: Any, fast_reactions: str = "true", **_: str) -> ProteaNamespace:
+def make_interface(supervisord: Any, fast_reactions: str = "true", **settings: str) -> ProteaNamespace:
     """Factory named in the rendered config. Called once per HTTP server section: one waker serves all."""
     global _current
     parts = _parts(supervisord)
+    _reviver(supervisord, settings)
     if fast_reactions.strip().lower() not in ("true", "1", "yes", "on"):
         return ProteaNamespace(None, "off in the stack (control.fast_reactions = false)", parts)
     version = _supervisor_version()

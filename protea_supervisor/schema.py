@@ -80,6 +80,7 @@ SCHEMA: dict[str, Any] = {
         "stop_grace": GRACE,
         "startsecs": PROGRAM_SCHEMA["startsecs"],
         "directory": str,
+        "restart_delay": seconds(0, 3600, "0 leaves restarts to supervisord"),
     },
     "queues": ("queues", QUEUE_SCHEMA),
     "probes": {

@@ -106,6 +106,10 @@ class Workers:
     stop_grace: int
     startsecs: int
     directory: Path
+    # >0: a worker that exits or gives up starting (FATAL) is started again this many seconds later, for
+    # ever (a node's systemd units: Restart=always, RestartSec=30, no start limit); a refused start (exit 78)
+    # never is. 0: supervisord's own autorestart.
+    restart_delay: int = 0
 
 
 @dataclass(frozen=True)
