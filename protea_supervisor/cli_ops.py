@@ -23,11 +23,13 @@ from protea_supervisor.cli_common import (
     stop_deadline,
 )
 from protea_supervisor.control import Supervisor
+from protea_supervisor.declared import DeclarationUnavailable
 from protea_supervisor.dumps import check_dump, prepare, run_backup, switch
 from protea_supervisor.dumps import drill as run_drill
 from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import BackupFailed, BrokerAnswerInvalid, EnvError, ProteaError, UsageError
 from protea_supervisor.files import write_atomic
+from protea_supervisor.heartbeats import read_all, running_elsewhere
 from protea_supervisor.lifecycle import run_gate, stop_programs
 from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.oplock import resolve_wait
@@ -61,11 +63,14 @@ def queues_cmd(ctx: click.Context, as_json: bool) -> int:
     supervisor = Supervisor(stack.socket_path)
     # None only when supervisord does not answer: an answer with nothing RUNNING is 0 workers per queue.
     running = running_counts(supervisor.all_process_info()) if supervisor.is_running() else None
+    elsewhere = _running_elsewhere(stack)
+    if running is not None:
+        running = {p: running.get(p, 0) + elsewhere.get(p, 0) for p in {*running, *elsewhere}}
     watches = {
         q.name: Watch(q.starved_after, q.program, None if running is None else running.get(q.program, 0))
         for q in stack.queues
-        if q.processes
-    } | {q.name: Watch(q.starved_after) for q in stack.queues if not q.processes}
+        if q.processes or q.program in elsewhere
+    } | {q.name: Watch(q.starved_after) for q in stack.queues if not (q.processes or q.program in elsewhere)}
     state_path = stack.paths.run / QUEUES_STATE_FILE
     try:
         found = readings(doc, stack.monitor.queue_prefix, stack.monitor.exempt)
@@ -89,6 +94,20 @@ def queues_cmd(ctx: click.Context, as_json: bool) -> int:
     else:
         click.echo(queues_table(verdicts))
     return 1 if any(v.fault for v in verdicts) else 0
+
+
+def _running_elsewhere(stack: Stack) -> dict[str, int]:
+    """With heartbeats, the other hosts' RUNNING workers per program (their consumers are on the same
+    queues); nothing without them, or when Postgres does not answer (said on stderr)."""
+    if not stack.host.heartbeat:
+        return {}
+    variable = stack.host.db_url_env
+    try:
+        beats = read_all(merged_environment(os.environ, stack.env.files).get(variable, ""), variable)
+    except DeclarationUnavailable as why:
+        click.echo(f"note: the other hosts' workers are not counted: {why}", err=True)
+        return {}
+    return running_elsewhere(beats, stack.host.name, stack.host.stale_after)
 
 
 def rabbit_credentials(env: dict[str, str]) -> tuple[str, str]:

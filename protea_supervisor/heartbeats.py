@@ -136,3 +136,17 @@ def view(beats: Sequence[Beat], declared: str | None, stale_after: float) -> lis
     problems = flags(beats, declared, stale_after)
     out += ["", *(f"PROBLEM: {problem}" for problem in problems)] if problems else ["", "no problem found"]
     return out
+
+
+def running_elsewhere(beats: Sequence[Beat], own_host: str, stale_after: float) -> dict[str, int]:
+    """RUNNING processes per program on every other host whose heartbeat is fresh (a stale host counts
+    none: what it runs is unknown), for `queues`' consumer count across hosts."""
+    counts: dict[str, int] = {}
+    for beat in beats:
+        if beat.host == own_host or beat.age_s > stale_after:
+            continue
+        for process in beat.processes:
+            if process.get("state") == "RUNNING":
+                group = str(process.get("group", ""))
+                counts[group] = counts.get(group, 0) + 1
+    return counts

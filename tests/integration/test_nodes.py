@@ -98,6 +98,7 @@ def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str, heartbeat: 
             "host": {"name": "server-1", "declare_revision": True, "revision_guard": True,
                      "heartbeat": heartbeat, "stale_after": 15},
             "programs": {"migrate": {"command": "{python} -P migrate.py", "directory": "{root}"}},
+            "monitor": {"queue_prefix": "test."},
         },
     )  # fmt: skip
 
@@ -189,6 +190,7 @@ def test_the_server_declares_what_it_deployed_and_a_node_starts_workers_only_on_
     assert node.status()[worker]["description"].startswith("pid ")
 
 
+@pytest.mark.slow
 def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_queue(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str, database: str
 ) -> None:
@@ -251,6 +253,10 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     ]
     text = server.ps("status", "--all-hosts").out
     assert "gpu-1" in text and "server-1" in text and "no problem found" in text, text
+    # `queues` counts the consumers of both hosts against the workers RUNNING on both.
+    checked = server.ps("queues", "--json")
+    verdict = next(v for v in json.loads(checked.out) if v["name"] == queue_name)
+    assert (verdict["consumers"], verdict["running"], verdict["status"]) == (2, 2, "idle"), verdict
 
     # An export on the server: a node defers a new declaration until the export ends, and refuses to scale
     # down meanwhile; it learns of the export from the server's heartbeat.

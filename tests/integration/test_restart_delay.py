@@ -34,6 +34,7 @@ def spawns(stack: Stack, program: str) -> int:
     return len(re.findall(rf"spawned: '{re.escape(program)}'", log))
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_started_again_after_the_delay_and_a_refused_one_is_not(
     short_tmp: Path, supervisord: Callable[[Stack], None]
 ) -> None:

@@ -30,6 +30,7 @@ def start(env_file: Path, refusals: Path, queue: str, host: str) -> subprocess.P
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_hosts_starting_a_singleton_queue_at_once_get_one_consumer_every_time(tmp_path: Path) -> None:
     env_file = tmp_path / "protea.env"
     env_file.write_text("PROTEA_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres\n")

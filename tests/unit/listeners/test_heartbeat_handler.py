@@ -84,3 +84,20 @@ def test_a_servers_export_is_read_from_its_heartbeat_even_a_stale_one() -> None:
         "export task exp-1 holds server-1's stack-owner lock"
     )
     assert server_export([Beat("server-1", "server", A, (), 3.0, None)]) == ""
+
+
+def test_queues_count_the_running_workers_of_every_other_fresh_host() -> None:
+    from protea_supervisor.heartbeats import running_elsewhere
+
+    def proc(group: str, state: str = "RUNNING") -> dict[str, object]:
+        return {"name": group, "group": group, "state": state}
+
+    beats = [
+        Beat("server-1", "server", A, (proc("worker-jobs"),), 2.0),
+        Beat(
+            "gpu-1", "node", A, (proc("worker-jobs"), proc("worker-jobs"), proc("worker-eval", "FATAL")), 4.0
+        ),
+        Beat("gpu-2", "node", A, (proc("worker-jobs"),), 90.0),  # stale: what it runs is unknown
+    ]
+    assert running_elsewhere(beats, "server-1", 30) == {"worker-jobs": 2}
+    assert running_elsewhere(beats, "gpu-1", 30) == {"worker-jobs": 1}
