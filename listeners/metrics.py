@@ -330,10 +330,17 @@ def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
 class Collector:
     """prometheus_client's custom-collector duck type over the listener's state."""
 
-    def __init__(self, state: Callable[[], MetricsState], run_dir: Path, lock_file: Path) -> None:
+    def __init__(
+        self,
+        state: Callable[[], MetricsState],
+        run_dir: Path,
+        lock_file: Path,
+        hosts: Callable[[], list[Family]] | None = None,
+    ) -> None:
         self.state = state
         self.run_dir = run_dir
         self.lock_file = lock_file
+        self.hosts = hosts  # every host's families, when the stack has heartbeats
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -342,12 +349,34 @@ class Collector:
 
         files = read_files(self.run_dir, self.lock_file)
         families = samples(self.state(), files, time.time(), rss_bytes, process_revision)
+        families += self.hosts() if self.hosts else []
         for family in families:
             kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
             metric = kind(family.name, family.help, labels=list(family.labels))
             for labels, value in family.samples:
                 metric.add_metric(list(labels), value)
             yield metric
+
+
+def hosts_reader(stack: Any) -> Callable[[], list[Family]]:
+    """Reads every host's heartbeat and the declaration at each scrape; a failed read is a 0, not an error."""
+    from protea_supervisor.declared import DeclarationUnavailable, current
+    from protea_supervisor.env import merged_environment
+    from protea_supervisor.heartbeats import read_all
+
+    from .metrics_hosts import host_families
+
+    variable = stack.host.db_url_env
+
+    def read() -> list[Family]:
+        url = merged_environment(os.environ, stack.env.files).get(variable, "")
+        try:
+            declaration = current(url, variable)
+            return host_families(read_all(url, variable), declaration.revision if declaration else None, True)
+        except DeclarationUnavailable:
+            return host_families([], None, False)
+
+    return read
 
 
 def serve(collector: Collector, host: str, port: int) -> None:
@@ -369,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return holder["state"]
 
     lock_file = resolve_path(None, dict(os.environ), stack.lock.file)
-    serve(Collector(current, stack.paths.run, lock_file), stack.metrics.host, stack.metrics.port)
+    hosts = hosts_reader(stack) if stack.host.heartbeat else None
+    serve(Collector(current, stack.paths.run, lock_file, hosts), stack.metrics.host, stack.metrics.port)
     log(f"metrics: serving http://{stack.metrics.host}:{stack.metrics.port}/metrics")
 
     def on_event(event: Event) -> None:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 from protea_supervisor.listeners.metrics import from_process_info, samples
+from protea_supervisor.listeners.metrics_hosts import host_families
+
+from protea_supervisor.heartbeats import Beat
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -38,13 +41,18 @@ def exported() -> set[str]:
         "queues": {"checked_at": 9.0, "queues": [{"name": "protea.jobs", "status": "ok", "messages": 0}]},
     }
     families = samples(state, files, 10.0, lambda pid: 1.0, lambda pid: "r")
+    # With host.heartbeat, every host's families too.
+    beat = Beat(
+        "gpu-1", "node", "r", ({"name": "w", "group": "w", "state": "RUNNING", "revision": "r"},), 3.0
+    )
+    families += host_families([beat], "r", True)
     # prometheus_client serves a counter as <name>_total.
     return {f.name + ("_total" if f.kind == "counter" else "") for f in families}
 
 
 def test_the_rules_pass_promtool_and_fire_each_alert_in_its_unit_tests() -> None:
     check = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 15 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 16 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool(), "test", "rules", "protea-alerts.test.yml"], cwd=RULES.parent,
                           capture_output=True, text=True)  # fmt: skip
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr

@@ -22,11 +22,16 @@ FLAKY = "{python} -P -c \"import pathlib, sys, time; pathlib.Path('OK').exists()
 # Never starts: the witness that the reviver keeps going round while the others are left alone.
 BROKEN = '{python} -P -c "import sys; sys.exit(1)"'
 # Always says its configuration is wrong, after its startsecs (exit 78 from a RUNNING process).
-MISCONFIGURED = '{python} -P -c "import sys, time; time.sleep(1.5); sys.exit(78)"'
+MISCONFIGURED = '{python} -P -c "import sys, time; time.sleep(3); sys.exit(78)"'
 
 
 def supervisord_log(stack: Stack) -> list[str]:
     return (stack.root / "run" / "supervisord.log").read_text().splitlines()
+
+
+def revived(stack: Stack, program: str) -> int:
+    """How often the extension started the worker again."""
+    return sum(1 for line in supervisord_log(stack) if f"started {program}:{program} again" in line)
 
 
 def spawns(stack: Stack, program: str) -> int:
@@ -52,12 +57,10 @@ def test_a_failing_worker_is_started_again_after_the_delay_and_a_refused_one_is_
     ctl = [str(BIN / "supervisorctl"), "-c", str(stack.conf)]
     for program in ("worker-flaky", "worker-misconfigured", "worker-broken", "worker-ping"):
         subprocess.run([*ctl, "start", program], capture_output=True)
-    # The flaky worker goes FATAL after supervisord's retries, and is started again, round after round.
-    wait_for(lambda: stack.status()["worker-flaky"]["state"] == "FATAL", 30, "worker-flaky FATAL")
-    first_round = spawns(stack, "worker-flaky")
-    wait_for(lambda: spawns(stack, "worker-flaky") > first_round, 30, "worker-flaky started again")
-    wait_for(lambda: spawns(stack, "worker-flaky") > first_round + 4, 60, "a second round")
-    assert "started worker-flaky:worker-flaky again" in (stack.root / "run" / "supervisord.log").read_text()
+    # The flaky worker goes FATAL after supervisord's retries (or EXITED, when a loaded machine lets it pass
+    # its startsecs before it fails), and is started again, round after round.
+    wait_for(lambda: stack.status()["worker-flaky"]["state"] in ("FATAL", "EXITED"), 30, "worker-flaky down")
+    wait_for(lambda: revived(stack, "worker-flaky") >= 2, 60, "worker-flaky started again twice")
     # Its cause fixed, it runs at the next round.
     (short_tmp / "OK").write_text("")
     wait_for(lambda: stack.status()["worker-flaky"]["state"] == "RUNNING", 60, "worker-flaky running")
@@ -67,15 +70,8 @@ def test_a_failing_worker_is_started_again_after_the_delay_and_a_refused_one_is_
     subprocess.run([*ctl, "stop", "worker-ping"], capture_output=True)
     # While the broken worker is started again twice more (two more rounds of the reviver), neither the
     # refused nor the stopped worker is.
-    broken = sum(1 for line in supervisord_log(stack) if "started worker-broken:worker-broken again" in line)
-    wait_for(
-        lambda: (
-            sum(1 for line in supervisord_log(stack) if "started worker-broken:worker-broken again" in line)
-            >= broken + 2
-        ),
-        60,
-        "two more rounds of the reviver",
-    )
+    broken = revived(stack, "worker-broken")
+    wait_for(lambda: revived(stack, "worker-broken") >= broken + 2, 60, "two more rounds of the reviver")
     assert stack.status()["worker-misconfigured"]["state"] == "EXITED"
     assert stack.status()["worker-ping"]["state"] == "STOPPED"
     assert spawns(stack, "worker-misconfigured") == 1 and spawns(stack, "worker-ping") == 1
