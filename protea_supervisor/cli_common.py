@@ -7,12 +7,12 @@ import os
 import shlex
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from protea_supervisor.apply import Deadlines
+from protea_supervisor.cli_settings import Settings
 from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.executor import read_record
@@ -25,12 +25,6 @@ from protea_supervisor.readback import verify
 from protea_supervisor.render import blocks, render
 from protea_supervisor.stack import HostFacts, Stack
 from protea_supervisor.webbuild import served_build
-
-
-@dataclass
-class Settings:
-    stack_choice: str | None
-    lock_wait: float | None = None
 
 
 def exe_argv() -> list[str]:

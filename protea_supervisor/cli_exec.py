@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 
 from protea_supervisor import guard
-from protea_supervisor.cli_lock import after_double_dash
-from protea_supervisor.env import check_required, merged_environment
+from protea_supervisor.env import after_double_dash, check_required, merged_environment
 from protea_supervisor.errors import CommandNotFound, EnvError, UsageError
 
 

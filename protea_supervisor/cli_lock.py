@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from protea_supervisor.cli_common import load
+from protea_supervisor.env import after_double_dash
 from protea_supervisor.errors import CommandNotFound, UsageError
 from protea_supervisor.lock import FILE_ENV, ROOT_ENV, LockFile, resolve_path, resolve_timeout
 
@@ -75,11 +76,6 @@ def lock_current(lock: LockFile) -> None:
 def lock_status(lock: LockFile) -> None:
     """Print the lock record as JSON (the free record when the file is missing)."""
     click.echo(lock.read().to_json(), nl=False)
-
-
-def after_double_dash(command: Sequence[str]) -> tuple[str, ...]:
-    # click keeps a `--` that follows positional arguments; it only separates our arguments from the command.
-    return tuple(command[1:]) if tuple(command[:1]) == ("--",) else tuple(command)
 
 
 @lock_group.command("run", context_settings={"allow_interspersed_args": False})

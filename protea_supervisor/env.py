@@ -106,3 +106,9 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     for value in secrets:
         text = text.replace(value, "***")
     return text
+
+
+def after_double_dash(command: Sequence[str]) -> tuple[str, ...]:
+    """A command line after our own arguments: click keeps a `--` that follows positional arguments; it only
+    separates ours from the command's."""
+    return tuple(command[1:]) if tuple(command[:1]) == ("--",) else tuple(command)

@@ -13,7 +13,6 @@ from typing import NoReturn
 
 from protea_supervisor.declared import current
 from protea_supervisor.errors import RevisionRefused
-from protea_supervisor.files import write_atomic
 from protea_supervisor.hosts import Checkout, guard_verdict
 from protea_supervisor.singleton import hold
 
@@ -69,6 +68,8 @@ def check(directory: Path, environ: Mapping[str, str], declared_from: str, refus
 def refuse(refusals: Path | None, environ: Mapping[str, str], reason: str, message: str) -> NoReturn:
     """Leave the reason for `status`, then raise the refusal (exit 78)."""
     if refusals:
+        from protea_supervisor.files import write_atomic  # (files loads the stack parser: only when needed)
+
         write_atomic(record_path(refusals, environ), json.dumps({"reason": reason}) + "\n")
     raise RevisionRefused(message)
 
