@@ -30,6 +30,10 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
                worker_startsecs: int = 1) -> Path:  # fmt: skip
     """The demo stack (all 11 queues by default); `programs=False` leaves only the workers."""
     wanted = set(queues)
+    # PROTEA's shipped protea.embeddings is a singleton queue: its worker's start takes a lock in Postgres.
+    env_file = root / "bench.env"
+    env_file.write_text("PROTEA_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres\n")
+    env_file.chmod(0o600)
     tunnel_public = (
         f"--public-port {public_port} --public-url http://127.0.0.1:{public_port}/ "
         "--control {root}/tunnel-control"
@@ -43,7 +47,7 @@ def stack_file(root: Path, *, queues: Iterable[str] = ALL_QUEUES, job_seconds: f
         'run = "{root}/run"',
         'logs = "{root}/logs"',
         "[env]",
-        "files = []",
+        f'files = ["{env_file}"]',
         "required = []",
         "require_jwt_secret = false",
         "[workers]",

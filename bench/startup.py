@@ -130,7 +130,7 @@ def main() -> None:
         print(f"{name:<28} {statistics.median(times):>16.2f} {min(times):>7.2f} {max(times):>7.2f}")
     print(f"ratio gate / manage.sh: {served / statistics.median(manage):.2f}")
     print(
-        f"gate: the public chain {chain:.2f} s, served at {served:.2f} s (chain + {served - chain:.2f} s); "
+        f"gate: the public chain {chain:.2f} s, served at {served:.2f} s (chain {served - chain:+.2f} s); "
         f"`up` returned at {returned:.2f} s with the workers' readiness; overhead `up` reported "
         f"{overhead:.2f} s"
     )
