@@ -174,15 +174,17 @@ def _all_hosts(stack: Stack, as_json: bool) -> None:
     beats = heartbeats.read_all(url, variable)
     declaration = declared.current(url, variable)
     revision = declaration.revision if declaration else None
+    # This host's stack names the singleton queues (every host runs the same queue list).
+    singletons = {q.program: q.name for q in stack.queues if q.singleton}
     if as_json:
         payload = {
             "declared": declaration.__dict__ if declaration else None,
             "hosts": [beat.__dict__ | {"stale": beat.age_s > stack.host.stale_after} for beat in beats],
-            "problems": heartbeats.flags(beats, revision, stack.host.stale_after),
+            "problems": heartbeats.flags(beats, revision, stack.host.stale_after, singletons),
         }
         click.echo(json.dumps(payload, indent=2, default=list))
         return
-    for line in heartbeats.view(beats, revision, stack.host.stale_after):
+    for line in heartbeats.view(beats, revision, stack.host.stale_after, singletons):
         click.echo(line)
 
 

@@ -91,10 +91,16 @@ def server_export(beats: Sequence[Beat]) -> str:
     return ""
 
 
-def flags(beats: Sequence[Beat], declared: str | None, stale_after: float) -> list[str]:
-    """What an operator must look at: stale hosts, and processes on a revision other than the declared one
-    (only processes that run a revision: a worker started before any deploy has none)."""
-    found = []
+def flags(
+    beats: Sequence[Beat],
+    declared: str | None,
+    stale_after: float,
+    singletons: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What an operator must look at: stale hosts, refused starts, processes on a revision other than the
+    declared one (only processes that run a revision: a worker started before any deploy has none), and a
+    singleton queue (`singletons`: its program -> its queue) with more than one RUNNING worker in all."""
+    found = _doubled(beats, singletons or {})
     for beat in beats:
         if beat.age_s > stale_after:
             found.append(f"{beat.host}: no heartbeat for {beat.age_s:.0f} s (stale after {stale_after:g} s)")
@@ -113,7 +119,26 @@ def flags(beats: Sequence[Beat], declared: str | None, stale_after: float) -> li
     return found
 
 
-def view(beats: Sequence[Beat], declared: str | None, stale_after: float) -> list[str]:
+def _doubled(beats: Sequence[Beat], singletons: Mapping[str, str]) -> list[str]:
+    where: dict[str, list[str]] = {}
+    for beat in beats:
+        for process in beat.processes:
+            group = str(process.get("group", ""))
+            if group in singletons and process.get("state") == "RUNNING":
+                where.setdefault(group, []).append(f"{process.get('name')} on {beat.host}")
+    return [
+        f"singleton queue {singletons[group]} has {len(places)} consumers: {', '.join(places)}"
+        for group, places in sorted(where.items())
+        if len(places) > 1
+    ]
+
+
+def view(
+    beats: Sequence[Beat],
+    declared: str | None,
+    stale_after: float,
+    singletons: Mapping[str, str] | None = None,
+) -> list[str]:
     """`status --all-hosts` as lines: every host side by side, its processes under it, then the problems."""
     from protea_supervisor.status import format_uptime
 
@@ -133,7 +158,7 @@ def view(beats: Sequence[Beat], declared: str | None, stale_after: float) -> lis
             out.append(
                 f"  {p.get('name', '')!s:<34} {p.get('state', '')!s:<9} {pid:<11} {revision:<11} {uptime}"
             )
-    problems = flags(beats, declared, stale_after)
+    problems = flags(beats, declared, stale_after, singletons)
     out += ["", *(f"PROBLEM: {problem}" for problem in problems)] if problems else ["", "no problem found"]
     return out
 

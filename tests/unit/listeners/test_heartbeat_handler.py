@@ -101,3 +101,18 @@ def test_queues_count_the_running_workers_of_every_other_fresh_host() -> None:
     ]
     assert running_elsewhere(beats, "server-1", 30) == {"worker-jobs": 2}
     assert running_elsewhere(beats, "gpu-1", 30) == {"worker-jobs": 1}
+
+
+def test_a_singleton_queue_with_a_consumer_on_each_host_is_a_problem() -> None:
+    def worker(state: str = "RUNNING") -> dict[str, object]:
+        return {"name": "worker-embeddings-coord", "group": "worker-embeddings-coord", "state": state}
+
+    singletons = {"worker-embeddings-coord": "protea.embeddings"}
+    one = [Beat("server-1", "server", A, (worker(),), 1.0), Beat("gpu-1", "node", A, (worker("FATAL"),), 1.0)]
+    assert flags(one, A, 30, singletons) == []
+    two = [Beat("server-1", "server", A, (worker(),), 1.0), Beat("gpu-1", "node", A, (worker(),), 1.0)]
+    assert flags(two, A, 30, singletons) == [
+        "singleton queue protea.embeddings has 2 consumers: worker-embeddings-coord on server-1, "
+        "worker-embeddings-coord on gpu-1"
+    ]
+    assert flags(two, A, 30) == []  # without the stack's singleton list, nothing to judge by
