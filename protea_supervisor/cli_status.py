@@ -171,8 +171,14 @@ def _all_hosts(stack: Stack, as_json: bool) -> None:
     """Read from the server's Postgres only: it works while this host's supervisord is down."""
     variable = stack.host.db_url_env
     url = merged_environment(os.environ, stack.env.files).get(variable, "")
-    beats = heartbeats.read_all(url, variable)
-    declaration = declared.current(url, variable)
+    try:
+        beats = heartbeats.read_all(url, variable)
+        declaration = declared.current(url, variable)
+    except declared.DeclarationUnavailable as why:
+        raise declared.DeclarationUnavailable(
+            f"status --all-hosts reads every host's heartbeat from the server's Postgres "
+            f"(host.db_url_env = {variable}): {why}"
+        ) from None
     revision = declaration.revision if declaration else None
     # This host's stack names the singleton queues (every host runs the same queue list).
     singletons = {q.program: q.name for q in stack.queues if q.singleton}

@@ -235,3 +235,13 @@ def test_shipped_example_node_file_parses_and_runs_only_the_compute_queues() -> 
         "protea.embeddings.batch": 1, "protea.predictions.batch": 1, "protea.evaluations": 1, "protea.jobs": 3,
     }  # fmt: skip
     assert stack.workers.stop_signal == "INT" and stack.workers.stop_grace == 120
+
+
+def test_the_demo_stack_needs_nothing_but_python() -> None:
+    """Quick start: the demo runs with Python and git alone. Nothing in it may reach for Postgres (a singleton
+    queue's lock, the revision guard's declaration, heartbeats) or a network beyond loopback."""
+    demo = build(("demo", parse_toml(builtin_stack_text("demo"), "demo")))
+    running = [q for q in demo.queues if q.processes]
+    assert len(running) == 11 and not any(q.singleton for q in running)
+    assert not (demo.host.revision_guard or demo.host.heartbeat or demo.host.declare_revision)
+    assert demo.probes.infra_from_env == () and not demo.deploy.enabled
