@@ -9,9 +9,10 @@ says why: a silent wrong consumer is worse than no consumer.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import replace
 
-from protea_supervisor import deploy, hosts
+from protea_supervisor import deploy, hosts, releases
 from protea_supervisor.apply import LIVE, states, wait_until_gone_or_down
 from protea_supervisor.declared import DeclarationUnavailable, current
 from protea_supervisor.deploy import Step, Work
@@ -79,23 +80,40 @@ def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     work = deploy.work_for(changed, stack.deploy.lock_files, stack.deploy.web_dir, True)
     steps = tuple(Step(name, says) for name, says in hosts.follow_plan(declared, work.install))
     deployer = Deployer(env, declared, record.revision, Work(install=work.install, build=False))
+    began, started_at = time.monotonic(), now_iso()
     try:
         deployer.run(steps)
     except ProteaError as why:
-        env.report(
-            f"following {hosts.short(declared)} failed at {deployer.current}: {why}; stopping the workers"
-        )
+        env.report(f"following {hosts.short(declared)} failed at {deployer.current}: {why}; stopping workers")
         stopped = _stop_workers(env)
         write_record(stack, replace(read_record(stack), result="follow failed; workers stopped"))
-        return deploy.INFRA_FAILED, (
-            f"following the declared {hosts.short(declared)} failed at {deployer.current} ({why}); "
-            + ("the workers are stopped" if stopped else "stopping the workers FAILED")
+        code, summary = (
+            deploy.INFRA_FAILED,
+            (
+                f"following the declared {hosts.short(declared)} failed at {deployer.current} ({why}); "
+                + ("the workers are stopped" if stopped else "stopping the workers FAILED")
+            ),
         )
-    write_record(stack, deploy.after_success(read_record(stack), declared, "", now_iso()))
-    return (
-        deploy.REDEPLOYED,
-        f"following the declared {hosts.short(declared)} (was {hosts.short(record.revision)})",
+    else:
+        write_record(stack, deploy.after_success(read_record(stack), declared, "", now_iso()))
+        was = hosts.short(record.revision)
+        code, summary = deploy.REDEPLOYED, f"following the declared {hosts.short(declared)} (was {was})"
+    # The node's release history (`deploys`), as the server's ticks keep theirs.
+    release = releases.Release(
+        revision=declared,
+        previous=record.revision,
+        started_at=started_at,
+        duration_s=round(time.monotonic() - began, 1),
+        result=deploy.RESULT.get(code, "failed"),
+        exit=code,
+        installed=work.install,
+        built=False,
+        failed_step="" if code == deploy.REDEPLOYED else deployer.current,
+        trigger=f"{env.trigger} (following the declaration)",
+        summary=summary,
     )
+    releases.append(stack.paths.run, release)
+    return code, summary
 
 
 def _stop_workers(env: TickEnv) -> bool:

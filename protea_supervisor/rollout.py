@@ -11,7 +11,7 @@ import time
 from urllib.parse import urlsplit
 
 from protea_supervisor import declared
-from protea_supervisor.apiswitch import replace_api
+from protea_supervisor.apiswitch import answer, replace_api
 from protea_supervisor.apply import (
     LIVE,
     UP,
@@ -172,17 +172,6 @@ def _refresh(env: TickEnv, group: str) -> None:
         replace_idle(env, group)
 
 
-def _answer(url: str, timeout: float) -> str:
-    """'' when `url` answers 2xx, else what went wrong."""
-    import requests
-
-    try:
-        response = requests.get(url, timeout=max(0.2, timeout), allow_redirects=False)
-    except requests.RequestException as why:
-        return type(why).__name__
-    return "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-
-
 def _port_taken(url: str) -> bool:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -218,7 +207,7 @@ def prove_canary(env: TickEnv, revision: str) -> None:
                     f"`protea-supervisor logs {CANARY}`; the serving API was not touched",
                     "program",
                 )
-            problem = _answer(url, min(5.0, max(0.2, end - time.monotonic())))
+            problem, _pid = answer(url, min(5.0, max(0.2, end - time.monotonic())))
             if not problem:
                 env.report(f"the canary answered {url}: {deploy_short(revision)} gets ready on its own")
                 return

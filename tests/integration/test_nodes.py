@@ -225,6 +225,8 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     assert worker_revision(server, worker) == rev2
     assert git(checkout, "rev-parse", "HEAD") == rev2
     assert "following the declared" in node.log("deploy-tick")
+    history = node.ps("deploys", "--json")
+    assert history.code == 0 and rev2 in history.out and "following the declaration" in history.out
     print(f"the node ran rev2 {followed:.1f} s after the server's tick ended")
 
     # Every job finished exactly once, on either host, each under rev1 or rev2 and nothing else.
