@@ -73,7 +73,9 @@ KNOWN = [
     ("queues", "protea.ping", "processes"), ("queues", "protea.ping", "program"), ("queues", "x.y", "command"),
     ("env", "files"), ("control", "inet_host"), ("control", "inet_port"), ("lock", "flock_timeout"),
     ("tunnel_watch", "confirm_interval"), ("backup", "min_free_gb"), ("deploy", "retry_ladder"),
-    ("metrics", "host"), ("name",), ("probes", "api_ready_url"),
+    ("metrics", "host"), ("name",), ("probes", "api_ready_url"), ("programs", "api", "socket"),
+    ("host", "role"), ("host", "name"), ("host", "stale_after"), ("host", "db_url_env"), ("host", "heartbeat"),
+    ("queues", "protea.embeddings", "singleton"), ("queues", "protea.jobs", "singleton"), ("workers", "restart_delay"),
 ]  # fmt: skip
 
 
