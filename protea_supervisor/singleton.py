@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import zlib
 from collections.abc import Mapping
 
@@ -27,6 +28,8 @@ from protea_supervisor.errors import BackupFailed, RevisionRefused
 
 CLASS_KEY = 0x50535331  # "PSS1": protea-supervisor singletons, the first of pg_try_advisory_lock's two keys
 APP_PREFIX = "protea-singleton"
+OWN_RELEASE_WAIT = 10.0  # seconds a restarted worker waits for its own previous session's lock to go
+_HELD: list[subprocess.Popen[bytes]] = []  # the lock's psql, until this process execs the worker
 
 
 def queue_key(queue: str) -> int:
@@ -61,12 +64,22 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
         start_new_session=True,
     )
     assert psql.stdin and psql.stdout
-    psql.stdin.write(f"SELECT pg_try_advisory_lock({CLASS_KEY}, {queue_key(queue)});\n".encode())
-    psql.stdin.flush()
-    answer = psql.stdout.readline().decode().strip()
+    own = f"{APP_PREFIX} {host} {process}"[:63]
+    end = time.monotonic() + OWN_RELEASE_WAIT
+    while True:
+        psql.stdin.write(f"SELECT pg_try_advisory_lock({CLASS_KEY}, {queue_key(queue)});\n".encode())
+        psql.stdin.flush()
+        answer = psql.stdout.readline().decode().strip()
+        # Held under this very process's name: its previous run (just restarted) whose session Postgres has
+        # not closed yet. It goes within moments; anyone else's lock is a refusal at once.
+        if answer != "f" or _holder_name(target.env(), queue) != own or time.monotonic() > end:
+            break
+        time.sleep(0.1)
     if answer == "t":
-        # Kept open across exec: the worker holds the session for as long as it lives.
+        # Kept open across exec: the worker holds the session for as long as it lives. The Popen object is
+        # kept too, so that nothing closes the pipe between here and the exec.
         os.set_inheritable(psql.stdin.fileno(), True)
+        _HELD.append(psql)
         psql.stdout.close()
         return f"singleton {queue}: this process is its one consumer (lock held by psql pid {psql.pid})"
     psql.stdin.close()
@@ -80,6 +93,15 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
 
 
 def _holder(target_env: Mapping[str, str], queue: str) -> str:
+    name = _holder_name(target_env, queue)
+    if name.startswith(APP_PREFIX + " "):
+        host, _, process = name.removeprefix(APP_PREFIX + " ").partition(" ")
+        return f"{process} on host {host}"
+    return "held by a session that is not a protea-supervisor worker" if name else "its holder just left"
+
+
+def _holder_name(target_env: Mapping[str, str], queue: str) -> str:
+    """The application_name of the session holding the queue's lock ('' when none does)."""
     objid = queue_key(queue) & 0xFFFFFFFF
     query = (
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -93,8 +115,4 @@ def _holder(target_env: Mapping[str, str], queue: str) -> str:
         text=True,
         check=False,
     )
-    name = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
-    if name.startswith(APP_PREFIX + " "):
-        host, _, process = name.removeprefix(APP_PREFIX + " ").partition(" ")
-        return f"{process} on host {host}"
-    return "held by a session that is not a protea-supervisor worker" if name else "its holder just left"
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""

@@ -60,3 +60,21 @@ def test_two_hosts_starting_a_singleton_queue_at_once_get_one_consumer_every_tim
                     os.kill(process.pid, signal.SIGKILL)  # the lock goes with its holder, however it ends
                 process.wait()
     assert len(winners) == 20
+
+    # The lock lasts as long as the worker: a start long after the first one's is refused too, and once the
+    # first worker is gone (however it ended) its own restart gets it, even if it asks before Postgres has
+    # closed the dead one's session (it waits for its own old lock, never for another's).
+    first = start(env_file, tmp_path / "server-1", queue, "server-1")
+    try:
+        assert first.stdout and first.stdout.readline().strip() == "consuming"
+        later = start(env_file, tmp_path / "gpu-1", queue, "gpu-1")
+        assert later.wait(timeout=30) == 78
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    again = start(env_file, tmp_path / "server-1", queue, "server-1")
+    try:
+        assert again.stdout and again.stdout.readline().strip() == "consuming"
+    finally:
+        os.kill(again.pid, signal.SIGKILL)
+        again.wait()
