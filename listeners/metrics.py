@@ -65,6 +65,11 @@ def apply_event(state: MetricsState, event: Event, now: float) -> MetricsState:
         new = replace(new, starts=old.starts + 1, pid=0)
     elif event.state == "RUNNING":
         new = replace(new, pid=int(event.fields.get("pid", "0") or 0), started_at=now)
+        # A process that took another's name (the API switch's successor) is gone under its old name.
+        gone = [k for k, p in state.processes.items() if k != key and new.pid and p.pid == new.pid]
+        if gone:
+            kept = {k: p for k, p in state.processes.items() if k not in gone}
+            return replace(state, processes={**kept, key: new}, events=state.events + 1)
     elif event.state in ("EXITED", "STOPPED", "FATAL", "BACKOFF"):
         new = replace(new, pid=0)
     return replace(state, processes={**state.processes, key: new}, events=state.events + 1)

@@ -161,6 +161,13 @@ class Switcher:
             group.config = switch.config
             self.switches.pop(switch.group, None)
             self._log(f"switched {switch.group}: pid {switch.successor.pid} is {switch.serving}")
+            # Listeners last heard `<serving>` STOPPED (the old process) and `<serving>-next` RUNNING: one
+            # more event says the name runs again, with the successor's pid (the metrics listener drops
+            # the `-next` entry that held that pid).
+            from supervisor import events
+            from supervisor.states import ProcessStates
+
+            events.notify(events.ProcessStateRunningEvent(switch.successor, ProcessStates.RUNNING))
         elif switch.phase == "aborting":
             if state_name(switch.successor) not in DOWN:
                 return

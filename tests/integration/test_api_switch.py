@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import BIN, Stack, free_port
+from conftest import BIN, Stack, free_port, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket, record, serving
 
 pytestmark = pytest.mark.integration
@@ -25,7 +27,10 @@ def socket_stack(short_tmp: Path, repo: AppRepo, queue: str) -> Stack:
     repo.commit("the API on a socket", {"app.py": on_socket(APP, WARM_UP)})
     port = free_port()
     api = {"command": "{python} -P app.py fd0", "directory": "{root}", "socket": f"tcp://127.0.0.1:{port}"}
-    return deploy_stack(short_tmp, repo, queue, extra={"programs": {"api": api}}, api_port=port)
+    metrics = {"enabled": True, "port": free_port()}
+    return deploy_stack(
+        short_tmp, repo, queue, extra={"programs": {"api": api}, "metrics": metrics}, api_port=port
+    )
 
 
 def api_group(stack: Stack) -> dict[str, str]:
@@ -38,6 +43,12 @@ def api_group(stack: Stack) -> dict[str, str]:
         line.split() for line in out.splitlines() if line.split()[0] == "api" or line.startswith("api:")
     ]
     return {f[0]: f[1] for f in fields}
+
+
+def scrape(stack: Stack) -> str:
+    port = tomllib.loads(stack.file.read_text())["metrics"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 def reread(stack: Stack) -> str:
@@ -74,6 +85,9 @@ def test_a_deploy_replaces_the_api_without_a_failed_request_and_a_hung_one_never
     assert api_group(stack) == {"api": "RUNNING"}
     assert reread(stack) == "No config updates to processes"
     assert stack.status()["api"]["state"] == "RUNNING"
+    # The metrics listener heard the switch out: api up with the new pid, no `api-next` left behind.
+    wait_for(lambda: 'protea_process_up{group="api",process="api:api"} 1.0' in scrape(stack), 20, "api up")
+    assert "api-next" not in scrape(stack)
 
     # A revision whose API never gets ready (its start-up hangs; no canary in this stack): the serving API
     # answers every request throughout, no worker moves to it, and the successor is gone afterwards.

@@ -85,3 +85,19 @@ def test_the_series_the_alert_rules_need_come_from_the_timer_the_queues_and_the_
     assert got["protea_queue_status"].samples == ((("protea.jobs", "starved"), 1.0),)
     assert got["protea_queue_messages"].samples == ((("protea.jobs",), 4.0),)
     assert got["protea_queue_checked_timestamp_seconds"].samples == (((), 3600.0),)
+
+
+def test_after_an_api_switch_the_api_runs_with_the_successors_pid_and_the_successor_name_is_gone() -> None:
+    state = from_process_info(
+        [{"group": "api", "name": "api", "statename": "RUNNING", "pid": 7, "start": 10}]
+    )
+    switch = [
+        event("STARTING", "api-next", "api"), event("RUNNING", "api-next", "api", pid=8),
+        event("STOPPING", "api", "api"), event("STOPPED", "api", "api"),
+        event("RUNNING", "api", "api", pid=8),  # the extension's event once the successor took the name
+    ]  # fmt: skip
+    for n, ev in enumerate(switch):
+        state = apply_event(state, ev, 50.0 + n)
+    got = families(state, now=60.0)
+    assert got["protea_process_up"].samples == ((("api:api", "api"), 1.0),)
+    assert got["protea_process_rss_bytes"].samples == ((("api:api", "api"), 8192.0),)
