@@ -13,12 +13,38 @@ carry no pid), `replace_api` says why and the caller restarts the API as before.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from protea_supervisor.apply import Deadlines
+from protea_supervisor.control import Supervisor
 from protea_supervisor.errors import ProteaError
 from protea_supervisor.progress import Ticker
-from protea_supervisor.tickenv import TickEnv
+from protea_supervisor.stack import Stack
 from protea_supervisor.worktree import StepError
+
+
+class SwitchEnv(Protocol):
+    """What a switch needs: a tick's `TickEnv` has it, and so does `reload`'s `SwitchContext`."""
+
+    @property
+    def stack(self) -> Stack: ...
+    @property
+    def supervisor(self) -> Supervisor: ...
+    @property
+    def deadlines(self) -> Deadlines: ...
+    @property
+    def report(self) -> Callable[[str], None]: ...
+
+
+@dataclass(frozen=True)
+class SwitchContext:
+    stack: Stack
+    supervisor: Supervisor
+    deadlines: Deadlines
+    report: Callable[[str], None]
+
 
 PID_HEADER = "X-Api-Pid"
 POLL = 0.05  # between two requests to the readiness URL while the successor warms up
@@ -37,13 +63,13 @@ def answer(url: str, timeout: float) -> tuple[str, str]:
     return problem, response.headers.get(PID_HEADER, "").strip()
 
 
-def _info(env: TickEnv, name: str) -> dict[str, Any] | None:
+def _info(env: SwitchEnv, name: str) -> dict[str, Any] | None:
     return next(
         (i for i in env.supervisor.all_process_info() if i["group"] == "api" and i["name"] == name), None
     )
 
 
-def _settle(env: TickEnv, what: str) -> None:
+def _settle(env: SwitchEnv, what: str) -> None:
     """Wait until the extension has no switch of the API under way (the leaving process dropped)."""
     end = time.monotonic() + env.deadlines.stop + SETTLE_MARGIN
     ticker = Ticker(env.report)
@@ -54,7 +80,7 @@ def _settle(env: TickEnv, what: str) -> None:
         time.sleep(0.1)
 
 
-def _abort(env: TickEnv) -> None:
+def _abort(env: SwitchEnv) -> None:
     switch = env.supervisor.switches().get("api")
     if switch is None:
         return
@@ -63,7 +89,7 @@ def _abort(env: TickEnv) -> None:
     _settle(env, f"stopping {switch['successor']}")
 
 
-def replace_api(env: TickEnv) -> str:
+def replace_api(env: SwitchEnv) -> str:
     """Replace the API start-first onto the re-read config; '' when done, else why it could not be (nothing
     was changed then). Raises StepError when the successor exits or never answers (it is gone by then, and
     the serving API is untouched)."""
@@ -102,7 +128,7 @@ def replace_api(env: TickEnv) -> str:
     return ""
 
 
-def _prove(env: TickEnv, successor: str, pid: int, url: str, timeout: float) -> None:
+def _prove(env: SwitchEnv, successor: str, pid: int, url: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     ticker = Ticker(env.report)
     heard = "no answer from it yet"

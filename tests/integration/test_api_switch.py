@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import BIN, Stack, free_port, wait_for
+from conftest import BIN, Stack, free_port, toml_dump, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket, record, serving
 
 pytestmark = pytest.mark.integration
@@ -88,6 +88,19 @@ def test_a_deploy_replaces_the_api_without_a_failed_request_and_a_hung_one_never
     # The metrics listener heard the switch out: api up with the new pid, no `api-next` left behind.
     wait_for(lambda: 'protea_process_up{group="api",process="api:api"} 1.0' in scrape(stack), 20, "api up")
     assert "api-next" not in scrape(stack)
+
+    # `reload` of a changed API config (its environment) replaces it the same way.
+    data = tomllib.loads(stack.file.read_text())
+    data["programs"]["api"]["environment"] = {"API_FLAVOUR": "2"}
+    stack.file.write_text(toml_dump(data) + "\n")
+    with Poller(url) as polled:
+        reloaded = stack.ps("reload")
+    assert reloaded.code == 0, reloaded.both
+    newest_pid = str(stack.status()["api"]["pid"])
+    assert newest_pid != new_pid and f"pid {newest_pid} serves as api" in reloaded.out, reloaded.out
+    assert polled.failed == 0 and polled.pids[-1] == newest_pid, (polled.failed, polled.pids[-3:])
+    assert reread(stack) == "No config updates to processes"
+    new_pid = newest_pid
 
     # A revision whose API never gets ready (its start-up hangs; no canary in this stack): the serving API
     # answers every request throughout, no worker moves to it, and the successor is gone afterwards.
