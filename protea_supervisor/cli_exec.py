@@ -72,28 +72,29 @@ def exec_cmd(
 ) -> None:
     """Load env files, check required variables, and exec COMMAND (same pid, so supervisord tracks it)."""
     env = merged_environment(os.environ, env_files)
+    argv = list(after_double_dash(command))
+    if not argv:
+        raise UsageError("exec needs a command after --.")
+    missing = bool(requires_file) and not Path(str(requires_file)).exists()
     try:
         check_required(env, required, require_jwt_secret, env_files)
+        if missing and not fallback:
+            raise EnvError(f"{requires_file} is missing and no --fallback was given.")
     except EnvError as why:
         if refusals:  # exit 78: final, and said in `status`
             guard.refuse(refusals, env, str(why).rstrip("."), str(why))
         raise
-    argv = list(after_double_dash(command))
-    if not argv:
-        raise UsageError("exec needs a command after --.")
     if revision_guard:
         guard.check(Path.cwd(), env, declared_from, refusals)
     if singleton:
         click.echo(guard.single(singleton, singleton_db, host_name or "unknown", env, refusals), err=True)
-        if not revision_guard:
-            guard.passed(refusals, env)
-    if requires_file and not Path(requires_file).exists():
-        if not fallback:
-            raise EnvError(f"{requires_file} is missing and no --fallback was given.")
+    # Every check passed: a refusal an earlier start left is no longer true.
+    guard.passed(refusals, env)
+    if missing:
         click.echo(
             f"protea-supervisor exec: {requires_file} is missing; starting the fallback: {fallback}", err=True
         )
-        argv = shlex.split(fallback)
+        argv = shlex.split(str(fallback))
     try:
         os.execvpe(argv[0], argv, env)
     except FileNotFoundError:

@@ -62,7 +62,6 @@ def check(directory: Path, environ: Mapping[str, str], declared_from: str, refus
     )
     if verdict:
         refuse(refusals, environ, verdict, f"revision guard: {verdict}; not starting (exit 78).")
-    passed(refusals, environ)
 
 
 def refuse(refusals: Path | None, environ: Mapping[str, str], reason: str, message: str) -> NoReturn:

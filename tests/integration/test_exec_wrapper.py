@@ -85,3 +85,17 @@ def test_missing_command_and_missing_variable_exit_codes(tmp_path: Path) -> None
     assert required.code == 78 and "PROTEA_AMQP_URL" in required.err
     jwt = ps("exec", "--require-jwt-secret", "--", "true", env={"PROTEA_AUTHN_REQUIRED": "false"})
     assert jwt.code == 0
+
+
+def test_a_refused_start_leaves_its_reason_and_the_next_start_that_passes_clears_it(tmp_path: Path) -> None:
+    """With --refusals (a worker whose refusals are final), a missing variable is recorded for `status`
+    under the process's name; a start that passes every check removes the record."""
+    refusals = tmp_path / "refused"
+    names = {"SUPERVISOR_GROUP_NAME": "worker-jobs", "SUPERVISOR_PROCESS_NAME": "worker-jobs"}
+    args = ("exec", "--refusals", str(refusals), "--require", "PROTEA_AMQP_URL", "--", "true")
+    refused = ps(*args, env={**names, "PROTEA_AMQP_URL": ""})
+    assert refused.code == 78 and "PROTEA_AMQP_URL" in refused.err
+    record = refusals / "worker-jobs:worker-jobs"
+    assert "PROTEA_AMQP_URL" in record.read_text()
+    started = ps(*args, env={**names, "PROTEA_AMQP_URL": "amqp://x"})
+    assert started.code == 0 and not record.exists()
