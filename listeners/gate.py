@@ -184,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     saved = state_from_document(doc) if doc else None
     same = doc is not None and doc.get("supervisord_pid") == pid
     state, actions = resume(plan, saved, live_processes(rpc), time.time(), same)
-    executor.execute(actions)
+    # Said at once, whatever it decided: a tick that starts right after a boot waits until the state file is
+    # this supervisord's (rollout.wait_gate_idle).
+    executor.execute([*actions, *([] if any(isinstance(a, Publish) for a in actions) else [Publish(state)])])
     holder = {"state": state}
 
     def live() -> dict[str, Proc]:

@@ -108,10 +108,23 @@ def replace_idle(env: TickEnv, group: str) -> None:
     env.supervisor.replace_group(group)
 
 
+GATE_HELLO = 30.0  # how long a tick waits for a just-booted supervisord's gate listener to say what it does
+
+
 def wait_gate_idle(env: TickEnv) -> None:
-    """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish."""
+    """A gate run in progress (supervisord just booted, or `up`) owns the start order: let it finish. Right
+    after a boot the gate listener may not have said yet that it runs the gate (CI saw a tick restart the API
+    while the boot's gate was starting it): until the state file is this supervisord's, and while the gate
+    listener is coming up, the tick waits for it too."""
     deadline = time.monotonic() + gate_deadline(env.stack)
     ticker = Ticker(env.report)
+    pid, hello = env.supervisor.pid(), time.monotonic() + GATE_HELLO
+    while (read_gate_state(env.stack.paths.run) or {}).get("supervisord_pid") != pid:
+        gate = states(env.supervisor, "gate").get("gate", "")
+        if gate not in ("STARTING", "RUNNING", "BACKOFF") or time.monotonic() > hello:
+            break
+        ticker.say("the gate listener of the new supervisord is starting; waiting for it")
+        time.sleep(0.1)
     while (read_gate_state(env.stack.paths.run) or {}).get("phase") == "running":
         ticker.say("the gate is starting the stack; waiting for it to finish")
         if time.monotonic() > deadline:
