@@ -312,7 +312,7 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
             candidate = Path(tmp) / "supervisord.conf"
             candidate.write_text(text, encoding="utf-8")
             plan = plan_from_document(supervisor.plan_reload(candidate))
-        for line in describe_plan(plan):
+        for line in describe_plan(plan, switchable(stack)):
             click.echo(line)
         return
     refuse_during_export(stack, "reload", force)
@@ -320,7 +320,7 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
         prepare_dirs(stack)
         write_atomic(stack.config_path, rendered(stack), mode=0o600)
         plan = plan_from_document(supervisor.plan_reload())
-        for line in describe_plan(plan):
+        for line in describe_plan(plan, switchable(stack)):
             click.echo(line)
         if plan.empty:
             return
@@ -335,6 +335,12 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
         apply_plan(supervisor, plan, stop_deadline(stack), click.echo, stack_is_up(stack, supervisor))
         prune_logs(stack, click.echo)
     click.echo("reload done.")
+
+
+def switchable(stack: Stack) -> set[str]:
+    """The groups `reload` replaces start-first when they changed: the API on a socket supervisord holds."""
+    api = stack.program("api")
+    return {"api"} if api.enabled and api.socket else set()
 
 
 @click.group("gate")

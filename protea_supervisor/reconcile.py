@@ -118,8 +118,9 @@ def plan_from_document(doc: Mapping[str, object]) -> ReloadPlan:
     )
 
 
-def describe_plan(plan: ReloadPlan) -> list[str]:
-    """The lines `reload` prints, one per group that moves, in the order they are applied."""
+def describe_plan(plan: ReloadPlan, replaced: Collection[str] = ()) -> list[str]:
+    """The lines `reload` prints, one per group that moves, in the order they are applied; a changed group
+    in `replaced` (the API on a socket supervisord holds) is replaced start-first, not restarted."""
     lines = []
     for group, diff in plan.scaled:
         parts = []
@@ -130,7 +131,12 @@ def describe_plan(plan: ReloadPlan) -> list[str]:
         kept = f"; {len(diff.unchanged)} untouched" if diff.unchanged else ""
         lines.append(f"scale    {group}: {'; '.join(parts)}{kept}")
     lines += [f"remove   {name}" for name in plan.removed]
-    lines += [f"restart  {name}" for name in plan.in_start_order(plan.changed)]
+    lines += [
+        f"replace  {name} (start-first on its socket; restarted if it cannot be)"
+        if name in replaced
+        else f"restart  {name}"
+        for name in plan.in_start_order(plan.changed)
+    ]
     lines += [f"add      {name}" for name in plan.in_start_order(plan.added)]
     if plan.empty:
         lines.append("nothing to do: the running stack matches the rendered config")

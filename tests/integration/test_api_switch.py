@@ -96,6 +96,7 @@ def test_a_deploy_replaces_the_api_without_a_failed_request_and_a_hung_one_never
     with Poller(url) as polled:
         reloaded = stack.ps("reload")
     assert reloaded.code == 0, reloaded.both
+    assert "replace  api (start-first on its socket" in reloaded.out, reloaded.out
     newest_pid = str(stack.status()["api"]["pid"])
     assert newest_pid != new_pid and f"pid {newest_pid} serves as api" in reloaded.out, reloaded.out
     assert polled.failed == 0 and polled.pids[-1] == newest_pid, (polled.failed, polled.pids[-3:])

@@ -100,6 +100,11 @@ def test_plan_document_round_trip_and_description_in_apply_order() -> None:
         "add      worker-new",
         "untouched: 2 program(s)",
     ]
+    # The API on a socket supervisord holds is replaced start-first, and the plan says so.
+    assert (
+        describe_plan(plan, {"api"})[2]
+        == "replace  api (start-first on its socket; restarted if it cannot be)"
+    )
 
 
 def test_an_empty_plan_says_so() -> None:
