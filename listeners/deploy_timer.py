@@ -320,12 +320,10 @@ def ls_remote(repository: Path, remote: str, ref: str) -> tuple[str, str]:
 
 def declared_revision(stack: Any) -> tuple[str, str]:
     """A node's check: the revision the server declared in Postgres (its URL from the env files)."""
-    from protea_supervisor.declared import DeclarationUnavailable, current
-    from protea_supervisor.env import merged_environment
+    from protea_supervisor.declared import DeclarationUnavailable, current, server_url
 
-    variable = stack.host.db_url_env
     try:
-        declaration = current(merged_environment(os.environ, stack.env.files).get(variable, ""), variable)
+        declaration = current(server_url(stack), stack.host.db_url_env)
     except DeclarationUnavailable as why:
         return "", str(why)
     return (declaration.revision, "") if declaration else ("", "no revision is declared yet")

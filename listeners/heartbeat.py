@@ -89,7 +89,7 @@ def processes(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from protea_supervisor.env import merged_environment
+    from protea_supervisor.declared import server_url
     from protea_supervisor.guard import read_refusals
     from protea_supervisor.heartbeats import Beat, publish
     from protea_supervisor.lock import lock_document, resolve_path
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stack, log = listener_stack(argv, "heartbeat")
     rpc = rpc_factory(os.environ)
     host = stack.host
-    url = merged_environment(os.environ, stack.env.files).get(host.db_url_env, "")
+    url = server_url(stack)
     holder = {"state": BeatState()}
 
     def send(action: SendBeat) -> None:

@@ -365,8 +365,7 @@ class Collector:
 
 def hosts_reader(stack: Any) -> Callable[[], list[Family]]:
     """Reads every host's heartbeat and the declaration at each scrape; a failed read is a 0, not an error."""
-    from protea_supervisor.declared import DeclarationUnavailable, current
-    from protea_supervisor.env import merged_environment
+    from protea_supervisor.declared import DeclarationUnavailable, current, server_url
     from protea_supervisor.heartbeats import read_all
 
     from .metrics_hosts import host_families
@@ -374,7 +373,7 @@ def hosts_reader(stack: Any) -> Callable[[], list[Family]]:
     variable = stack.host.db_url_env
 
     def read() -> list[Family]:
-        url = merged_environment(os.environ, stack.env.files).get(variable, "")
+        url = server_url(stack)
         try:
             declaration = current(url, variable)
             return host_families(read_all(url, variable), declaration.revision if declaration else None, True)

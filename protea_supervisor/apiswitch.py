@@ -128,6 +128,15 @@ def replace_api(env: SwitchEnv) -> str:
     return ""
 
 
+def replaced(env: SwitchEnv) -> bool:
+    """The API replaced start-first onto the re-read config; False, said, when it cannot be (the caller
+    restarts it)."""
+    why = replace_api(env)
+    if why:
+        env.report(f"  api: restarting it (not replaced start-first: {why})")
+    return not why
+
+
 def _prove(env: SwitchEnv, successor: str, pid: int, url: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     ticker = Ticker(env.report)

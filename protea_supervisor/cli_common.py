@@ -13,7 +13,7 @@ import click
 
 from protea_supervisor.apply import Deadlines
 from protea_supervisor.cli_settings import Settings
-from protea_supervisor.env import merged_environment
+from protea_supervisor.declared import server_url
 from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.executor import read_record
 from protea_supervisor.files import load_stack, machine_facts
@@ -144,7 +144,6 @@ def refuse_during_export(stack: Stack, what: str, force: bool) -> None:
     if stack.host.node:
         # A node's workers serve the server's export too: its lock, as the server's heartbeat publishes it.
         variable = stack.host.db_url_env
-        url = merged_environment(os.environ, stack.env.files).get(variable, "")
-        export = server_export(read_all(url, variable))
+        export = server_export(read_all(server_url(stack), variable))
         if export:
             raise LockContention(f"refusing to {what}: {export}; use --force to interrupt it.")

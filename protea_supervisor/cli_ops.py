@@ -23,7 +23,7 @@ from protea_supervisor.cli_common import (
     stop_deadline,
 )
 from protea_supervisor.control import Supervisor
-from protea_supervisor.declared import DeclarationUnavailable
+from protea_supervisor.declared import DeclarationUnavailable, server_url
 from protea_supervisor.dumps import check_dump, prepare, run_backup, switch
 from protea_supervisor.dumps import drill as run_drill
 from protea_supervisor.env import merged_environment
@@ -103,7 +103,7 @@ def _running_elsewhere(stack: Stack) -> dict[str, int]:
         return {}
     variable = stack.host.db_url_env
     try:
-        beats = read_all(merged_environment(os.environ, stack.env.files).get(variable, ""), variable)
+        beats = read_all(server_url(stack), variable)
     except DeclarationUnavailable as why:
         click.echo(f"note: the other hosts' workers are not counted: {why}", err=True)
         return {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from protea_supervisor.apiswitch import SwitchContext, replace_api
+from protea_supervisor.apiswitch import SwitchContext, replaced
 from protea_supervisor.apply import apply_plan, stack_is_up, sync_group
 from protea_supervisor.cli_common import (
     changing,
@@ -324,14 +324,11 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
             click.echo(line)
         if plan.empty:
             return
-        if "api" in plan.changed:
-            # On a socket supervisord holds the API is replaced start-first, as a deploy does.
-            why = replace_api(SwitchContext(stack, supervisor, stop_deadline(stack), click.echo))
-            if why:
-                click.echo(f"  api: restarting it (not replaced start-first: {why})")
-            else:
-                moved = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed}
-                plan = plan.only(moved - {"api"})
+        # On a socket supervisord holds the API is replaced start-first, as a deploy does.
+        if "api" in plan.changed and replaced(
+            SwitchContext(stack, supervisor, stop_deadline(stack), click.echo)
+        ):
+            plan = plan.only(plan.moved - {"api"})
         apply_plan(supervisor, plan, stop_deadline(stack), click.echo, stack_is_up(stack, supervisor))
         prune_logs(stack, click.echo)
     click.echo("reload done.")

@@ -15,7 +15,7 @@ from protea_supervisor import declared, heartbeats, orphans
 from protea_supervisor.cli_common import load, shadow_notes, stack_lock
 from protea_supervisor.control import Supervisor
 from protea_supervisor.deploy import DeployRecord
-from protea_supervisor.env import merged_environment, redact, secret_values
+from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.executor import read_record
 from protea_supervisor.guard import read_refusals
@@ -170,7 +170,7 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
 def _all_hosts(stack: Stack, as_json: bool) -> None:
     """Read from the server's Postgres only: it works while this host's supervisord is down."""
     variable = stack.host.db_url_env
-    url = merged_environment(os.environ, stack.env.files).get(variable, "")
+    url = declared.server_url(stack)
     try:
         beats = heartbeats.read_all(url, variable)
         declaration = declared.current(url, variable)

@@ -15,11 +15,16 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protea_supervisor.backup import target_from_url
+from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import BackupFailed, ProteaError
 from protea_supervisor.hosts import HOST_NAME, SHA
 from protea_supervisor.postgres import Postgres
+
+if TYPE_CHECKING:  # only a type here: the exec wrapper's start-up does not load the stack model
+    from protea_supervisor.stack import Stack
 
 TABLE = "protea_supervisor.declared_revision"
 CHANNEL = "protea_supervisor_declared"
@@ -48,6 +53,11 @@ class Declaration:
     migrations: str  # sha256 of the migration files at the revision (`migration_digest`)
     host: str  # the server that declared it
     declared_at: str  # UTC, ISO 8601
+
+
+def server_url(stack: Stack) -> str:
+    """The server's Postgres URL: `host.db_url_env` as the stack's env files (over the environment) set it."""
+    return merged_environment(os.environ, stack.env.files).get(stack.host.db_url_env, "")
 
 
 def database(url: str, variable: str) -> Postgres:

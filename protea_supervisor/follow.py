@@ -8,29 +8,20 @@ says why: a silent wrong consumer is worse than no consumer.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import replace
 
 from protea_supervisor import deploy, hosts, releases
-from protea_supervisor.apply import LIVE, states, wait_until_gone_or_down
 from protea_supervisor.declared import DeclarationUnavailable, current
 from protea_supervisor.deploy import Step, Work
 from protea_supervisor.errors import ProteaError
 from protea_supervisor.executor import Deployer, now_iso, read_record, write_record
 from protea_supervisor.guard import read_checkout
 from protea_supervisor.heartbeats import read_all, server_export
-from protea_supervisor.rollout import all_running, own_groups
-from protea_supervisor.status import process_revision
+from protea_supervisor.lifecycle import stop_programs
+from protea_supervisor.rollout import off_revision
 from protea_supervisor.tickenv import TickEnv
 from protea_supervisor.worktree import StepError, changed_files, fetch, git
-
-
-def on_revision(env: TickEnv, revision: str) -> bool:
-    """Every worker of this node RUNNING with `revision` in its own environment."""
-    groups = own_groups(env.stack)
-    infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    return all_running(env) and all(process_revision(int(i["pid"])) == revision for i in infos)
 
 
 def server_export_now(env: TickEnv) -> str:
@@ -51,7 +42,7 @@ def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
     declared = declaration.revision if declaration else None
     record = read_record(stack)
     action, reason = hosts.follow_decision(
-        record.revision, declared, bool(declared) and on_revision(env, declared or ""), force
+        record.revision, declared, bool(declared) and not off_revision(env, declared or ""), force
     )
     env.report(f"decision: {action}: {reason}")
     if action != "follow" or declared is None:
@@ -117,14 +108,9 @@ def follow_tick(env: TickEnv, dry_run: bool, force: bool) -> tuple[int, str]:
 
 
 def _stop_workers(env: TickEnv) -> bool:
-    """Stop every worker group (each finishing its job within its grace); False when that failed too."""
-    with contextlib.suppress(ProteaError):
-        for group in sorted(own_groups(env.stack)):
-            if any(s in LIVE for s in states(env.supervisor, group).values()):
-                env.supervisor.stop_group(group)
-        for group in sorted(own_groups(env.stack)):
-            wait_until_gone_or_down(
-                env.supervisor, group, states(env.supervisor, group), env.deadlines.stop, env.report
-            )
-        return True
-    return False
+    """Stop every worker at once (each finishing its job within its grace); False when that failed too."""
+    try:
+        stop_programs(env.stack, env.supervisor, env.deadlines.stop, env.report)
+    except ProteaError:
+        return False
+    return True

@@ -64,10 +64,15 @@ class ReloadPlan:
     def empty(self) -> bool:
         return not (self.added or self.removed or self.scaled or self.changed)
 
+    @property
+    def moved(self) -> set[str]:
+        """Every group the plan touches."""
+        return {*self.added, *self.removed, *(g for g, _ in self.scaled), *self.changed}
+
     def only(self, groups: Collection[str]) -> ReloadPlan:
         """The part of the plan that touches `groups`; everything else counts as unchanged."""
         keep = set(groups)
-        moved = {*self.added, *self.removed, *(g for g, _ in self.scaled), *self.changed}
+        moved = self.moved
         return ReloadPlan(
             added=tuple(g for g in self.added if g in keep),
             removed=tuple(g for g in self.removed if g in keep),

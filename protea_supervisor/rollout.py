@@ -11,7 +11,7 @@ import time
 from urllib.parse import urlsplit
 
 from protea_supervisor import declared
-from protea_supervisor.apiswitch import answer, replace_api
+from protea_supervisor.apiswitch import answer, replaced
 from protea_supervisor.apply import (
     LIVE,
     UP,
@@ -138,10 +138,10 @@ def apply_revision(env: TickEnv, revision: str) -> None:
     env.write_config(revision)
     plan = plan_from_document(env.supervisor.plan_reload())
     # The tick must not restart itself; migrate takes its new config when it is next run.
-    keep = {*plan.added, *plan.removed, *(g for g, _ in plan.scaled), *plan.changed} - {"deploy-tick"}
+    keep = plan.moved - {"deploy-tick"}
     # The canary only takes its new config; only a deploy's canary step starts it.
     on_demand = {CANARY} & {*plan.added, *plan.changed}
-    if "api" in plan.changed and _replaced(env):
+    if "api" in plan.changed and replaced(env):
         keep -= {"api"}
     moving = plan.only(keep - {"migrate"} - on_demand)
     if "migrate" in plan.changed:
@@ -244,14 +244,6 @@ def _stop(env: TickEnv, group: str) -> None:
                                 env.report)  # fmt: skip
 
 
-def _replaced(env: TickEnv) -> bool:
-    """The API replaced start-first onto the re-read config (`apiswitch`); False, said, when it cannot be."""
-    why = replace_api(env)
-    if why:
-        env.report(f"  api: restarting it (not replaced start-first: {why})")
-    return not why
-
-
 def restart_api(env: TickEnv, revision: str) -> None:
     """Render with the revision and move the API alone onto it; it must answer its readiness URL within
     probes.api_ready_timeout before anything else moves. Workers and web keep their config meanwhile. On a
@@ -263,7 +255,7 @@ def restart_api(env: TickEnv, revision: str) -> None:
         return
     env.write_config(revision)
     moving = plan_from_document(supervisor.plan_reload()).only({"api"})
-    if "api" in moving.changed and _replaced(env):
+    if "api" in moving.changed and replaced(env):
         return
     for line in describe_plan(moving):
         env.report(line)
@@ -286,19 +278,25 @@ def declare_revision(env: TickEnv, revision: str) -> None:
     env.report(f"declared {deploy_short(revision)} in Postgres ({declared.TABLE}) from {host.name}")
 
 
-def verify_node(env: TickEnv, revision: str) -> None:
-    """A node moved onto `revision`: every worker RUNNING, and each process's own environment says it runs
-    that revision (PROTEA_REVISION, read from /proc), not only the config."""
-    wrong = []
+def off_revision(env: TickEnv, revision: str) -> list[str]:
+    """Each of this stack's own processes that is not RUNNING `revision` by its own environment
+    (PROTEA_REVISION, read from /proc), not only by the config; a group with no process at all counts too."""
     groups = own_groups(env.stack)
     infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    if not infos:
-        raise StepError("no worker runs on this node", "program")
+    wrong = [f"{g}: no process" for g in sorted(groups - {i["group"] for i in infos})]
     for info in infos:
         if info["statename"] != "RUNNING":
             wrong.append(f"{info['name']} {info['statename']}")
         elif (running := process_revision(int(info["pid"]))) != revision:
             wrong.append(f"{info['name']} runs {deploy_short(running or '')}")
+    return wrong
+
+
+def verify_node(env: TickEnv, revision: str) -> None:
+    """A node moved onto `revision`: every worker RUNNING it, by its own environment."""
+    if not own_groups(env.stack):
+        raise StepError("no worker runs on this node", "program")
+    wrong = off_revision(env, revision)
     if wrong:
         raise StepError(f"not every worker runs {deploy_short(revision)}: {', '.join(wrong)}", "program")
-    env.report(f"every worker runs {deploy_short(revision)} ({len(infos)} processes)")
+    env.report(f"every worker runs {deploy_short(revision)}")
