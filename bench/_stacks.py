@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -92,3 +93,12 @@ def ps(stack: Path, *args: str) -> str:
     return subprocess.run(
         [PS, "--stack", str(stack), *args], check=True, capture_output=True, text=True
     ).stdout
+
+
+def wait(condition: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll `condition` every 50 ms; end the bench, naming `what`, when it does not hold within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} within {seconds:g} s did not happen")
+        time.sleep(0.05)

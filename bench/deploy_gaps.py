@@ -34,6 +34,9 @@ from conftest import Stack, free_port
 from deploy_app import APP, AppRepo, Poller, deploy_stack, on_socket
 from rabbit import delete_queue, publish
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stacks import wait
+
 JOBS = 6
 JOB_SECONDS = 2.0
 WARM_UP = 2.0
@@ -60,14 +63,6 @@ def acks(stack: Stack) -> collections.Counter[int]:
     path = stack.root / "acks.log"
     text = path.read_text() if path.exists() else ""
     return collections.Counter(int(line.split()[0]) for line in text.splitlines())
-
-
-def wait(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {what} within {seconds:g} s did not happen")
-        time.sleep(0.05)
 
 
 def main() -> None:

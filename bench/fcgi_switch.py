@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stacks import free_port
+from _stacks import free_port, wait
 
 APP = textwrap.dedent(
     """
@@ -111,8 +111,7 @@ def main() -> None:
     try:
         for mode in ("restart", "switch"):
             run("start", "api:api-0")
-            while answer().startswith("failed"):
-                time.sleep(0.1)
+            wait(lambda: not answer().startswith("failed"), 30, "api-0 answering")
             answers: list[str] = []
             slowest = [0.0]
             done = threading.Event()
@@ -141,8 +140,7 @@ def main() -> None:
             else:
                 run("start", "api:api-1")
                 successor = run("pid", "api:api-1")
-                while successor not in answers[-20:]:
-                    time.sleep(0.05)
+                wait(lambda s=successor, seen=answers: s in seen[-20:], 30, "an answer from api-1")
                 run("stop", "api:api-0")
             took = time.monotonic() - began
             time.sleep(1)
