@@ -104,17 +104,21 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
         if count is not None:
             counts = load_counts(stack.paths.run) | batch_counts(stack, count)
             stack = apply_counts(stack, counts)
-        prepare_dirs(stack)
+        supervisor = Supervisor(stack.socket_path)
+        running = supervisor.is_running()
+        # A node never deploys the remote head: its timer follows the server's declaration once it runs.
+        first = (
+            not running and stack.deploy.enabled and not read_record(stack).revision and not stack.host.node
+        )
+        # On a fresh host the first deploy makes the worktree from deploy.repository, as a tick would.
+        prepare_dirs(stack, need_root=not first)
         # Before anything starts: a missing variable is named now, not as a crash loop later.
         env = merged_environment(os.environ, stack.env.files)
         check_required(env, stack.env.required, stack.env.require_jwt_secret, stack.env.files)
         text = rendered(stack)
         if count is not None:
             save_counts(stack.paths.run, counts)
-        supervisor = Supervisor(stack.socket_path)
-        running = supervisor.is_running()
-        # A node never deploys the remote head: its timer follows the server's declaration once it runs.
-        if not running and stack.deploy.enabled and not read_record(stack).revision and not stack.host.node:
+        if first:
             first_deploy_up(ctx, stack, supervisor)
             return
         write_atomic(stack.config_path, text, mode=0o600)

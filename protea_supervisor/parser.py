@@ -263,6 +263,11 @@ def _parse_deploy(reader: Reader, expand_: Expander, root: Path, probes: Probes)
         value = reader.get(f"deploy.{key}", "origin" if key == "remote" else "develop")
         if not value or value.startswith("-") or carry.arg_problem(value) or value != value.strip():
             raise reader.fail(f"deploy.{key}", f"must be a git {key} name, got {shown(value)!r}")
+
+    def shell(key: str) -> str:
+        """A command run with bash: placeholders are expanded as in a program's command ({{ for a brace)."""
+        return expand_.text(f"deploy.{key}", reader.get(f"deploy.{key}", ""))
+
     return Deploy(
         repository=expand_.path("deploy.repository", reader.get("deploy.repository", "{root}"), root),
         remote=reader.get("deploy.remote", "origin"),
@@ -271,12 +276,12 @@ def _parse_deploy(reader: Reader, expand_: Expander, root: Path, probes: Probes)
         jitter=reader.get("deploy.jitter", 0),
         retry_ladder=tuple(reader.get("deploy.retry_ladder", [30, 120, 300])),
         pause_after_escalation=reader.get("deploy.pause_after_escalation", 1800),
-        escalation_command=reader.get("deploy.escalation_command", ""),
+        escalation_command=shell("escalation_command"),
         lock_files=tuple(reader.get("deploy.lock_files", ["pyproject.toml", "poetry.lock"])),
-        install_command=reader.get("deploy.install_command", ""),
-        post_install_command=reader.get("deploy.post_install_command", ""),
+        install_command=shell("install_command"),
+        post_install_command=shell("post_install_command"),
         web_dir=web_dir,
-        build_command=reader.get("deploy.build_command", ""),
+        build_command=shell("build_command"),
         web_current=expand_.path(
             "deploy.web_current", reader.get("deploy.web_current", "{run}/web-current"), root
         ),

@@ -119,8 +119,11 @@ def test_a_fresh_host_deploys_with_one_up_and_a_tick_with_supervisord_down_blame
     try:
         early = stack.ps("tick")
         assert early.code == 50 and "protea-supervisor up" in early.out, early.both
+        # A fresh host has the repository's clone and no worktree yet: the first up makes it.
+        git(repo.repository, "worktree", "remove", "--force", str(repo.worktree))
         up = stack.ps("up")  # nothing built, no record: the first up is the first deploy
         assert up.code == 0, up.both
+        assert f"worktree {repo.worktree} is missing; recreating it" in up.out
         rev1 = git(repo.dev, "rev-parse", "HEAD")
         assert serving(stack) == f"v1 {rev1}" and record(stack)["revision"] == rev1
         served = os.readlink(stack.root / "run" / "web-current")

@@ -123,6 +123,10 @@ enabled = false
         ),
         ("[control]\ninet_port = 9001", "control.username must be set"),
         ("[workers]\ncommand = 'run {queeu}'", "workers.command uses unknown placeholder {queeu}"),
+        (
+            "[deploy]\nbuild_command = 'npm run {target}'",
+            "deploy.build_command uses unknown placeholder {target}",
+        ),
         ("[workers]\nstop_signal = 'TERMINATE'", "workers.stop_signal must be one of TERM"),
         (
             '[programs.api]\ncommand = "uvicorn \'unbalanced"',
@@ -184,6 +188,24 @@ def test_bad_input_names_file_key_and_expectation(text: str, expected: str | Non
     assert expected in message
     assert "/etc/protea/host.toml" in message or "not valid TOML" in message
     assert "\n" not in message
+
+
+def test_the_commands_a_tick_runs_take_the_placeholders() -> None:
+    stack = build(
+        host(
+            "[deploy]\ninstall_command = '{venv}/bin/python -m pip install -r requirements.lock'\n"
+            "build_command = 'npm ci && echo ${{HOME}}'\npost_install_command = '{python} -V'\n"
+            "escalation_command = 'notify {root}'"
+        )
+    )
+    root = "/home/op/Thesis2/worktrees/protea-deploy"
+    assert stack.deploy.install_command == f"{root}/.venv/bin/python -m pip install -r requirements.lock"
+    assert stack.deploy.build_command == "npm ci && echo ${HOME}"
+    assert (
+        stack.deploy.post_install_command.endswith(" -V")
+        and "{python}" not in stack.deploy.post_install_command
+    )
+    assert stack.deploy.escalation_command == f"notify {root}"
 
 
 def test_error_names_the_file_that_set_the_key_not_the_last_one() -> None:
