@@ -6,7 +6,9 @@ Write a mode into the --control file to make this process fail the way ngrok doe
   5xx    the public endpoint answers 502 with an ngrok error code
   drop   the agent API no longer lists the tunnel
 A new process clears the file (it starts healthy); a `sticky-` prefix (sticky-hang, ...) survives restarts,
-which makes a flapping tunnel.
+which makes a flapping tunnel. With --forward, the public endpoint forwards each GET to --addr as ngrok does
+(an answer ngrok could not get from the upstream is a 502 with ngrok's error code); without it, it answers a
+fixed text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--public-port", type=int, default=0, help="serve the public endpoint on this port")
     parser.add_argument("--addr", default="http://localhost:3000")
     parser.add_argument("--control", type=Path, default=None, help="file holding a failure mode")
+    parser.add_argument("--forward", action="store_true", help="forward public requests to --addr")
     args = parser.parse_args()
     control = args.control
     if control is not None and control.exists() and not control.read_text().startswith("sticky-"):
@@ -65,12 +70,27 @@ def main() -> None:
             if current == "hang":
                 time.sleep(3600)
             elif current == "5xx":
-                self.send_response(502)
-                self.send_header("Ngrok-Error-Code", "ERR_NGROK_8012")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.bad_gateway()
+            elif args.forward:
+                self.forward()
             else:
                 self.reply(200, b"PROTEA via tunnel", "text/plain")
+
+        def forward(self) -> None:
+            url = args.addr.rstrip("/") + self.path
+            try:
+                with urllib.request.urlopen(url, timeout=30) as answer:
+                    self.reply(answer.status, answer.read(), answer.headers.get("Content-Type", "text/html"))
+            except urllib.error.HTTPError as answer:
+                self.reply(answer.code, answer.read(), answer.headers.get("Content-Type", "text/html"))
+            except OSError:
+                self.bad_gateway()
+
+        def bad_gateway(self) -> None:
+            self.send_response(502)
+            self.send_header("Ngrok-Error-Code", "ERR_NGROK_8012")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
     def watch_for_exit() -> None:
         while True:
