@@ -65,23 +65,23 @@ def acks(stack: Stack) -> collections.Counter[int]:
     return collections.Counter(int(line.split()[0]) for line in text.splitlines())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-canary", action="store_true", help="deploy without deploy.api_canary_*")
-    parser.add_argument("--socket", action="store_true", help="the API on a socket supervisord holds")
-    args = parser.parse_args()
+Row = tuple[str, int, float, Poller, Poller, int]  # kind, exit, tick s, API poller, web poller, jobs cut off
+
+
+def measure(no_canary: bool, socket: bool) -> list[Row]:
+    """One tick of each kind under load; a row per kind."""
     base = Path(tempfile.mkdtemp(prefix="bd-"))
     queue = f"bench.deploy.{int(time.time())}"
     repo = AppRepo(base)
-    repo.commit("an API with a warm-up", {"app.py": SOCKET_APP if args.socket else WARMING_APP})
+    repo.commit("an API with a warm-up", {"app.py": SOCKET_APP if socket else WARMING_APP})
     canary, api_port = free_port(), free_port()
     extra: dict[str, Any] = (
         {}
-        if args.no_canary
+        if no_canary
         else {"deploy": {"api_canary_command": f"{{python}} -P app.py {canary}",
                          "api_canary_url": f"http://127.0.0.1:{canary}/jobs"}}
     )  # fmt: skip
-    if args.socket:
+    if socket:
         extra["programs"] = {"api": {"command": "{python} -P app.py fd0", "directory": "{root}",
                                      "socket": f"tcp://127.0.0.1:{api_port}"}}  # fmt: skip
     stack = deploy_stack(base, repo, queue, extra=extra, api_port=api_port)
@@ -90,7 +90,7 @@ def main() -> None:
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(stack.conf)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    rows = []
+    rows: list[Row] = []
     try:
         wait(lambda: (stack.conf.parent / "supervisor.sock").exists(), 30, "supervisord started")
         first = stack.ps("tick")
@@ -118,6 +118,15 @@ def main() -> None:
         daemon.terminate()
         daemon.wait()
         delete_queue(queue)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-canary", action="store_true", help="deploy without deploy.api_canary_*")
+    parser.add_argument("--socket", action="store_true", help="the API on a socket supervisord holds")
+    args = parser.parse_args()
+    rows = measure(args.no_canary, args.socket)
     mode = "without the canary" if args.no_canary else "with the canary"
     mode += ", the API on a socket supervisord holds" if args.socket else ""
     print(f"deploys under load ({mode}); API (warm-up {WARM_UP:g} s) and web polled every 50 ms during the "
