@@ -51,18 +51,23 @@ SERVE = 'http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handle
 def on_socket(app: str, warm_up: float) -> str:
     """`app` that, run with `fd0` for its port, serves on supervisord's socket (fd 0) once a start-up of
     `warm_up` s is over, as `uvicorn --fd 0` accepts only once the app has started; with a file HANG in its
-    directory that start-up never ends."""
+    directory that start-up never ends. On SIGTERM it stops accepting and finishes the requests it has
+    before it exits, as uvicorn does (the end-to-end stage's real uvicorn: 0 failed requests over every
+    switch; a stand-in that died on TERM cut the request it had just accepted)."""
     assert SERVE in app
     return app.replace(
         SERVE,
         "if sys.argv[1] == 'fd0':\n"
-        "    import socket, time\n"
+        "    import signal, socket, threading, time\n"
         f"    time.sleep({warm_up})\n"
         "    while (here / 'HANG').exists():\n"
         "        time.sleep(1)\n"
         "    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)\n"
+        "    server.daemon_threads = False\n"
         "    server.socket = socket.socket(fileno=0)\n"
+        "    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())\n"
         "    server.serve_forever()\n"
+        "    server.server_close()\n"
         f"else:\n    {SERVE}\n",
     )
 

@@ -58,7 +58,9 @@ def serve(name: str, port: int, handler: type[BaseHTTPRequestHandler], fd: int |
         server = _OnInheritedSocket(("127.0.0.1", 0), handler, bind_and_activate=False)
         server.socket = socket.socket(fileno=fd)
         port = int(server.socket.getsockname()[1])
-    server.daemon_threads = True
+    # On TERM the requests in hand are finished before the process exits (server_close joins them), as
+    # uvicorn drains: a request accepted in the moment of the stop is answered, not cut.
+    server.daemon_threads = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log(f"{name}: got signal {signum}, stopping")
