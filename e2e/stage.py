@@ -6,6 +6,7 @@ and pollers that play the public's browsers."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -85,6 +86,22 @@ class Sample:
     ok: bool
     pid: str
     body: str
+    failure: str = ""  # what a failed request met (`failure`)
+
+
+def failure(error: BaseException) -> str:
+    """`status N`, `reset` (the server closed the connection without an answer), `refused`, `timeout`, or
+    the error's type."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"status {error.code}"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError)):
+        return "reset"
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    if isinstance(reason, TimeoutError):
+        return "timeout"
+    return type(reason).__name__
 
 
 class Poller:
@@ -106,8 +123,8 @@ class Poller:
                     self.samples.append(
                         Sample(at, answer.status == 200, answer.headers.get("X-Api-Pid", ""), body)
                     )
-            except (urllib.error.URLError, OSError) as failed:
-                self.samples.append(Sample(at, False, "", str(failed)))
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as failed:
+                self.samples.append(Sample(at, False, "", str(failed), failure(failed)))
             self._done.wait(max(0.0, 0.05 - (time.monotonic() - at)))
 
     def __enter__(self) -> Poller:
@@ -138,8 +155,12 @@ class Poller:
     def first(self, condition: Callable[[Sample], bool]) -> float | None:
         return next((s.at for s in self.samples if s.ok and condition(s)), None)
 
+    def failures(self) -> Counter[str]:
+        return Counter(s.failure or "not 200" for s in self.samples if not s.ok)
+
     def summary(self) -> str:
-        return f"{self.failed}/{len(self.samples)} failed, longest gap {self.gap:.2f} s"
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.failures().items()))
+        return f"{self.failed}/{len(self.samples)} failed ({kinds or 'none'}), longest gap {self.gap:.2f} s"
 
 
 @dataclass
@@ -150,6 +171,7 @@ class Figures:
     code: int = 0
     seconds: float = 0.0
     api_failed: int = 0
+    api_resets: int = 0  # of api_failed: connections closed without an answer
     api_polls: int = 0
     proxy_failed: int = 0
     web_failed: int = 0
@@ -467,6 +489,7 @@ class Stage:
             code=result.code,
             seconds=result.seconds,
             api_failed=api.failed,
+            api_resets=api.failures()["reset"],
             api_polls=len(api.samples),
             proxy_failed=proxy.failed,
             web_failed=web.failed,
