@@ -292,6 +292,7 @@ def test_a_rollback_on_the_same_schema_serves_the_older_revision_until_unpinned(
     assert stage.ps("tick").code == 0, "the pinned revision stays while the head is the one rolled back from"
     truth(stage, SHAS["fix"])
     assert stage.ps("unpin").code == 0
+    assert "pinned until" not in stage.ps("status").out, "the last summary no longer says it is pinned"
     result, figures = stage.under_load("after unpin", "tick", new_revision=sha)
     assert result.code == 10, result.both
     answered(figures, switched=True)

@@ -179,14 +179,29 @@ def after_success(record: DeployRecord, revision: str, web_build: str, now: str)
     )
 
 
+PINNED_UNTIL = "; pinned until a commit other than "
+
+
+def pin_note(against: str) -> str:
+    """What a `rollback`'s summary says of its pin."""
+    return f"{PINNED_UNTIL}{short(against)} is the head, or `unpin`"
+
+
 def pinned(record: DeployRecord, against: str, now: str) -> DeployRecord:
     """After a successful `rollback`: hold the deployed revision until the head moves past `against`."""
     return replace(record, pinned=record.revision, pinned_against=against, pinned_at=now)
 
 
 def unpinned(record: DeployRecord) -> DeployRecord:
-    """A new deploy or `unpin` ends a `rollback`'s pin."""
-    return replace(record, pinned="", pinned_against="", pinned_at="")
+    """A new deploy or `unpin` ends a `rollback`'s pin; the last summary no longer says it is pinned."""
+    summary, pin, _until = record.last_summary.partition(PINNED_UNTIL)
+    return replace(
+        record,
+        pinned="",
+        pinned_against="",
+        pinned_at="",
+        last_summary=f"{summary}; the pin has ended" if pin else record.last_summary,
+    )
 
 
 def after_failure(record: DeployRecord, revision: str, rolled_back: bool) -> DeployRecord:

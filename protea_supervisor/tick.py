@@ -222,9 +222,7 @@ def roll_back_to(env: TickEnv, target: str) -> tuple[int, str]:
         code, summary = deploy_revision(env, target, record.revision, work, supervisord_up=True)
         if code == deploy.REDEPLOYED:
             write_record(stack, deploy.pinned(read_record(stack), record.revision, now_iso()))
-            summary += (
-                f"; pinned until a commit other than {deploy.short(record.revision)} is the head, or `unpin`"
-            )
+            summary += deploy.pin_note(record.revision)
         return code, summary
 
 

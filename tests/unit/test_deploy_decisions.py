@@ -7,8 +7,10 @@ from protea_supervisor.deploy import (
     after_failure,
     after_success,
     decide,
+    pin_note,
     pinned,
     record_from_doc,
+    unpinned,
     web_build_problems,
     work_for,
 )
@@ -88,6 +90,18 @@ def test_a_rollback_pin_holds_against_the_revision_rolled_back_from_only() -> No
     moved_on = after_success(held, C, "/c", "t4")
     assert moved_on.pinned == moved_on.pinned_against == moved_on.pinned_at == ""
     assert record_from_doc(held.to_doc()) == held
+
+
+def test_unpin_leaves_no_summary_that_says_pinned() -> None:
+    from dataclasses import replace
+
+    held = replace(pinned(DEPLOYED, B, "t3"), last_summary=f"deployed {A[:10]} (was {B[:10]}){pin_note(B)}")
+    assert "pinned until a commit other than bbbbbbbbbb" in held.last_summary
+    free = unpinned(held)
+    assert free.last_summary == f"deployed {A[:10]} (was {B[:10]}); the pin has ended"
+    assert free.pinned == free.pinned_against == ""
+    plain = replace(DEPLOYED, last_summary="no-op: on the head")
+    assert unpinned(plain).last_summary == "no-op: on the head"
 
 
 def test_the_record_round_trips() -> None:
