@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from protea_supervisor import deploy
@@ -99,35 +100,48 @@ def deliver(
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Post the event to every target, each up to 1 + retries times; returns how many took it (2xx)."""
-    delivered = 0
-    for target in sends:
-        url = urls.get(target.variable, "")
-        name = f"${target.variable} ({target.style})"
-        if not url:
-            log(
-                f"deploy.{event.event} -> {name}: the variable is not set in the environment or the env files"
-            )
-            continue
-        pause = 1.0
-        for attempt in range(1, settings.retries + 2):
-            try:
-                status = post(url, payload(target.style, event), settings.timeout)
-                outcome = f"HTTP {status}"
-                ok = 200 <= status < 300
-            except OSError as why:  # a refused connection, a timeout, a name that does not resolve
-                outcome, ok = type(why).__name__, False
-            if ok:
-                log(f"deploy.{event.event} -> {name}: {outcome}")
-                delivered += 1
-                break
-            if attempt > settings.retries:
-                log(f"deploy.{event.event} -> {name}: {outcome}; giving up after {attempt} attempts")
-                break
-            log(f"deploy.{event.event} -> {name}: {outcome}; retry in {pause:g} s")
-            sleep(pause)
-            pause *= 2
-    return delivered
+    """Post the event to every target at once, each on its own thread and up to 1 + retries times, so that a
+    webhook that hangs or refuses delays no other; returns how many took it (2xx)."""
+    if not sends:
+        return 0
+    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+        taken = pool.map(lambda target: deliver_one(event, target, urls, settings, post, log, sleep), sends)
+        return sum(taken)
+
+
+def deliver_one(
+    event: Event,
+    target: Target,
+    urls: Mapping[str, str],
+    settings: NotifySettings,
+    post: Post,
+    log: Callable[[str], None],
+    sleep: Callable[[float], None],
+) -> bool:
+    """One target's attempts, with a doubling pause between them."""
+    url = urls.get(target.variable, "")
+    name = f"${target.variable} ({target.style})"
+    if not url:
+        log(f"deploy.{event.event} -> {name}: the variable is not set in the environment or the env files")
+        return False
+    pause = 1.0
+    for attempt in range(1, settings.retries + 2):
+        try:
+            status = post(url, payload(target.style, event), settings.timeout)
+            outcome = f"HTTP {status}"
+            ok = 200 <= status < 300
+        except OSError as why:  # a refused connection, a timeout, a name that does not resolve
+            outcome, ok = type(why).__name__, False
+        if ok:
+            log(f"deploy.{event.event} -> {name}: {outcome}")
+            return True
+        if attempt > settings.retries:
+            log(f"deploy.{event.event} -> {name}: {outcome}; giving up after {attempt} attempts")
+            return False
+        log(f"deploy.{event.event} -> {name}: {outcome}; retry in {pause:g} s")
+        sleep(pause)
+        pause *= 2
+    return False
 
 
 # --- the edge --------------------------------------------------------------------------------------------

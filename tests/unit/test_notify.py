@@ -4,6 +4,7 @@ URL (a secret) never in a log line."""
 from __future__ import annotations
 
 import json
+import threading
 
 from protea_supervisor.notify import Event, Target, deliver, payload, tick_event
 from protea_supervisor.stack import NotifySettings
@@ -55,10 +56,13 @@ def test_the_sender_retries_with_a_doubling_pause_gives_up_and_never_logs_the_ur
     sent = deliver(EVENT, [Target("HOOK", "slack"), Target("UNSET", "json")], {"HOOK": SECRET_URL}, settings,
                    post, lines.append, pauses.append)  # fmt: skip
     assert sent == 1 and pauses == [1.0, 2.0] and posted == [(SECRET_URL, 2.5)] * 3
-    assert lines == [
+    # The targets are sent to at once: each one's lines are in order, the two interleave as they may.
+    assert [line for line in lines if "$HOOK" in line] == [
         "deploy.succeeded -> $HOOK (slack): ConnectionRefusedError; retry in 1 s",
         "deploy.succeeded -> $HOOK (slack): HTTP 503; retry in 2 s",
         "deploy.succeeded -> $HOOK (slack): HTTP 200",
+    ]
+    assert [line for line in lines if "$UNSET" in line] == [
         "deploy.succeeded -> $UNSET (json): the variable is not set in the environment or the env files",
     ]
     never = deliver(EVENT, [Target("HOOK", "json")], {"HOOK": SECRET_URL}, NotifySettings(retries=0),
@@ -67,3 +71,23 @@ def test_the_sender_retries_with_a_doubling_pause_gives_up_and_never_logs_the_ur
         never == 0 and lines[-1] == "deploy.succeeded -> $HOOK (json): HTTP 500; giving up after 1 attempts"
     )
     assert all("s3cr3t" not in line for line in lines)
+
+
+def test_a_webhook_that_hangs_holds_no_other() -> None:
+    """The Slack hook answers only once the JSON hook has been sent to: sent one after the other, Slack first,
+    it would wait in vain (and the JSON hook would be late by Slack's whole timeout)."""
+    json_sent = threading.Event()
+
+    def post(url: str, body: bytes, timeout: float) -> int:
+        if url == "https://slack.example/hook":
+            return 200 if json_sent.wait(10) else 504
+        json_sent.set()
+        return 200
+
+    lines: list[str] = []
+    settings = NotifySettings(slack_url_env=("SLACK",), json_url_env=("JSON",), retries=0)
+    urls = {"SLACK": "https://slack.example/hook", "JSON": "https://json.example/hook"}
+    sent = deliver(
+        EVENT, [Target("SLACK", "slack"), Target("JSON", "json")], urls, settings, post, lines.append
+    )
+    assert sent == 2, lines
