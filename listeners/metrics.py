@@ -23,6 +23,7 @@ from typing import Any
 
 from protea_supervisor.humane import recent_restarts
 from protea_supervisor.lock import lock_document, resolve_path
+from protea_supervisor.stack import ONE_SHOTS
 
 from .edge import listener_stack, read_json, rpc_factory
 from .protocol import Event, run
@@ -36,7 +37,7 @@ class Proc:
     state: str
     pid: int = 0
     started_at: float = 0.0
-    starts: int = 0
+    failures: int = 0  # unexpected exits and failed starts (`failed`)
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,25 @@ def from_process_info(infos: Iterable[Mapping[str, Any]]) -> MetricsState:
     return MetricsState(processes=processes)
 
 
+def failed(event: Event, group: str) -> bool:
+    """A restart that alerts should hear of: a long-running process that exited unexpectedly (supervisord's
+    `expected:0`: a crash, a wrong exit code) or a start that failed before its startsecs (BACKOFF). A stop by
+    an operator, a deploy or a scale-down (STOPPED), a deploy's start, and a one-shot's run are not."""
+    if group in ONE_SHOTS:
+        return False
+    return event.state == "BACKOFF" or (event.state == "EXITED" and event.fields.get("expected") == "0")
+
+
 def apply_event(state: MetricsState, event: Event, now: float) -> MetricsState:
     if not event.name.startswith("PROCESS_STATE_"):
         return state
     key = event.process
     old = state.processes.get(key, Proc(event.fields.get("groupname", ""), "UNKNOWN"))
     new = replace(old, state=event.state)
+    if failed(event, old.group or event.fields.get("groupname", "")):
+        new = replace(new, failures=old.failures + 1)
     if event.state == "STARTING":
-        new = replace(new, starts=old.starts + 1, pid=0)
+        new = replace(new, pid=0)
     elif event.state == "RUNNING":
         new = replace(new, pid=int(event.fields.get("pid", "0") or 0), started_at=now)
         # A process that took another's name (the API switch's successor) is gone under its old name.
@@ -119,9 +131,10 @@ def samples(
         ),
         _family(
             "protea_process_restarts",
-            "starts seen since the metrics listener started",
+            "restarts after an unexpected exit or a failed start, since the metrics listener started "
+            "(not a deploy's, an operator's or a one-shot's start)",
             by_proc,
-            (((k, p.group), float(p.starts)) for k, p in procs),
+            (((k, p.group), float(p.failures)) for k, p in procs),
             kind="counter",
         ),
         _family(

@@ -23,6 +23,8 @@ MAX_PROCESSES = 100
 # Program names protea-supervisor renders itself: the listeners, the tick, the roles. No queue may take one,
 # or supervisord would keep one of the two sections and silently drop or merge the other.
 RESERVED = frozenset({"gate", "tunnel-watch", "deploy-timer", "metrics", "deploy-tick", "api-canary", *ROLES})
+# Programs that run once and exit when started (by the gate, a tick or a deploy): their exits are no restarts.
+ONE_SHOTS = frozenset({"migrate", "deploy-tick", "api-canary"})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import Stack, free_port, stack_file, toml_dump, wait_for
+from conftest import BIN, Stack, free_port, stack_file, toml_dump, wait_for
 from rabbit import WORKER_COMMAND, connect, delete_queue, publish
 
 from protea_supervisor.control import Supervisor
@@ -68,6 +68,20 @@ def test_a_scrape_reflects_a_crash_and_restart_and_carries_no_secret(
         30,
         "the restart to show",
     )
+    # An operator's restart is no failure: once the listener has heard the new process RUNNING (its uptime
+    # counts from the restart), the count is what it was.
+    crashed_pid = stack.status()["api"]["pid"]
+    restarted_at = time.monotonic()
+    ctl = [str(BIN / "supervisorctl"), "-c", str(stack.conf), "restart", "api"]
+    assert subprocess.run(ctl, capture_output=True, text=True).returncode == 0
+    assert stack.status()["api"]["pid"] != crashed_pid
+
+    def heard() -> bool:
+        uptime = sample(scrape(port), "protea_process_uptime_seconds", process="api:api")
+        return uptime is not None and uptime < time.monotonic() - restarted_at
+
+    wait_for(heard, 20, "the metrics listener to hear the operator's restart")
+    assert sample(scrape(port), "protea_process_restarts_total", process="api:api") == before + 1
     text = scrape(port)
     assert (sample(text, "protea_process_rss_bytes", process="api:api") or 0) > 1e6
     assert sample(text, "protea_gate_phase", phase="done") == 1.0

@@ -6,10 +6,12 @@ from protea_supervisor.listeners.metrics import MetricsState, apply_event, from_
 from protea_supervisor.listeners.protocol import Event
 
 
-def event(state: str, name: str, group: str, pid: int = 0) -> Event:
+def event(state: str, name: str, group: str, pid: int = 0, expected: str = "") -> Event:
     fields = {"processname": name, "groupname": group}
     if pid:
         fields["pid"] = str(pid)
+    if expected:
+        fields["expected"] = expected
     return Event(f"PROCESS_STATE_{state}", fields=fields)
 
 
@@ -21,7 +23,7 @@ def test_a_crash_and_restart_show_as_state_changes_and_a_restart() -> None:
     state = from_process_info(
         [{"group": "api", "name": "api", "statename": "RUNNING", "pid": 7, "start": 10}]
     )
-    for ev, at in [(event("EXITED", "api", "api"), 50.0), (event("STARTING", "api", "api"), 51.0),
+    for ev, at in [(event("EXITED", "api", "api", expected="0"), 50.0), (event("STARTING", "api", "api"), 51.0),
                    (event("RUNNING", "api", "api", pid=9), 52.0)]:  # fmt: skip
         state = apply_event(state, ev, at)
     got = families(state, now=60.0)
@@ -31,6 +33,35 @@ def test_a_crash_and_restart_show_as_state_changes_and_a_restart() -> None:
     assert got["protea_process_rss_bytes"].samples == ((("api:api", "api"), 9216.0),)
     running = [labels for labels, value in got["protea_process_state"].samples if value]
     assert running == [("api:api", "api", "RUNNING")]
+
+
+def test_restarts_count_crashes_and_failed_starts_not_deploys_operators_or_one_shots() -> None:
+    """Four deploys in a row (stop, start), a migrate and a tick run each time, an operator's stop and start:
+    no restart, so ProteaProcessFlapping (more than 3 in 15 minutes) stays quiet on a healthy stack. A crash
+    and two failed starts: three."""
+    state = from_process_info(
+        [{"group": "api", "name": "api", "statename": "RUNNING", "pid": 7, "start": 10}]
+    )
+    deploy = [
+        event("STOPPING", "api", "api"), event("STOPPED", "api", "api"), event("STARTING", "api", "api"),
+        event("RUNNING", "api", "api", pid=8), event("STARTING", "migrate", "migrate"),
+        event("RUNNING", "migrate", "migrate", pid=9), event("EXITED", "migrate", "migrate", expected="1"),
+        event("STARTING", "deploy-tick", "deploy-tick"), event("RUNNING", "deploy-tick", "deploy-tick", pid=10),
+        event("EXITED", "deploy-tick", "deploy-tick", expected="0"),  # a failed tick is the tick's own alert
+        event("EXITED", "migrate", "migrate", expected="0"),
+    ]  # fmt: skip
+    for ev in deploy * 4:
+        state = apply_event(state, ev, 1.0)
+    got = families(state)
+    assert dict(got["protea_process_restarts"].samples) == {
+        ("api:api", "api"): 0.0, ("migrate:migrate", "migrate"): 0.0, ("deploy-tick:deploy-tick", "deploy-tick"): 0.0
+    }  # fmt: skip
+    crash = [event("EXITED", "api", "api", expected="0"), event("STARTING", "api", "api"),
+             event("BACKOFF", "api", "api"), event("STARTING", "api", "api"), event("BACKOFF", "api", "api"),
+             event("STARTING", "api", "api"), event("RUNNING", "api", "api", pid=11)]  # fmt: skip
+    for ev in crash:
+        state = apply_event(state, ev, 2.0)
+    assert dict(families(state)["protea_process_restarts"].samples)[("api:api", "api")] == 3.0
 
 
 def test_a_down_process_has_no_uptime_or_rss_and_is_not_up() -> None:
