@@ -1,11 +1,13 @@
 """This host's heartbeat in the server's Postgres (host.heartbeat): an event listener that upserts one row
 per host (`heartbeats.TABLE`) on every process state change (at most one a second, the rest coalesced into
-the next TICK_5) and at least every 10 s, so `status --all-hosts` sees every host's processes and a host
-whose supervisord died goes stale.
+the next TICK_5), at a TICK_5 when this host's stack-owner lock is not what the last beat carried (an export
+taken or ended: within 5 s), and at least every 10 s, so `status --all-hosts` sees every host's processes and
+a host whose supervisord died goes stale.
 
-`handle` is pure: (state, event, now) -> (state, actions); `sent` records the outcome of a send. The
-executor reads supervisord's process list and each process's PROTEA_REVISION, and writes the row; a write
-that fails (Postgres unreachable) is logged once per kind of failure and retried at the next TICK_5.
+`handle` is pure: (state, event, now, lock) -> (state, actions); `sent` records the outcome of a send. The
+executor reads the lock file at each TICK_5, supervisord's process list and each process's PROTEA_REVISION,
+and writes the row; a write that fails (Postgres unreachable) is logged once per kind of failure and retried
+at the next TICK_5.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from .protocol import Event, run
 
 INTERVAL = 10.0  # heartbeats.INTERVAL: at least this often
 SPACING = 1.0  # at most one heartbeat a second for state changes
+TICK = 5.0  # TICK_5's period
+# At a tick, a beat goes out when the next tick could come too late for INTERVAL (half a second allowed for a
+# late tick): with regular ticks that is every tick, and never more than INTERVAL apart.
+DUE = INTERVAL - TICK - 0.5
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class BeatState:
     last_sent: float | None = None  # when the last heartbeat was written (None: never)
     dirty: bool = False  # a process changed state since
     last_error: str = ""
+    lock: str | None = None  # the stack-owner lock (owner and task) the last beat carried
 
 
 @dataclass(frozen=True)
@@ -44,21 +51,26 @@ def _since(state: BeatState, now: float) -> float:
     return float("inf") if state.last_sent is None else now - state.last_sent
 
 
-def handle(state: BeatState, event: Event, now: float) -> tuple[BeatState, list[Any]]:
+def handle(state: BeatState, event: Event, now: float, lock: str = "") -> tuple[BeatState, list[Any]]:
+    """`lock`: the stack-owner lock as it is now (read at each TICK_5)."""
     if event.name.startswith("PROCESS_STATE"):
         if _since(state, now) >= SPACING:
             return replace(state, dirty=False), [SendBeat(f"{event.process} {event.state}")]
         return replace(state, dirty=True), []
-    if event.name == "TICK_5" and (state.dirty or _since(state, now) >= INTERVAL - 1.0):
-        return replace(state, dirty=False), [SendBeat("changes" if state.dirty else "interval")]
+    if event.name == "TICK_5":
+        if state.lock is not None and lock != state.lock:
+            return replace(state, dirty=False), [SendBeat(f"stack-owner lock {lock}")]
+        if state.dirty or _since(state, now) >= DUE:
+            return replace(state, dirty=False), [SendBeat("changes" if state.dirty else "interval")]
     return state, []
 
 
-def sent(state: BeatState, error: str, now: float) -> tuple[BeatState, list[Any]]:
-    """After a send: a failure leaves the beat due (the next TICK_5 sends again), logged once per kind."""
+def sent(state: BeatState, error: str, now: float, lock: str = "") -> tuple[BeatState, list[Any]]:
+    """After a send (carrying `lock`): a failure leaves the beat due (the next TICK_5 sends again), logged
+    once per kind."""
     if not error:
         back = [Log(f"heartbeat: sent again after: {state.last_error}")] if state.last_error else []
-        return replace(state, last_sent=now, last_error=""), back
+        return replace(state, last_sent=now, last_error="", lock=lock), back
     said = [] if error == state.last_error else [Log(f"heartbeat: not sent: {error}")]
     return replace(state, dirty=True, last_error=error), said
 
@@ -100,11 +112,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = server_url(stack)
     holder = {"state": BeatState()}
 
+    def read_lock() -> tuple[dict[str, Any], str]:
+        lock = lock_document(resolve_path(None, dict(os.environ), stack.lock.file))
+        return lock, f"{lock.get('owner', '')}:{lock.get('task_id', '')}"
+
     def send(action: SendBeat) -> None:
         now = time.time()
         record = record_from_doc(read_json(stack.paths.run / "deployed.json"))
         infos = rpc().supervisor.getAllProcessInfo()
-        lock = lock_document(resolve_path(None, dict(os.environ), stack.lock.file))
+        lock, key = read_lock()
         refused = read_refusals(stack.paths.run / "refused")
         beat = Beat(host.name, host.role, record.revision, processes(infos, now, refused), lock=lock)
         try:
@@ -112,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             error = ""
         except ProteaError as why:
             error = str(why)
-        holder["state"], said = sent(holder["state"], error, time.monotonic())
+        holder["state"], said = sent(holder["state"], error, time.monotonic(), key)
         execute_each(said, lambda a: log(a.message), log, "heartbeat")
 
     def perform(action: Any) -> None:
@@ -124,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     log(f"heartbeat: {host.name} ({host.role}) to {host.db_url_env} every {INTERVAL:g} s and on changes")
 
     def on_event(event: Event) -> None:
-        holder["state"], actions = handle(holder["state"], event, time.monotonic())
+        lock = read_lock()[1] if event.name == "TICK_5" else holder["state"].lock or ""
+        holder["state"], actions = handle(holder["state"], event, time.monotonic(), lock)
         execute_each(actions, perform, log, "heartbeat")
 
     run(on_event, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
