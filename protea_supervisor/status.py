@@ -84,7 +84,9 @@ def table(status_rows: Iterable[StatusRow]) -> str:
         rss = f"{row.rss_mb:.1f}" if row.rss_mb is not None else "-"
         pid = str(row.pid) if row.pid else "-"
         uptime = format_uptime(row.uptime_s) if row.pid else "-"
-        lines.append(f"{row.name:<35} {row.state:<9} {pid:>8} {rss:>8} {uptime:>8} {row.restarts:>8}")
+        line = f"{row.name:<35} {row.state:<9} {pid:>8} {rss:>8} {uptime:>8} {row.restarts:>8}"
+        # A start a check refused says why on its own line's end, as `--json` and `--all-hosts` do.
+        lines.append(f"{line}  {row.description}" if row.description.startswith("refused: ") else line)
     return "\n".join(lines)
 
 

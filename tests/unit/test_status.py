@@ -49,6 +49,11 @@ def test_rows_carry_state_pid_rss_uptime_and_restarts() -> None:
     assert (migrate.pid, migrate.rss_mb, migrate.uptime_s) == (0, None, 0)
     text = table([api, migrate])
     assert "api" in text and "200.0" in text and "1m05s" in text
+    refused_info = {**infos[1], "name": "worker-jobs", "group": "worker-jobs", "statename": "FATAL"}
+    why = "revision abc is not the declared def"
+    (worker,) = rows([refused_info], {}, {}, {"worker-jobs:worker-jobs": why})
+    assert table([worker]).splitlines()[1].endswith(f"  refused: {why}")
+    assert "refused" not in table([api, migrate])
 
 
 def test_format_uptime() -> None:
