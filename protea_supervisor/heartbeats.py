@@ -13,6 +13,7 @@ from typing import Any
 from protea_supervisor.declared import DeclarationUnavailable, database
 from protea_supervisor.errors import BackupFailed
 from protea_supervisor.hosts import HOST_NAME
+from protea_supervisor.stack import RESERVED
 
 TABLE = "protea_supervisor.heartbeat"
 INTERVAL = 10.0  # seconds between two heartbeats of a host when nothing changes
@@ -98,8 +99,9 @@ def flags(
     singletons: Mapping[str, str] | None = None,
 ) -> list[str]:
     """What an operator must look at: stale hosts, refused starts, processes on a revision other than the
-    declared one (only processes that run a revision: a worker started before any deploy has none), and a
-    singleton queue (`singletons`: its program -> its queue) with more than one RUNNING worker in all."""
+    declared one, a queue worker that runs no revision at all while one is declared (a node's workers right
+    after its first `up`, before it followed the declaration), and a singleton queue (`singletons`: its
+    program -> its queue) with more than one RUNNING worker in all."""
     found = _doubled(beats, singletons or {})
     for beat in beats:
         if beat.age_s > stale_after:
@@ -113,9 +115,13 @@ def flags(
             continue
         for process in beat.processes:
             revision = str(process.get("revision") or "")
-            if process.get("state") == "RUNNING" and revision and revision != declared:
-                name = process.get("name")
+            if process.get("state") != "RUNNING":
+                continue
+            name = process.get("name")
+            if revision and revision != declared:
                 found.append(f"{beat.host}: {name} runs {revision[:10]}, not the declared {declared[:10]}")
+            elif not revision and str(process.get("group", "")) not in RESERVED:
+                found.append(f"{beat.host}: {name} runs no revision, not the declared {declared[:10]}")
     return found
 
 

@@ -21,8 +21,7 @@ from protea_supervisor.listeners.gate import COMM_TYPE, start_request
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.gate_handler import CHAIN, STEPS
 from protea_supervisor.progress import Ticker, names
-from protea_supervisor.render import LISTENERS
-from protea_supervisor.stack import Stack
+from protea_supervisor.stack import LISTENERS, Stack
 
 Report = Callable[[str], None]
 POLL = 0.2

@@ -15,8 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from protea_supervisor.files import write_atomic
-from protea_supervisor.render import LISTENERS
-from protea_supervisor.stack import Stack
+from protea_supervisor.stack import LISTENERS, Stack
 
 DAY = 86400
 SEEN_FILE = "processes-seen.json"

@@ -92,7 +92,6 @@ def tunnel_watched(stack: Stack) -> bool:
 
 
 # Every listener protea-supervisor may render (which ones a stack has depends on its settings).
-LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics", "heartbeat")
 
 
 def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:

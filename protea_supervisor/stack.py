@@ -22,7 +22,9 @@ PROGRAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 MAX_PROCESSES = 100
 # Program names protea-supervisor renders itself: the listeners, the tick, the roles. No queue may take one,
 # or supervisord would keep one of the two sections and silently drop or merge the other.
-RESERVED = frozenset({"gate", "tunnel-watch", "deploy-timer", "metrics", "deploy-tick", "api-canary", *ROLES})
+# The event listeners protea-supervisor renders (render.listener_blocks).
+LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics", "heartbeat")
+RESERVED = frozenset({*LISTENERS, "deploy-tick", "api-canary", *ROLES})
 # Programs that run once and exit when started (by the gate, a tick or a deploy): their exits are no restarts.
 ONE_SHOTS = frozenset({"migrate", "deploy-tick", "api-canary"})
 

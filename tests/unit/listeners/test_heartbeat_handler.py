@@ -134,7 +134,8 @@ def test_queues_count_the_running_workers_of_every_other_fresh_host() -> None:
 
 def test_a_singleton_queue_with_a_consumer_on_each_host_is_a_problem() -> None:
     def worker(state: str = "RUNNING") -> dict[str, object]:
-        return {"name": "worker-embeddings-coord", "group": "worker-embeddings-coord", "state": state}
+        return {"name": "worker-embeddings-coord", "group": "worker-embeddings-coord", "state": state,
+                "revision": A}  # fmt: skip
 
     singletons = {"worker-embeddings-coord": "protea.embeddings"}
     one = [Beat("server-1", "server", A, (worker(),), 1.0), Beat("gpu-1", "node", A, (worker("FATAL"),), 1.0)]
@@ -145,3 +146,16 @@ def test_a_singleton_queue_with_a_consumer_on_each_host_is_a_problem() -> None:
         "worker-embeddings-coord on gpu-1"
     ]
     assert flags(two, A, 30) == []  # without the stack's singleton list, nothing to judge by
+
+
+def test_a_worker_that_runs_no_revision_while_one_is_declared_is_a_problem() -> None:
+    """Right after a node's first `up` its workers carry no PROTEA_REVISION until its follow tick moves
+    them: that is not "no problem found". Listeners and the tunnel carry none and are no problem."""
+
+    def proc(name: str, revision: str = "") -> dict[str, object]:
+        return {"name": name, "group": name, "state": "RUNNING", "pid": 5, "revision": revision}
+
+    beats = [Beat("gpu-1", "node", "", (proc("worker-jobs"), proc("heartbeat"), proc("gate")), 2.0),
+             Beat("server-1", "server", A, (proc("worker-jobs", A), proc("tunnel"), proc("web")), 2.0)]  # fmt: skip
+    assert flags(beats, A, 30) == ["gpu-1: worker-jobs runs no revision, not the declared aaaaaaaaaa"]
+    assert flags(beats, None, 30) == []
