@@ -188,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # this supervisord's (rollout.wait_gate_idle).
     executor.execute([*actions, *([] if any(isinstance(a, Publish) for a in actions) else [Publish(state)])])
     holder = {"state": state}
+    plans = {"plan": plan}
 
     def live() -> dict[str, Proc]:
         return live_processes(rpc)
@@ -199,13 +200,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             # checked, and processes a scale-down dropped (which send no event) stop being waited for.
             if holder["state"].phase != "running":
                 return
-            new_state, actions = refresh(plan, holder["state"], live(), now)
+            new_state, actions = refresh(plans["plan"], holder["state"], live(), now)
         else:
             ours = event.name == "REMOTE_COMMUNICATION" and event.fields.get("type") == COMM_TYPE
             if ours and holder["state"].phase != "running":
-                # A new run starts from what supervisord has now, not from what the events built up.
-                holder["state"] = with_live(holder["state"], live())
-            new_state, actions = handle(plan, holder["state"], event, now)
+                # A new run starts from what supervisord has now, not from what the events built up: its
+                # processes, and its worker groups (a queue `scale` added or removed since this started).
+                procs = live()
+                holder["state"] = with_live(holder["state"], procs)
+                plans["plan"] = plans["plan"].with_live_workers(procs)
+            new_state, actions = handle(plans["plan"], holder["state"], event, now)
         holder["state"] = new_state
         executor.execute(actions)
 

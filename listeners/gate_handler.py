@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from protea_supervisor.stack import RESERVED
+
 from .actions import Log
 from .probes import InfraTarget
 from .protocol import Event
@@ -59,6 +61,13 @@ class GatePlan:
 
     def app_groups(self) -> set[str]:
         return {g for step in STEPS for g in self.groups(step)}
+
+    def with_live_workers(self, procs: Mapping[str, Proc]) -> GatePlan:
+        """The workers as supervisord runs them now: every group that is no role, listener or one-shot. A
+        run plans from them, so a queue `scale` added while this listener ran is started and waited for
+        without the listener being restarted."""
+        live = sorted({p.group for p in procs.values() if p.group not in RESERVED})
+        return replace(self, workers=tuple(live))
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,10 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
 
 def listener_digest(stack: Stack) -> str:
     """The listeners read the stack file when they start. A hash of it in their environment makes their
-    config differ whenever the stack does, so `reload` restarts them with the new settings. Worker counts
-    are left out (only whether a queue runs at all), so `scale` leaves them alone."""
-    queues = tuple((q.name, q.program, q.processes > 0) for q in stack.queues)
-    material = repr(replace(stack, queues=())) + repr(queues)
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
+    config differ whenever the stack does, so `reload` restarts them with the new settings. The queues are
+    left out: no listener reads them (the gate plans each run from supervisord's live worker groups), so
+    `scale`, even of a queue from or to 0, leaves every listener alone."""
+    return hashlib.sha256(repr(replace(stack, queues=())).encode("utf-8")).hexdigest()[:16]
 
 
 def cmdline(argv: Sequence[str]) -> str:

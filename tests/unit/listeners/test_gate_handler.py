@@ -317,3 +317,14 @@ def test_an_infra_url_that_cannot_be_split_is_a_problem_not_a_crash() -> None:
         ["PROTEA_DB_URL"], {"PROTEA_DB_URL": "postgresql://u:p@[not-ipv6]:5432/db"}
     )
     assert targets == [] and problems == ["PROTEA_DB_URL has no host and port this gate can check"]
+
+
+def test_a_run_plans_the_workers_supervisord_runs_now_not_those_of_the_listeners_start() -> None:
+    """`scale` of a queue from 0 leaves the gate running: the next run's plan takes the worker groups from
+    supervisord's live processes (roles, listeners and one-shots are not workers)."""
+    live = {**PROCS, **{p.key: p for p in [Proc("worker-jobs", "worker-jobs", "STOPPED"),
+                                           Proc("gate", "gate", "RUNNING"), Proc("deploy-tick", "deploy-tick", "EXITED"),
+                                           Proc("heartbeat", "heartbeat", "RUNNING")]}}  # fmt: skip
+    assert PLAN.with_live_workers(live).workers == ("worker-batch", "worker-jobs", "worker-ping")
+    without = {k: p for k, p in live.items() if p.group != "worker-ping"}
+    assert PLAN.with_live_workers(without).workers == ("worker-batch", "worker-jobs")
