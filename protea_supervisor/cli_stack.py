@@ -34,6 +34,7 @@ from protea_supervisor.executor import read_record
 from protea_supervisor.files import write_atomic
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
 from protea_supervisor.lifecycle import (
+    await_daemon,
     chain_summary,
     own_start_time,
     recover_orphans,
@@ -105,7 +106,8 @@ def up_cmd(ctx: click.Context, count: int | None) -> None:
             counts = load_counts(stack.paths.run) | batch_counts(stack, count)
             stack = apply_counts(stack, counts)
         supervisor = Supervisor(stack.socket_path)
-        running = supervisor.is_running()
+        # A supervisord of this stack that runs but is slow to answer is waited for, never doubled.
+        running = supervisor.is_running() or await_daemon(stack, supervisor, click.echo)
         # A node never deploys the remote head: its timer follows the server's declaration once it runs.
         first = (
             not running and stack.deploy.enabled and not read_record(stack).revision and not stack.host.node
@@ -180,7 +182,7 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     refuse_during_export(base, "down", force)
     with changing(ctx, "down", base) as stack:
         supervisor = Supervisor(stack.socket_path)
-        if not supervisor.is_running():
+        if not supervisor.is_running() and not await_daemon(stack, supervisor, click.echo):
             stopped = recover_orphans(stack, supervisor, click.echo)
             click.echo(
                 "supervisord is not running; " + ("orphans stopped." if stopped else "nothing to stop.")

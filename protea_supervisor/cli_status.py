@@ -112,10 +112,10 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
         _all_hosts(stack, as_json)
         return
     supervisor = Supervisor(stack.socket_path)
-    pid = supervisord_pid(supervisor)
+    pid = supervisord_pid(supervisor, stack.config_path)
     left = orphans.find(stack.socket_path, pid)
-    if pid is None:
-        _report_down(stack, left, as_json)
+    if pid is None or not supervisor.is_running():
+        _report_down(stack, left, as_json, pid)
     infos = supervisor.all_process_info()
     rss = group_rss_kb(int(i["pid"]) for i in infos if i["pid"])
     spawns = spawn_counts(read_tail(stack.paths.run / "supervisord.log"))
@@ -194,12 +194,23 @@ def _all_hosts(stack: Stack, as_json: bool) -> None:
         click.echo(line)
 
 
-def _report_down(stack: Stack, left: list[orphans.Orphan], as_json: bool) -> None:
-    """supervisord does not answer: say so, with any programs it left behind (exit 6)."""
+def _report_down(stack: Stack, left: list[orphans.Orphan], as_json: bool, pid: int | None) -> None:
+    """supervisord does not answer: say so, with any programs it left behind (exit 6). `pid`: a supervisord
+    of this stack that runs all the same (starting, busy, shutting down); its programs are no orphans."""
     if as_json:
-        doc = {"supervisord": "down", "orphans": [o.__dict__ for o in left], "config": str(stack.config_path)}
+        doc = {
+            "supervisord": "down" if pid is None else "not answering",
+            "pid": pid,
+            "orphans": [o.__dict__ for o in left],
+            "config": str(stack.config_path),
+        }
         click.echo(json.dumps(doc, indent=2, default=list))
     message = f"supervisord is not running (no answer on {stack.socket_path})"
+    if pid is not None:
+        message = (
+            f"supervisord (pid {pid}) runs for this stack but does not answer on {stack.socket_path} as "
+            "running (it is starting, busy or shutting down)"
+        )
     if left:
         message += (
             f", but {len(left)} process group(s) of this stack still run without it: "

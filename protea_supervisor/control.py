@@ -125,6 +125,26 @@ def supervisord_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)]
 
 
+def daemon_pids(config: Path, proc: Path = Path("/proc")) -> list[int]:
+    """Every live supervisord started with `config` (`-c <config>`), however it was started (`up`, the
+    systemd unit, by hand, a test): what says a supervisord runs for this stack when its socket does not
+    answer (starting, busy, shutting down)."""
+    wanted = str(config)
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        supervisord = any(a.endswith("supervisord") or a == "supervisor.supervisord" for a in argv)
+        if supervisord and wanted in argv and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 def start_daemon(
     config: Path,
     supervisor: Supervisor,
@@ -133,7 +153,15 @@ def start_daemon(
     waiting: Callable[[str], None] | None = None,
 ) -> None:
     """Start supervisord (it daemonizes itself) and wait until its socket answers (with many programs and
-    little CPU that takes seconds)."""
+    little CPU that takes seconds). Never a second one: a supervisord already running for this config,
+    answering or not, is refused."""
+    running = daemon_pids(config)
+    if running:
+        raise SupervisorDown(
+            f"supervisord (pid {', '.join(map(str, running))}) runs for {config} but does not answer on "
+            f"{supervisor.socket_path}; not starting a second one: wait for it, or stop it and run the "
+            "command again."
+        )
     result = subprocess.run(
         supervisord_command(config), capture_output=True, text=True, check=False, cwd=config.parent
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from protea_supervisor import orphans
 from protea_supervisor.apply import START_DEADLINE, wait_started, wait_until_gone_or_down
-from protea_supervisor.control import RUNNING_STATES, Supervisor, start_daemon, wait_gone
+from protea_supervisor.control import RUNNING_STATES, Supervisor, daemon_pids, start_daemon, wait_gone
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
 from protea_supervisor.listeners.gate import COMM_TYPE, start_request
@@ -26,6 +26,8 @@ from protea_supervisor.stack import LISTENERS, Stack
 Report = Callable[[str], None]
 POLL = 0.2
 RESEND_AFTER = 10.0
+# How long a command waits for a supervisord of this stack that runs but does not answer (starting, busy).
+DAEMON_WAIT = 60.0
 STEP_ORDER = {name: i for i, name in enumerate(STEPS)}  # steps finished at the same moment show in order
 
 
@@ -189,17 +191,44 @@ def shut_down(supervisor: Supervisor, grace: float, report: Report) -> None:
         raise StopTimeout(f"supervisord (pid {pid}) did not exit within 30 s.")
 
 
-def supervisord_pid(supervisor: Supervisor) -> int | None:
+def supervisord_pid(supervisor: Supervisor, config: Path | None = None) -> int | None:
+    """The live supervisord's pid: from its answer, else (with `config`) from the process table, so the
+    programs of a supervisord that is slow to answer are never taken for orphans."""
     try:
-        return supervisor.pid() if supervisor.is_running() else None
+        if supervisor.is_running():
+            return supervisor.pid()
     except SupervisorDown:
-        return None
+        pass
+    found = daemon_pids(config) if config is not None else []
+    return found[0] if found else None
+
+
+def await_daemon(stack: Stack, supervisor: Supervisor, report: Report, deadline: float = DAEMON_WAIT) -> bool:
+    """supervisord did not answer. If one still runs for this stack (starting, busy, shutting down), wait
+    until it answers (True) or is gone (False); one that does neither within `deadline` is refused
+    (SupervisorDown), so that no command starts a second supervisord for one run dir or takes its programs
+    for orphans. With none running: False at once."""
+    end = time.monotonic() + deadline
+    ticker = Ticker(report)
+    while daemon_pids(stack.config_path):
+        if supervisor.is_running():
+            return True
+        if time.monotonic() > end:
+            pids = ", ".join(map(str, daemon_pids(stack.config_path)))
+            raise SupervisorDown(
+                f"supervisord (pid {pids}) runs for this stack but has not answered on {stack.socket_path} "
+                f"for {deadline:g} s; not starting a second one: wait for it, or stop it and run the command "
+                "again."
+            )
+        ticker.say(f"  supervisord runs but does not answer on {stack.socket_path} yet; waiting")
+        time.sleep(0.2)
+    return False
 
 
 def recover_orphans(stack: Stack, supervisor: Supervisor, report: Report) -> int:
     """Stop this stack's programs left running by a supervisord that died, each with its stop signal and
     grace (so workers finish their jobs), before the stack starts again. Returns how many groups."""
-    found = orphans.find(stack.socket_path, supervisord_pid(supervisor))
+    found = orphans.find(stack.socket_path, supervisord_pid(supervisor, stack.config_path))
     if not found:
         return 0
     report(

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,46 @@ def test_up_starts_supervisord_itself_and_down_stops_it(short_tmp: Path) -> None
     finally:
         if pidfile.exists():
             subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=False)
+
+
+def test_a_supervisord_that_does_not_answer_is_waited_for_never_doubled_nor_its_programs_orphaned(
+    short_tmp: Path,
+) -> None:
+    """supervisord runs but its socket path does not answer (as while it starts, before it listens: here the
+    socket is moved aside). `up` neither starts a second supervisord for the stack (it would bind the free
+    path) nor takes the live programs for orphans; it waits, and goes on once the socket answers."""
+    from protea_supervisor.control import daemon_pids
+
+    stack = Stack(stack_file(short_tmp))
+    run = stack.root / "run"
+    sock, aside = run / "supervisor.sock", run / "supervisor.sock.aside"
+    try:
+        assert stack.ps("up").code == 0
+        pid = int((run / "supervisord.pid").read_text())
+        worker = stack.status()["worker-jobs"]["pid"]
+        assert daemon_pids(stack.conf) == [pid]
+        sock.rename(aside)
+        status = stack.ps("status", "--json")
+        assert status.code == 6 and json.loads(status.out)["orphans"] == [], status.both
+        up = subprocess.Popen([str(BIN / "protea-supervisor"), "--stack", str(stack.file), "up"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        # For 3 s, while `up` waits (the waiting is what is under test), it starts no second supervisord and
+        # stops no program.
+        watch_until = time.monotonic() + 3
+        while time.monotonic() < watch_until:
+            assert daemon_pids(stack.conf) == [pid], "a second supervisord"
+            assert Path(f"/proc/{worker}").exists(), "the worker was taken for an orphan"
+            time.sleep(0.2)
+        assert up.poll() is None, up.communicate()[0]
+        aside.rename(sock)
+        out, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, out
+        assert "runs but does not answer" in out and "orphan" not in out, out
+        assert daemon_pids(stack.conf) == [pid] and stack.status()["worker-jobs"]["pid"] == worker
+    finally:
+        if aside.exists():
+            aside.rename(sock)
+        stack.ps("down", "--force")
 
 
 def test_down_drains_all_workers_in_parallel_and_every_job_completes(
