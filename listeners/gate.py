@@ -13,9 +13,12 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from protea_supervisor.guard import read_refusals
+from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.overrides import with_overrides
 
 from .actions import Log
@@ -135,13 +138,23 @@ class Executor:
         send_event(self.rpc, COMM_TYPE, message)
 
 
-def live_processes(rpc: Rpc) -> dict[str, Proc]:
+def live_processes(rpc: Rpc, run_dir: Path) -> dict[str, Proc]:
     """supervisord's processes, less those a scale-down removed that are still finishing their job: they are
-    no longer in the config, and must be neither waited for nor started."""
+    no longer in the config, and must be neither waited for nor started. Each carries the reason a check
+    refused its last start, if one did."""
     proxy = rpc()
     infos = proxy.supervisor.getAllProcessInfo()
     leaving = {name for names in proxy.protea.getDraining().values() for name in names}
-    return snapshot(i for i in infos if i["name"] not in leaving)
+    return snapshot((i for i in infos if i["name"] not in leaving), read_refusals(run_dir / REFUSALS))
+
+
+def with_refusal(event: Event, run_dir: Path) -> Event:
+    """A process that stopped carries the reason a check refused its start (the wrapper wrote it before it
+    exited 78), so the handler takes the refusal as final."""
+    if not event.name.startswith("PROCESS_STATE_") or event.state not in ("EXITED", "BACKOFF", "FATAL"):
+        return event
+    reason = read_refusals(run_dir / REFUSALS).get(event.process, "")
+    return replace(event, fields={**event.fields, "refused": reason}) if reason else event
 
 
 def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, list[str]]:
@@ -183,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = read_state(stack.paths.run)
     saved = state_from_document(doc) if doc else None
     same = doc is not None and doc.get("supervisord_pid") == pid
-    state, actions = resume(plan, saved, live_processes(rpc), time.time(), same)
+    state, actions = resume(plan, saved, live_processes(rpc, stack.paths.run), time.time(), same)
     # Said at once, whatever it decided: a tick that starts right after a boot waits until the state file is
     # this supervisord's (rollout.wait_gate_idle).
     executor.execute([*actions, *([] if any(isinstance(a, Publish) for a in actions) else [Publish(state)])])
@@ -191,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plans = {"plan": plan}
 
     def live() -> dict[str, Proc]:
-        return live_processes(rpc)
+        return live_processes(rpc, stack.paths.run)
 
     def on_event(event: Event) -> None:
         now = time.time()
@@ -209,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 procs = live()
                 holder["state"] = with_live(holder["state"], procs)
                 plans["plan"] = plans["plan"].with_live_workers(procs)
-            new_state, actions = handle(plans["plan"], holder["state"], event, now)
+            new_state, actions = handle(
+                plans["plan"], holder["state"], with_refusal(event, stack.paths.run), now
+            )
         holder["state"] = new_state
         executor.execute(actions)
 

@@ -77,6 +77,9 @@ class Proc:
     state: str
     exited_ok: bool | None = None
     stopped_at: float = 0.0
+    # Why a check of the exec wrapper refused its last start (revision guard, singleton lock): final, as
+    # supervisord takes its exit 78; the edge reads it from the refusal records.
+    refused: str = ""
 
     @property
     def key(self) -> str:
@@ -123,13 +126,20 @@ Action = Start | Probe | Publish | Log
 # --- the pure handler -----------------------------------------------------------------------------------
 
 
-def snapshot(infos: Iterable[Mapping[str, Any]]) -> dict[str, Proc]:
-    """Processes from getAllProcessInfo (used at start, so a restarted listener loses nothing)."""
+def snapshot(infos: Iterable[Mapping[str, Any]], refused: Mapping[str, str] | None = None) -> dict[str, Proc]:
+    """Processes from getAllProcessInfo (used at start, so a restarted listener loses nothing); `refused`:
+    `group:process` -> why its last start was refused."""
     procs = {}
     for info in infos:
         exited_ok = info["exitstatus"] == 0 if info["statename"] == "EXITED" else None
+        key = f"{info['group']}:{info['name']}"
         proc = Proc(
-            str(info["group"]), str(info["name"]), str(info["statename"]), exited_ok, float(info["stop"])
+            str(info["group"]),
+            str(info["name"]),
+            str(info["statename"]),
+            exited_ok,
+            float(info["stop"]),
+            (refused or {}).get(key, ""),
         )
         procs[proc.key] = proc
     return procs
@@ -225,6 +235,7 @@ def _with_process_event(state: GateState, event: Event, now: float) -> GateState
         event.state,
         exited_ok,
         stopped_at,
+        event.fields.get("refused", "") if event.state in ("EXITED", "BACKOFF", "FATAL") else "",
     )
     return replace(state, processes={**state.processes, key: proc})
 
@@ -388,6 +399,8 @@ def _services(state: GateState, procs: Sequence[Proc]) -> Outcome:
     for proc in procs:
         if proc.state == "RUNNING":
             continue
+        if proc.refused and proc.state in ("EXITED", "FATAL"):
+            continue  # a check refused it (exit 78): final, as supervisord takes it; `status` says why
         if proc.state == "FATAL" and proc.key in state.requested:
             return Failure(f"{proc.name} could not be started (FATAL)", proc.key)
         if proc.state == "EXITED" and proc.key in state.requested:

@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from protea_supervisor.declared import server_url
     from protea_supervisor.guard import read_refusals
     from protea_supervisor.heartbeats import Beat, publish
+    from protea_supervisor.hosts import REFUSALS
     from protea_supervisor.lock import lock_document, resolve_path
 
     stack, log = listener_stack(argv, "heartbeat")
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         record = record_from_doc(read_json(stack.paths.run / "deployed.json"))
         infos = rpc().supervisor.getAllProcessInfo()
         lock, key = read_lock()
-        refused = read_refusals(stack.paths.run / "refused")
+        refused = read_refusals(stack.paths.run / REFUSALS)
         beat = Beat(host.name, host.role, record.revision, processes(infos, now, refused), lock=lock)
         try:
             publish(url, host.db_url_env, beat)

@@ -19,6 +19,7 @@ from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.executor import read_record
 from protea_supervisor.guard import read_refusals
+from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
@@ -119,7 +120,7 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
     infos = supervisor.all_process_info()
     rss = group_rss_kb(int(i["pid"]) for i in infos if i["pid"])
     spawns = spawn_counts(read_tail(stack.paths.run / "supervisord.log"))
-    status_rows = rows(infos, rss, spawns, read_refusals(stack.paths.run / "refused"))
+    status_rows = rows(infos, rss, spawns, read_refusals(stack.paths.run / REFUSALS))
     lock = lock_view(stack)
     gate = read_gate_state(stack.paths.run) or {}
     watch = read_json(stack.paths.run / TUNNEL_STATE_FILE) or {}

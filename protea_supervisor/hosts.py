@@ -16,6 +16,8 @@ HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 SHA = re.compile(r"[0-9a-f]{40}")
 # EX_CONFIG: a start refused for a reason that does not fix itself; supervisord is told not to retry it.
 REFUSED_EXIT = 78
+# The run dir's folder of refusal records, one file `group:process` each (`exec --refusals`).
+REFUSALS = "refused"
 
 
 @dataclass(frozen=True)

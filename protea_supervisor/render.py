@@ -18,7 +18,7 @@ import jinja2
 
 from protea_supervisor.carry import command_line, env_problem
 from protea_supervisor.errors import RenderError
-from protea_supervisor.hosts import REFUSED_EXIT
+from protea_supervisor.hosts import REFUSALS, REFUSED_EXIT
 from protea_supervisor.schema import quoted
 from protea_supervisor.stack import Program, Queue, Stack
 
@@ -190,7 +190,7 @@ def guard_args(stack: Stack, queue: Queue) -> tuple[str, ...]:
         )
     # With a restart delay, any refusal (an env error too) must leave its reason: the reviver skips it.
     keep = args or stack.workers.restart_delay
-    return (*args, "--refusals", str(stack.paths.run / "refused")) if keep else ()
+    return (*args, "--refusals", str(stack.paths.run / REFUSALS)) if keep else ()
 
 
 def worker_autorestart(stack: Stack, queue: Queue) -> str:

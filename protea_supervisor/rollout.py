@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from protea_supervisor import declared
@@ -23,6 +25,8 @@ from protea_supervisor.apply import (
 )
 from protea_supervisor.deploy import short as deploy_short
 from protea_supervisor.errors import ProteaError, SupervisorDown
+from protea_supervisor.guard import read_refusals
+from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.lifecycle import gate_deadline
 from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.probes import wait_http
@@ -60,10 +64,20 @@ def own_groups(stack: Stack) -> set[str]:
     }
 
 
+def refused_for_good(info: Mapping[str, Any], refused: Mapping[str, str]) -> bool:
+    """A process down because a check refused its last start (a singleton another host holds, the revision
+    guard): final, as supervisord takes its exit 78; starting it again would only be refused again."""
+    return info["statename"] in ("EXITED", "FATAL") and f"{info['group']}:{info['name']}" in refused
+
+
 def all_running(env: TickEnv) -> bool:
+    """Every long-running process RUNNING, but for one refused for good."""
     groups = own_groups(env.stack)
     infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
-    return {i["group"] for i in infos} == groups and all(i["statename"] == "RUNNING" for i in infos)
+    refused = read_refusals(env.stack.paths.run / REFUSALS)
+    return {i["group"] for i in infos} == groups and all(
+        i["statename"] == "RUNNING" or refused_for_good(i, refused) for i in infos
+    )
 
 
 def healthy(env: TickEnv) -> bool:
@@ -280,11 +294,15 @@ def declare_revision(env: TickEnv, revision: str) -> None:
 
 def off_revision(env: TickEnv, revision: str) -> list[str]:
     """Each of this stack's own processes that is not RUNNING `revision` by its own environment
-    (PROTEA_REVISION, read from /proc), not only by the config; a group with no process at all counts too."""
+    (PROTEA_REVISION, read from /proc), not only by the config; a group with no process at all counts too,
+    a process refused for good does not."""
     groups = own_groups(env.stack)
+    refused = read_refusals(env.stack.paths.run / REFUSALS)
     infos = [i for i in env.supervisor.all_process_info() if i["group"] in groups]
     wrong = [f"{g}: no process" for g in sorted(groups - {i["group"] for i in infos})]
     for info in infos:
+        if refused_for_good(info, refused):
+            continue
         if info["statename"] != "RUNNING":
             wrong.append(f"{info['name']} {info['statename']}")
         elif (running := process_revision(int(info["pid"]))) != revision:

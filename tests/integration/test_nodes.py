@@ -51,7 +51,9 @@ def database() -> Iterator[str]:
     psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool = False) -> Stack:
+def node_stack(
+    base: Path, checkout: Path, queue: str, db_url: str, follow: bool = False, singleton: str = ""
+) -> Stack:
     """A compute node: only the queue's worker, in its own checkout, against the server's Postgres and
     RabbitMQ (named in its env file), stopped with SIGINT and 120 s as today's node units. With `follow`, its
     deploy timer follows the server's declaration (checked every second, at each TICK_5)."""
@@ -63,7 +65,8 @@ def node_stack(base: Path, checkout: Path, queue: str, db_url: str, follow: bool
     off = {role: {"enabled": False} for role in SERVER_ONLY}
     path = stack_file(
         home,
-        queues={queue: {"processes": 1, "command": WORKER_COMMAND, "stop_grace": 120}},
+        queues={queue: {"processes": 1, "command": WORKER_COMMAND, "stop_grace": 120}}
+        | ({singleton: {"processes": 1, "command": WORKER_COMMAND, "singleton": True}} if singleton else {}),
         env_files=[str(env_file)],
         extra={
             "name": "node",
@@ -299,3 +302,51 @@ def test_a_node_follows_the_servers_declaration_with_jobs_in_flight_on_a_shared_
     )
     print(f"the node's heartbeat was flagged stale {time.monotonic() - killed:.1f} s after the kill")
     assert "STALE" in server.ps("status", "--all-hosts").out
+
+
+def test_a_singleton_another_host_holds_is_final_for_a_nodes_gate_and_follow_ticks(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue_name: str, database: str
+) -> None:
+    """The node also lists a singleton queue whose consumer runs on the server: its start is refused (exit
+    78), and that is final. `up` finishes, the follow tick moves the node's other worker and leaves it
+    running (it stopped every worker of the node and exit 50, again every few seconds), and `status` says
+    why the singleton worker is down."""
+    repo = AppRepo(short_tmp)
+    rev1 = repo.commit("a migration", {"alembic/versions/001_init.py": "# init\n"})
+    declared.declare(database, "PROTEA_DB_URL", rev1, declared.migration_digest(repo.dev, rev1, "alembic/versions"),
+                     "server-1")  # fmt: skip
+    single = f"{queue_name}.single"
+    holder_env = short_tmp / "holder.env"
+    holder_env.write_text(f"PROTEA_DB_URL={database}\n")
+    holder_env.chmod(0o600)
+    holder = subprocess.Popen(
+        [str(BIN / "protea-supervisor"), "exec", "--env-file", str(holder_env), "--singleton", single,
+         "--host-name", "server-1", "--", sys.executable, "-c", "import time; print('consuming', flush=True); "
+         "time.sleep(300)"],
+        env={**os.environ, "SUPERVISOR_PROCESS_NAME": "worker-single", "SUPERVISOR_GROUP_NAME": "worker-single"},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "consuming"
+        checkout = short_tmp / "node-checkout"
+        git(short_tmp, "clone", "--quiet", str(repo.remote), str(checkout))
+        git(checkout, "checkout", "--quiet", "--detach", rev1)
+        node = node_stack(short_tmp, checkout, queue_name, database, follow=True, singleton=single)
+        supervisord(node)
+        up = node.ps("up")
+        assert up.code == 0, up.both
+        worker, refused_one = "worker-" + queue_name.replace(".", "-"), "worker-" + single.replace(".", "-")
+        wait_for(lambda: worker_revision(node, worker) == rev1, 60, "the node's worker on the declared rev1")
+        moved = node.status()[worker]["pid"]
+        # The next follow ticks (every poll_interval, 5 s) find every worker that may run on rev1: they stay.
+        wait_for(
+            lambda: node.log("deploy-tick").count("decision: noop") >= 2, 40, "two follow ticks that stay"
+        )
+        assert node.status()[worker]["pid"] == moved and node.status()[worker]["state"] == "RUNNING"
+        assert "stopping workers" not in node.log("deploy-tick"), node.log("deploy-tick")[-2000:]
+        text = node.ps("status").out
+        line = next(row for row in text.splitlines() if row.startswith(refused_one))
+        assert "refused: " in line and "server-1" in line, text
+    finally:
+        holder.kill()
+        holder.wait()

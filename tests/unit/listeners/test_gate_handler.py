@@ -114,6 +114,21 @@ def test_a_worker_that_cannot_start_fails_the_run_after_the_tunnel_is_up() -> No
     assert state.failed_process == "worker-batch:worker-batch-1"
 
 
+def test_a_worker_a_check_refused_is_final_and_the_run_finishes_without_it() -> None:
+    """A singleton another host holds: the wrapper refuses the start (exit 78) and records why; the edge
+    hands the reason in with the FATAL event. The run is done, not failed (a node's follow tick saw the gate
+    fail on it, stopped every worker, and did so again every 5 s)."""
+    state = up_to_web()
+    refused = Event("PROCESS_STATE_FATAL", fields={
+        "processname": "worker-batch-1", "groupname": "worker-batch", "from_state": "BACKOFF",
+        "refused": "singleton protea.embeddings.batch is held by worker-batch-1 on server-1"})  # fmt: skip
+    state, _steps = replay(state, [state_event("RUNNING", "web"), probe("web", True),
+                                   state_event("RUNNING", "tunnel"), refused,
+                                   state_event("RUNNING", "worker-ping"),
+                                   state_event("RUNNING", "worker-batch", "worker-batch-2")], start=104)  # fmt: skip
+    assert state.phase == "done", (state.phase, state.reason)
+
+
 def test_failing_migration_stops_the_gate_and_starts_nothing_after_it() -> None:
     state, _ = boot()
     state, steps = replay(
