@@ -1,24 +1,22 @@
-"""A singleton queue's one consumer across every host: a Postgres session advisory lock, taken by the exec
-wrapper before it execs the worker and held for the worker's whole life.
+"""A singleton queue's one consumer across every host: a Postgres session advisory lock, taken before the exec
+wrapper execs the worker and held for the worker's whole life.
 
-The wrapper starts a `psql` reading its stdin from a pipe and asks `pg_try_advisory_lock`; Postgres grants
-it to exactly one session, so two hosts starting at the same instant cannot both get it. On `t` the pipe's
-write end is kept open across the exec: the worker (same pid) holds it, and when the worker exits, however it
-exits, the pipe closes, psql reads end-of-file and ends its session, and Postgres releases the lock. psql runs
-in its own session (process group), so the stop signal supervisord sends the worker's group does not end it
-before the worker has finished its job. On `f` the holder is looked up by the lock's keys in `pg_locks`; its
-`application_name` names its host.
-
-Known limit: a lost connection to Postgres ends the session and frees the lock while the worker still runs.
-RabbitMQ's single-active-consumer (`x-single-active-consumer` in the queue's declaration, which PROTEA's
-worker would have to set when it declares its queues) would hold even then; see the README.
+The wrapper starts the keeper (`singleton_keeper`) in its own session (so the stop signal supervisord sends
+the worker's group does not end it before the worker has finished its job), with its stdin a pipe. The
+keeper asks `pg_try_advisory_lock` in a psql session; Postgres grants it to exactly one session, so two
+hosts starting at the same instant cannot both get it. On `t` the pipe's write end is kept open across the
+exec: the worker (same pid) holds it, and when the worker exits, however it exits, the keeper reads
+end-of-file and ends its session, and Postgres releases the lock. A session that is lost while the worker
+runs (a restarted Postgres, a cut network, `pg_terminate_backend`) is replaced at once and the lock taken
+again; if another consumer took it meanwhile, the worker is stopped. On `f` the holder is looked up by the
+lock's keys in `pg_locks`; its `application_name` names its host.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
+import sys
 import zlib
 from collections.abc import Mapping
 
@@ -29,7 +27,7 @@ from protea_supervisor.errors import BackupFailed, RevisionRefused
 CLASS_KEY = 0x50535331  # "PSS1": protea-supervisor singletons, the first of pg_try_advisory_lock's two keys
 APP_PREFIX = "protea-singleton"
 OWN_RELEASE_WAIT = 10.0  # seconds a restarted worker waits for its own previous session's lock to go
-_HELD: list[subprocess.Popen[bytes]] = []  # the lock's psql, until this process execs the worker
+_HELD: list[subprocess.Popen[bytes]] = []  # the lock's keeper, until this process execs the worker
 
 
 def queue_key(queue: str) -> int:
@@ -49,58 +47,48 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
     except BackupFailed as why:
         raise DeclarationUnavailable(str(why)) from None
     process = environ.get("SUPERVISOR_PROCESS_NAME", "worker")
-    env = {
-        **os.environ,
-        **target.env(),
-        "PGAPPNAME": f"{APP_PREFIX} {host} {process}"[:63],
-        "PGCONNECT_TIMEOUT": "5",
-    }
-    # Its stderr is the worker's log (inherited): an error now, or a lost connection later, is written there.
-    psql = subprocess.Popen(
-        ["psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"],
+    own = f"{APP_PREFIX} {host} {process}"[:63]
+    env = {**os.environ, **target.env(), "PGAPPNAME": own, "PGCONNECT_TIMEOUT": "5"}
+    # Its stderr is the worker's log (inherited): an error now, a lost session later, is written there.
+    keeper = subprocess.Popen(
+        [sys.executable, "-P", "-m", "protea_supervisor.singleton_keeper", "--queue", queue, "--own", own,
+         "--worker", str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
         start_new_session=True,
-    )
-    assert psql.stdin and psql.stdout
-    own = f"{APP_PREFIX} {host} {process}"[:63]
-    end = time.monotonic() + OWN_RELEASE_WAIT
-    while True:
-        psql.stdin.write(f"SELECT pg_try_advisory_lock({CLASS_KEY}, {queue_key(queue)});\n".encode())
-        psql.stdin.flush()
-        answer = psql.stdout.readline().decode().strip()
-        # Held under this very process's name: its previous run (just restarted) whose session Postgres has
-        # not closed yet. It goes within moments; anyone else's lock is a refusal at once.
-        if answer != "f" or _holder_name(target.env(), queue) != own or time.monotonic() > end:
-            break
-        time.sleep(0.1)
+    )  # fmt: skip
+    assert keeper.stdin and keeper.stdout
+    answer = keeper.stdout.readline().decode().strip()
+    keeper.stdout.close()
     if answer == "t":
-        # Kept open across exec: the worker holds the session for as long as it lives. The Popen object is
+        # Kept open across exec: the worker holds the pipe for as long as it lives. The Popen object is
         # kept too, so that nothing closes the pipe between here and the exec.
-        os.set_inheritable(psql.stdin.fileno(), True)
-        _HELD.append(psql)
-        psql.stdout.close()
-        return f"singleton {queue}: this process is its one consumer (lock held by psql pid {psql.pid})"
-    psql.stdin.close()
-    psql.wait()
-    if answer != "f":
-        raise DeclarationUnavailable(f"singleton {queue}: psql gave no answer (its error is above)")
-    holder = _holder(target.env(), queue)
-    raise RevisionRefused(
-        f"singleton queue {queue} already has its consumer ({holder}); not starting a second (exit 78)."
+        os.set_inheritable(keeper.stdin.fileno(), True)
+        _HELD.append(keeper)
+        return f"singleton {queue}: this process is its one consumer (lock kept by pid {keeper.pid})"
+    keeper.stdin.close()
+    keeper.wait()
+    if answer.startswith("f "):
+        raise RevisionRefused(
+            f"singleton queue {queue} already has its consumer ({answer[2:]}); not starting a second "
+            "(exit 78)."
+        )
+    problem = (
+        answer[2:] if answer.startswith("? ") else "the lock's keeper gave no answer (its error is above)"
     )
+    raise DeclarationUnavailable(f"singleton {queue}: {problem}")
 
 
-def _holder(target_env: Mapping[str, str], queue: str) -> str:
-    name = _holder_name(target_env, queue)
+def holder(target_env: Mapping[str, str], queue: str) -> str:
+    name = holder_name(target_env, queue)
     if name.startswith(APP_PREFIX + " "):
         host, _, process = name.removeprefix(APP_PREFIX + " ").partition(" ")
         return f"{process} on host {host}"
     return "held by a session that is not a protea-supervisor worker" if name else "its holder just left"
 
 
-def _holder_name(target_env: Mapping[str, str], queue: str) -> str:
+def holder_name(target_env: Mapping[str, str], queue: str) -> str:
     """The application_name of the session holding the queue's lock ('' when none does)."""
     objid = queue_key(queue) & 0xFFFFFFFF
     query = (

@@ -15,6 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, wait_for
 
+from protea_supervisor.singleton import CLASS_KEY, queue_key
+
 pytestmark = pytest.mark.integration
 
 # The worker: says it consumes, then waits to be killed.
@@ -78,3 +80,61 @@ def test_two_hosts_starting_a_singleton_queue_at_once_get_one_consumer_every_tim
     finally:
         os.kill(again.pid, signal.SIGKILL)
         again.wait()
+
+
+def lock_holder(queue: str) -> tuple[int, str] | None:
+    """(backend pid, application_name) of the session holding the queue's lock, from pg_locks."""
+    objid = queue_key(queue) & 0xFFFFFFFF
+    sql = (
+        "SELECT l.pid || ' ' || a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        f"WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {CLASS_KEY} AND l.objid = {objid}"
+    )
+    out = subprocess.run(["psql", "-X", "-qtA", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    if not out:
+        return None
+    pid, _, name = out.splitlines()[0].partition(" ")
+    return int(pid), name
+
+
+def test_a_lost_lock_session_is_replaced_at_once_or_the_worker_stops_if_another_took_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The lock's Postgres session ended under a running worker (as by a restarted Postgres or a cut
+    network): the keeper takes the lock again in a new session within about a second; when another session
+    took the lock first, the worker is sent SIGTERM, so two consumers never run on."""
+    env_file = tmp_path / "protea.env"
+    env_file.write_text("PROTEA_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres\n")
+    env_file.chmod(0o600)
+    queue = f"test.singleton.{uuid.uuid4().hex[:8]}"
+    worker = start(env_file, tmp_path / "server-1", queue, "server-1")
+    thief = None
+    try:
+        assert worker.stdout and worker.stdout.readline().strip() == "consuming"
+        first = lock_holder(queue)
+        assert first is not None and first[1] == "protea-singleton server-1 worker-server-1"
+        subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
+                        f"SELECT pg_terminate_backend({first[0]})"], check=True, capture_output=True)  # fmt: skip
+        wait_for(lambda: (lock_holder(queue) or (first[0], ""))[0] != first[0], 10, "the lock taken again")
+        again = lock_holder(queue)
+        assert again is not None and again[1] == first[1] and worker.poll() is None
+
+        # Ended again, and another session takes the lock in that instant: this worker must go.
+        thief = subprocess.Popen(["psql", "-X", "-qtA", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert thief.stdin and thief.stdout
+        thief.stdin.write(f"SELECT pg_terminate_backend({again[0]});\n"
+                          f"SELECT pg_advisory_lock({CLASS_KEY}, {queue_key(queue)}); SELECT 'held';\n")  # fmt: skip
+        thief.stdin.flush()
+        wait_for(lambda: thief.stdout.readline().strip() == "held", 10, "the other session's lock")  # type: ignore[union-attr]
+        assert worker.wait(timeout=15) == -signal.SIGTERM
+        said = worker.stderr.read() if worker.stderr else ""
+        assert "was lost; taking the lock again" in said and "lock is held again" in said, said
+        assert "was taken by" in said and "stopping this worker" in said, said
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        if thief is not None:
+            thief.kill()
+            thief.wait()
