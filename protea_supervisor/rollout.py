@@ -191,7 +191,11 @@ POLL = 0.25
 
 
 def _refresh(env: TickEnv, group: str) -> None:
-    """Put the re-read config of one on-demand group in place while it is not running."""
+    """Put the re-read config of one on-demand group (the canary) in place. One still running is what an
+    interrupted tick left (the canary step always stops its own): it is stopped first, never waited for (the
+    generated sequences found a tick killed mid-canary left it holding its port, and every later tick
+    refused at its canary, then hung in the rollback waiting for it to stop by itself)."""
+    _stop(env, group)
     plan = plan_from_document(env.supervisor.plan_reload())
     if group in plan.added:
         env.supervisor.add_group(group)
