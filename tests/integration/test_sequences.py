@@ -4,13 +4,19 @@ The stack deploys a real app repo behind a local git remote, runs a numbered que
 consumers (each acked job journaled), and has the deploy timer on (so `trigger` races a hand `tick`). A
 seeded generator picks the steps: `up [N]`, `scale` (absolute, +N, -N, --no-wait, --reset), `reload`,
 `reload --dry-run`, `render`, `render --check`, `render --diff`, `tick`, `tick --dry-run`, `trigger`,
-`gate retry`, the stack-owner lock taken and released, a new commit, jobs published, `kill -9` of a listener
-and of supervisord, `down`.
+`gate retry`, the stack-owner lock taken and released, a new commit (an API or web change, a revision whose
+API answers 500, its fix), `rollback`, `unpin`, jobs published, `kill -9` of a listener and of supervisord,
+`down`; and faults inside a step: the tick killed (SIGKILL) at a random moment of its plan, including the
+middle of the API's start-first switch on its socket, or supervisord killed in the middle of a tick, each
+followed by the recovery the README prescribes (`up` when supervisord is down, then the next `tick`).
 
 After every step: the command ended within its bound and without a traceback; a dry run left every file
 of the host as it was; what supervisord runs equals what the stack file plus overrides say and what
 `status --json` reports; the deploy record matches the worktree and the revision every PROTEA program runs;
 no orphan survives a command that started the stack. At the end every published job was acked exactly once.
+The API (on the socket supervisord holds, replaced start-first, a canary in front) is polled every 50 ms
+during every step that deploys or resizes (`tick`, `trigger`, `rollback`, `reload`, `scale`) when it answered
+before the step: not one request may fail.
 
 `--sequence-steps N` and `--sequence-seed S` make a longer run (the default is short enough for CI).
 """
@@ -18,6 +24,7 @@ no orphan survives a command that started the stack. At the end every published 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +42,11 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import Result, Stack, wait_for
-from deploy_app import AppRepo, deploy_stack, git
+from conftest import PS, Result, Stack, free_port, wait_for
+from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket
 
 from protea_supervisor import orphans
-from protea_supervisor.control import Supervisor
+from protea_supervisor.control import Supervisor, daemon_pids
 from protea_supervisor.files import load_stack
 from protea_supervisor.overrides import with_overrides
 from protea_supervisor.stack import HostFacts
@@ -46,7 +54,7 @@ from protea_supervisor.stack import HostFacts
 pytestmark = pytest.mark.integration
 
 # Bounds: what each command may take here at most (a stop grace of 30 s, builds of a second).
-BOUND = {"up": 150, "down": 90, "scale": 90, "reload": 120, "tick": 180, "gate": 150}
+BOUND = {"up": 150, "down": 90, "scale": 90, "reload": 120, "tick": 180, "gate": 150, "rollback": 180}
 # Exit codes each command may end with in some state of the stack (anything else fails the step).
 ALLOWED = {
     "up": {0},
@@ -57,10 +65,19 @@ ALLOWED = {
     "render": {0},
     "render --check": {0},
     "render --diff": {0},
-    "tick": {0, 10, 50},  # 50: supervisord down (or the host busy past the bound)
+    "tick": {
+        0,
+        10,
+        20,
+        50,
+    },  # 20: a revision whose API answers 500; 50: supervisord down (or busy past the bound)
     "tick --dry-run": {0},
     "trigger": {0},
     "gate retry": {0, 6},
+    # 1: nothing deployed here before the current revision; 2: an export holds the lock; 20: the target's own
+    # failure (its migrate against a newer schema); 50: supervisord down.
+    "rollback": {0, 1, 2, 20, 50},
+    "unpin": {0},
 }
 
 
@@ -96,13 +113,20 @@ class World:
 
 def make_world(base: Path, queue: str) -> World:
     repo = AppRepo(base)
+    # The API as PROTEA's will run: on the socket supervisord holds (replaced start-first), behind a canary.
+    repo.commit("the API on a socket", {"app.py": on_socket(APP, 0.3)})
+    api, canary = free_port(), free_port()
     extra = {
         "queues": {queue: {"numbered": True, "processes": 2}},
-        "deploy": {"enabled": True, "poll_interval": 3600, "check_interval": 0, "retry_ladder": [3600]},
+        "programs": {"api": {"command": "{python} -P app.py fd0", "directory": "{root}",
+                             "socket": f"tcp://127.0.0.1:{api}"}},
+        "deploy": {"enabled": True, "poll_interval": 3600, "check_interval": 0, "retry_ladder": [3600],
+                   "api_canary_command": f"{{python}} -P app.py {canary}",
+                   "api_canary_url": f"http://127.0.0.1:{canary}/jobs"},
         "probes": {"start_timeout": 30},
         "control": {"operation_wait": 200},
-    }
-    stack = deploy_stack(base, repo, queue, extra=extra)
+    }  # fmt: skip
+    stack = deploy_stack(base, repo, queue, extra=extra, api_port=api)
     return World(repo, stack, queue, "worker-" + queue.replace(".", "-"))
 
 
@@ -123,7 +147,7 @@ def expected_processes(world: World) -> set[str]:
     stack = with_overrides(load_stack(str(world.stack.file), HostFacts(Path.home(), sys.executable)))
     names = {p.role for p in stack.programs if p.enabled}
     names |= {n for q in stack.queues for n in q.process_names()}
-    return names | {"deploy-tick", "gate", "tunnel-watch", "deploy-timer"}
+    return names | {"deploy-tick", "api-canary", "gate", "tunnel-watch", "deploy-timer"}
 
 
 def snapshot(world: World) -> dict[str, str]:
@@ -197,6 +221,10 @@ def check(world: World) -> None:
     reported = {p["name"]: p["state"] for p in doc["processes"]}
     assert {n: s for n, s in reported.items() if n in running} == {i["name"]: i["statename"] for i in infos}
     assert not doc["orphans"], doc["orphans"]
+    assert len(daemon_pids(world.stack.conf)) == 1, "one supervisord per stack"
+    # Nothing in the run dir is half-written: every record reads whole.
+    for path in world.run.glob("*.json"):
+        json.loads(path.read_text() or "{}")
     # The deploy record matches what runs.
     record = doc["deploy"]
     if record["revision"]:
@@ -213,7 +241,8 @@ def step_up(world: World, rng: random.Random) -> None:
     assert result.code == 0, result.both
     world.killed_supervisord = False
     infos = {i["name"]: i["statename"] for i in supervisorctl_infos(world)}
-    app = {n: s for n, s in infos.items() if n not in ("deploy-tick", "gate", "tunnel-watch", "deploy-timer")}
+    on_demand = ("deploy-tick", "api-canary", "gate", "tunnel-watch", "deploy-timer")
+    app = {n: s for n, s in infos.items() if n not in on_demand}
     assert all(s == ("EXITED" if n == "migrate" else "RUNNING") for n, s in app.items()), app
 
 
@@ -241,7 +270,8 @@ def step_scale(world: World, rng: random.Random) -> None:
     else:
         target = before + int(spec) if spec[0] in "+-" else int(spec)
     expected = 1 if target < 0 else 2 if target < before and world.export_held else 0
-    result = world.ps(*args, bound=BOUND["scale"])
+    with served(world, "scale"):
+        result = world.ps(*args, bound=BOUND["scale"])
     assert result.code == expected, (expected, result.both)
     assert queue_count(world) == (target if expected == 0 else before), result.both
 
@@ -250,7 +280,8 @@ def step_reload(world: World, rng: random.Random) -> None:
     if rng.random() < 0.5:
         dry(world, "reload", "--dry-run")
         return
-    result = world.ps("reload", bound=BOUND["reload"])
+    with served(world, "reload"):
+        result = world.ps("reload", bound=BOUND["reload"])
     assert result.code in ALLOWED["reload"], result.both
 
 
@@ -262,21 +293,97 @@ def step_render(world: World, rng: random.Random) -> None:
         assert world.ps("render").code == 0
 
 
+def api_url(world: World) -> str:
+    return f"http://127.0.0.1:{world.stack.api_port}/jobs"
+
+
+def answering(world: World) -> bool:
+    try:
+        with urllib.request.urlopen(api_url(world), timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def served(world: World, what: str) -> Iterator[None]:
+    """A step that deploys or resizes: when the API answered before it, it must answer every request
+    during it (polled every 50 ms, each on its own connection)."""
+    if not answering(world):
+        yield
+        return
+    with Poller(api_url(world)) as polled:
+        yield
+    world.log.append(f"  API polled {polled.polls} times during {what}: {polled.failed} failed")
+    assert polled.failed == 0, f"{polled.failed} of {polled.polls} API requests failed during {what}"
+
+
 def step_tick(world: World, rng: random.Random) -> None:
     if rng.random() < 0.4:
         dry(world, "tick", "--dry-run")
         return
-    result = world.ps("tick", bound=BOUND["tick"])
+    with served(world, "tick"):
+        result = world.ps("tick", bound=BOUND["tick"])
     assert result.code in ALLOWED["tick"], result.both
 
 
 def step_trigger(world: World, rng: random.Random) -> None:
-    assert world.ps("trigger", "sequence").code == 0
-    if rng.random() < 0.5:  # a hand tick right behind the timer's: they must not run together
-        time.sleep(rng.uniform(0, 2))
-        # A real one: a dry run beside the timer's tick cannot be judged by what files changed meanwhile.
+    with served(world, "a triggered tick"):
+        assert world.ps("trigger", "sequence").code == 0
+        if rng.random() < 0.5:  # a hand tick right behind the timer's: they must not run together
+            time.sleep(rng.uniform(0, 2))
+            # A real one: a dry run beside the timer's tick cannot be judged by what files changed meanwhile.
+            result = world.ps("tick", bound=BOUND["tick"])
+            assert result.code in ALLOWED["tick"], result.both
+        wait_for(lambda: timer_idle(world), BOUND["tick"], "the timer's tick to end")
+
+
+def step_rollback(world: World, rng: random.Random) -> None:
+    with served(world, "rollback"):
+        result = world.ps("rollback", bound=BOUND["rollback"])
+    assert result.code in ALLOWED["rollback"], result.both
+    assert result.code != 2 or world.export_held, result.both
+
+
+def step_unpin(world: World, rng: random.Random) -> None:
+    assert world.ps("unpin").code == 0
+    assert "pinned until" not in world.ps("status").out
+
+
+def tick_killed(world: World, rng: random.Random, victim: str) -> None:
+    """A fault inside a tick: a change is committed (so the tick has a plan to run: checkout, canary, the
+    API's start-first switch, the workers), a tick starts, and at a random moment of it `victim` (the tick
+    itself, with what it started, or supervisord) is killed with SIGKILL. Then the README's recovery: `up`
+    when supervisord is down, then the next `tick`."""
+    if not world.supervisord_up():
+        return
+    step_commit(world, rng)
+    tick = subprocess.Popen([PS, "--stack", str(world.stack.file), "tick"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    moment = rng.uniform(0.2, 6.0)
+    time.sleep(moment)  # the fault's moment, chosen by the seed
+    if victim == "tick":
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tick.pid, signal.SIGKILL)
+    else:
+        pidfile = world.run / "supervisord.pid"
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        world.killed_supervisord = True
+    code = tick.wait(timeout=BOUND["tick"])
+    world.log.append(f"  fault: {victim} killed {moment:.1f} s into a tick (tick exit {code})")
+    if world.ps("status").code == 6:
+        step_up(world, rng)
+    with served(world, "the tick after the fault"):
         result = world.ps("tick", bound=BOUND["tick"])
-        assert result.code in ALLOWED["tick"], result.both
+    assert result.code in {0, 10, 20}, result.both
+
+
+def step_kill_tick(world: World, rng: random.Random) -> None:
+    tick_killed(world, rng, "tick")
+
+
+def step_kill_supervisord_mid_tick(world: World, rng: random.Random) -> None:
+    tick_killed(world, rng, "supervisord")
 
 
 def step_gate_retry(world: World, rng: random.Random) -> None:
@@ -293,8 +400,20 @@ def step_lock(world: World, rng: random.Random) -> None:
 
 
 def step_commit(world: World, rng: random.Random) -> None:
+    """An API change, a web change, a revision whose API answers 500 (the canary keeps it from the public),
+    or the fix of one."""
     n = rng.randint(0, 10**6)
-    files = {"VERSION": f"v{n}\n"} if rng.random() < 0.7 else {"apps/web/page.txt": f"page {n}"}
+    broken = (world.repo.dev / "BROKEN").exists()
+    roll = rng.random()
+    files: dict[str, str | None]
+    if broken and roll < 0.5:
+        files = {"BROKEN": None, "VERSION": f"v{n}\n"}
+    elif roll < 0.15:
+        files = {"BROKEN": "yes", "VERSION": f"v{n}\n"}
+    elif roll < 0.75:
+        files = {"VERSION": f"v{n}\n"}
+    else:
+        files = {"apps/web/page.txt": f"page {n}"}
     world.repo.commit(f"change {n}", files)
 
 
@@ -372,8 +491,9 @@ def dry(world: World, *args: str) -> None:
 
 STEPS = [
     (step_up, 3), (step_down, 1), (step_scale, 5), (step_reload, 2), (step_render, 2), (step_tick, 3),
-    (step_trigger, 2), (step_gate_retry, 1), (step_lock, 2), (step_commit, 2), (step_jobs, 3),
-    (step_kill_listener, 1), (step_kill_supervisord, 1),
+    (step_trigger, 2), (step_gate_retry, 1), (step_lock, 2), (step_commit, 3), (step_jobs, 3),
+    (step_kill_listener, 1), (step_kill_supervisord, 1), (step_rollback, 2), (step_unpin, 1),
+    (step_kill_tick, 2), (step_kill_supervisord_mid_tick, 1),
 ]  # fmt: skip
 
 
