@@ -307,5 +307,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sequence-steps", default="24", help="steps of the generated command sequence test")
     group.addoption("--sequence-seed", default="13", help="seed of the generated command sequence test")
     group.addoption(
+        "--sequence-long",
+        action="store_true",
+        help="the long run: 200 steps on each of seeds 1-5 (1000 steps, faults included), one test per seed",
+    )
+    group.addoption(
         "--hypothesis-long", action="store_true", help="tens of thousands of generated stack files"
     )

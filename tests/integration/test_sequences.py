@@ -515,12 +515,25 @@ def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
         os.killpg(orphan.pgid, signal.SIGKILL)
 
 
+LONG_SEEDS, LONG_STEPS = (1, 2, 3, 4, 5), 200
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One seed (`--sequence-seed`, 13) for CI; `--sequence-long`: seeds 1-5, one test each (xdist spreads
+    them)."""
+    if "seed" in metafunc.fixturenames:
+        config = metafunc.config
+        long = config.getoption("--sequence-long")
+        seeds = LONG_SEEDS if long else (int(config.getoption("--sequence-seed")),)
+        metafunc.parametrize("seed", seeds)
+
+
 @pytest.mark.slow
 def test_generated_command_sequences_keep_the_stack_what_the_tool_says(
-    world: World, request: pytest.FixtureRequest
+    world: World, seed: int, request: pytest.FixtureRequest
 ) -> None:
-    seed = int(request.config.getoption("--sequence-seed"))
-    count = int(request.config.getoption("--sequence-steps"))
+    long = request.config.getoption("--sequence-long")
+    count = LONG_STEPS if long else int(request.config.getoption("--sequence-steps"))
     rng = random.Random(seed)
     # A fresh host: the first `up` is the first deploy (checkout, install, build, migrate, start).
     step_up(world, rng)
