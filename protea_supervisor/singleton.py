@@ -41,7 +41,10 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
     RevisionRefused (exit 78) naming the host that holds it, or DeclarationUnavailable (75) when Postgres
     cannot be asked."""
     if not url:
-        raise DeclarationUnavailable(f"{variable} is not set in the env files (the server's Postgres).")
+        raise DeclarationUnavailable(
+            f"{variable} is not set in the env files: singleton queue {queue} takes its lock in the server's "
+            f'Postgres (queues."{queue}".singleton; the shipped stack makes protea.embeddings one).'
+        )
     try:
         target = target_from_url(url, variable)
     except BackupFailed as why:
