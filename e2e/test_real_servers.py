@@ -13,6 +13,8 @@ queues and the API, the API through the frontend's /api-proxy rewrite and the we
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import tomllib
 
@@ -319,6 +321,31 @@ def test_backup_and_restore_of_the_real_schema(stage: Stage) -> None:
     answer, _pid = stage.api()
     assert answer["jobs"] == 1 and answer["schema"] == "0002"
     truth(stage, SHAS["v3"])
+
+
+def test_workers_orphaned_by_a_killed_supervisord_finish_their_jobs_and_up_stops_them_gracefully(
+    stage: Stage,
+) -> None:
+    """supervisord killed (the OOM killer) with jobs in hand: its programs run on as orphans. Their output
+    has no reader any more and is lost, but a worker that logs as PROTEA's does (logging) goes on with its
+    job and acks it; `up` stops the orphans with their stop signal and grace and starts the stack."""
+    ids = stage.publish(per_queue=1)
+    wait_for(lambda: len(stage.started(ids)) >= 2, 30, "jobs in hand")
+    os.kill(int((stage.run / "supervisord.pid").read_text()), signal.SIGKILL)
+    in_hand = stage.started(ids)
+    wait_for(lambda: all(stage.done()[job] for job in in_hand), 30, "the orphans to finish their jobs")
+    logs = "".join(path.read_text() for path in stage.logs.glob("worker-*.log"))
+    lost = [job for job in in_hand if f"job {job} done" not in logs]
+    assert lost, "the lines the orphans wrote after supervisord died reached no log"
+    gone = stage.ps("status", "--json")
+    assert gone.code == 6 and json.loads(gone.out)["orphans"], gone.both
+    up = stage.ps("up")
+    assert up.code == 0 and "orphan" in up.out, up.both
+    stage.wait_jobs(ids)
+    assert not set(stage.cut_off()) & set(ids)
+    truth(stage, SHAS["v3"])
+    killed = Figures(step="supervisord killed", code=up.code, seconds=up.seconds, jobs=len(in_hand))
+    stage.figures.append(killed)
 
 
 def test_down_with_jobs_in_flight_finishes_every_job_in_hand_and_loses_none(stage: Stage) -> None:

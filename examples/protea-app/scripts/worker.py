@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -36,8 +37,14 @@ def journal(event: str, job_id: str, queue: str) -> None:
         os.close(fd)
 
 
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+logging.getLogger("pika").setLevel(logging.WARNING)
+
+
 def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+    # Through logging, as PROTEA's worker logs: a stdout whose reader is gone (supervisord killed) loses the
+    # line, and the worker goes on with its job (print would raise BrokenPipeError and end it mid-job).
+    logging.info(message)
 
 
 class Worker:
@@ -61,6 +68,7 @@ class Worker:
         job_id = str(job["job_id"])
         self.in_flight = job_id
         journal("start", job_id, self.queue)
+        log(f"job {job_id} started")
         done = threading.Event()
         thread = threading.Thread(target=lambda: (time.sleep(float(job.get("seconds", 1))), done.set()))
         thread.start()
@@ -69,6 +77,7 @@ class Worker:
             # Pump the connection while the job runs: heartbeats are served.
             self.connection.process_data_events(time_limit=0.2)
         thread.join()
+        log(f"job {job_id} done")
         journal("done", job_id, self.queue)
         channel.basic_ack(method.delivery_tag)  # the ack comes after the job
         self.in_flight = None
