@@ -16,7 +16,7 @@ import click
 
 from protea_supervisor import __version__
 from protea_supervisor.cli_settings import Settings
-from protea_supervisor.errors import ProteaError, UsageError
+from protea_supervisor.errors import UNWRITABLE, ProteaError, UsageError, WriteFailed, write_failure
 
 # Each command and the module that defines it, imported only when the command runs (or help lists it): the
 # exec wrapper starts every program, so its start-up must not import the whole CLI (0.25 s -> ~0.1 s).
@@ -139,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"error: {one_line(why.format_message())}", err=True)
         sys.exit(1)
     except Exception as bug:
+        if isinstance(bug, OSError) and bug.errno in UNWRITABLE:
+            # A write outside the atomic writer (a log line appended) on a full or read-only filesystem.
+            click.echo(f"error: {write_failure(bug.filename or 'a file', bug)}", err=True)
+            sys.exit(WriteFailed.exit_code)
         if os.environ.get("PROTEA_DEBUG"):
             raise
         detail = one_line(str(bug))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -52,9 +53,11 @@ def tick_env(ctx: click.Context, stack: Stack, supervisor: Supervisor, dry_run: 
         stamped = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {redact(line, secrets)}"
         click.echo(stamped)
         if by_hand and not dry_run:  # under supervisord, stdout already is this log
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a", encoding="utf-8") as log:
-                log.write(stamped + "\n")
+            # A log that cannot take the line (a full disk) does not stop the tick: the terminal has it.
+            with contextlib.suppress(OSError):
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with log_path.open("a", encoding="utf-8") as log:
+                    log.write(stamped + "\n")
 
     def write_config(revision: str) -> None:
         write_atomic(stack.config_path, rendered(stack, revision), mode=0o600)

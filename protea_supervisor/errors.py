@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ProteaError(Exception):
     """An expected failure with a one-sentence message for the operator."""
@@ -61,6 +63,24 @@ class SupervisorDown(ProteaError):
     """supervisord is not running (or its socket does not answer)."""
 
     exit_code = 6
+
+
+# What a write can meet that is the filesystem's state, not a bug: full, over quota, read-only.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def write_failure(path: object, why: OSError) -> str:
+    return (
+        f"cannot write {path}: {why.strerror or why}; what was there is as it was (nothing is half-written); "
+        "free space on its filesystem (or make it writable) and run the command again."
+    )
+
+
+class WriteFailed(ProteaError):
+    """A file could not be written (a full disk, a read-only or missing filesystem); what was there before is
+    as it was (writes go to a temp file, then a rename). Exit 73 is sysexits' "cannot create output file"."""
+
+    exit_code = 73
 
 
 class StackFailed(ProteaError):

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from protea_supervisor.errors import StackError
+from protea_supervisor.errors import StackError, WriteFailed, write_failure
 from protea_supervisor.parser import parse_stack
 from protea_supervisor.stack import HostFacts, Stack
 
@@ -62,19 +62,24 @@ def load_stack(choice: str | None, host: HostFacts) -> Stack:
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half.
+    A write that fails (a full disk) leaves the old file and no temp file, and raises WriteFailed."""
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as why:
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(why, OSError):
+            raise WriteFailed(write_failure(path, why)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -300,3 +301,40 @@ def test_python_dash_m_and_version() -> None:
         env={**os.environ, "PYTHONSAFEPATH": "1"},
     )
     assert result.returncode == 0 and "protea-supervisor" in result.stdout
+
+
+def test_a_full_run_dir_refuses_each_change_in_one_line_and_leaves_every_record_whole(
+    short_tmp: Path,
+) -> None:
+    """The run dir on a filesystem with no space left (a 2 MB tmpfs, filled; CI runs as root): each command
+    that must write says which file and why in one line, exit 73, and leaves what was there whole; `status`
+    still reads; once there is room again the same command works."""
+    run = short_tmp / "run"
+    run.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(run)], capture_output=True
+    )
+    assert mounted.returncode == 0, f"mounting a tmpfs needs root: {mounted.stderr!r}"
+    stack = Stack(stack_file(short_tmp))
+    try:
+        assert stack.ps("up").code == 0
+        records = {p.name: p.read_bytes() for p in run.glob("*.json")}
+        filler = run / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+        for args in (("scale", "protea.jobs", "1"), ("render",), ("gate", "retry")):
+            result = stack.ps(*args)
+            assert result.code == 73, (args, result.both)
+            assert "cannot write" in result.err and "No space left on device" in result.err, result.err
+            assert "Traceback" not in result.both and "internal error" not in result.both
+        assert stack.status()["worker-jobs"]["state"] == "RUNNING"
+        for name, data in records.items():
+            if name in ("overrides.json", "deployed.json"):
+                assert (run / name).read_bytes() == data, name
+        assert not list(run.glob(".*.tmp")), "a temp file left behind"
+        filler.unlink()
+        assert stack.ps("scale", "protea.jobs", "1").code == 0
+    finally:
+        stack.ps("down", "--force")
+        subprocess.run(["umount", "-l", str(run)], capture_output=True)
