@@ -432,6 +432,17 @@ class Stage:
 
     # --- a step under load --------------------------------------------------------------------------------
 
+    def up_to_the_public_page(self, step: str) -> None:
+        """`up`, with the public page polled from the command's start: the figure is when it first served."""
+        with Poller(self.url("public")) as public:
+            up = self.ps("up")
+            assert up.code == 0, up.both
+            wait_for(lambda: public.first(lambda s: "PROTEA" in s.body), 30, "the public page")
+        served = public.first(lambda s: "PROTEA" in s.body)
+        assert served is not None
+        after = served - public.samples[0].at
+        self.figures.append(Figures(step=step, code=up.code, seconds=up.seconds, serving_after=after))
+
     def next_start(self) -> float:
         """Next.js's own start: the served build's `node .next/standalone/server.js` started by hand on a
         port of its own, to its first 200 (its `Ready in` line says 0ms: it counts from after loading)."""

@@ -19,7 +19,7 @@ import subprocess
 import tomllib
 
 import pytest
-from stage import APP, QUEUES, SWITCH_OVER, Figures, Poller, Stage, git, psql, wait_for
+from stage import APP, QUEUES, SWITCH_OVER, Figures, Stage, git, psql, wait_for
 
 from protea_supervisor.control import Supervisor
 
@@ -77,21 +77,25 @@ def latest(stage: Stage, revision: str, result: str) -> dict[str, object]:
     return entry
 
 
+def refused(stage: Stage, label: str, sha: str, before: dict[str, int], failed_step: str) -> None:
+    """A tick of a revision that fails at `failed_step`: exit 20, not one failed request, no job cut off,
+    not one process started or stopped, the web-change revision still serving, and the history saying
+    so."""
+    result, figures = stage.under_load(label, "tick")
+    assert result.code == 20, result.both
+    assert figures.api_failed == figures.proxy_failed == figures.web_failed == 0, figures.extra
+    assert figures.cut_off == 0
+    untouched(before, stage)
+    truth(stage, SHAS["web-change"])
+    entry = latest(stage, sha, "rolled back")
+    assert entry["failed_step"] == failed_step, entry
+
+
 def test_the_first_up_on_a_fresh_host_deploys_the_remote_head(stage: Stage) -> None:
     head = git(stage.dev, "rev-parse", "HEAD")
     SHAS["v1"] = head
     assert not stage.worktree.exists()
-    with Poller(stage.url("public")) as public:
-        up = stage.ps("up")
-        assert up.code == 0, up.both
-        wait_for(lambda: public.first(lambda s: "PROTEA" in s.body), 30, "the public page")
-    public_at = public.first(lambda s: "PROTEA" in s.body)
-    assert public_at is not None
-    stage.figures.append(
-        Figures(
-            step="first up", code=up.code, seconds=up.seconds, serving_after=public_at - public.samples[0].at
-        )
-    )
+    stage.up_to_the_public_page("first up")
     truth(stage, head)
     assert stage.schema() == "0001"
     assert "page 1" in stage.page("web") and "PROTEA" in stage.page("public")
@@ -182,17 +186,10 @@ def test_a_migration_that_fails_half_way_leaves_nothing_and_reaches_no_process(s
     sha = SHAS["bad-migration"] = stage.commit(
         "a migration that fails", {"migrations/versions/0002_half.py": half}
     )
-    result, figures = stage.under_load("failing migration", "tick")
-    assert result.code == 20, result.both
-    assert figures.api_failed == figures.proxy_failed == figures.web_failed == 0, figures.extra
-    assert figures.cut_off == 0
+    refused(stage, "failing migration", sha, before, "migrate")
     # Postgres's DDL is transactional: the table created before the failure went with the failed upgrade.
     assert stage.schema() == "0001"
     assert psql(stage.database, "SELECT to_regclass('public.half') IS NULL") == "t"
-    untouched(before, stage)
-    truth(stage, SHAS["web-change"])
-    entry = latest(stage, sha, "rolled back")
-    assert entry["failed_step"] == "migrate", entry
     assert sha in stage.status()["deploy"]["failed"]
 
 
@@ -206,14 +203,7 @@ def test_an_api_whose_start_up_fails_never_serves_and_reaches_no_worker(stage: S
     sha = SHAS["bad-start"] = stage.commit(
         "the API's start-up fails", {"migrations/versions/0002_half.py": None, "protea/checks.py": raising}
     )
-    result, figures = stage.under_load("start-up fails", "tick")
-    assert result.code == 20, result.both
-    assert figures.api_failed == figures.proxy_failed == figures.web_failed == 0, figures.extra
-    assert figures.cut_off == 0
-    untouched(before, stage)
-    truth(stage, SHAS["web-change"])
-    entry = latest(stage, sha, "rolled back")
-    assert entry["failed_step"] == "api", entry
+    refused(stage, "start-up fails", sha, before, "api")
     # uvicorn reports the lifespan's failure and exits 3; the tick saw the successor exit.
     assert "Application startup failed" in (stage.logs / "api.log").read_text()
 
@@ -225,14 +215,8 @@ def test_a_frontend_build_that_fails_leaves_the_served_build_and_every_process(s
     sha = SHAS["bad-build"] = stage.commit(
         "a frontend build that fails", {"protea/checks.py": CHECKS, "apps/web/app/page.js": broken}
     )
-    result, figures = stage.under_load("build fails", "tick")
-    assert result.code == 20, result.both
-    assert figures.api_failed == figures.proxy_failed == figures.web_failed == 0, figures.extra
-    assert figures.cut_off == 0
+    refused(stage, "build fails", sha, before, "build")
     assert (stage.run / "web-current").resolve() == served
-    untouched(before, stage)
-    truth(stage, SHAS["web-change"])
-    assert latest(stage, sha, "rolled back")["failed_step"] == "build"
 
 
 def test_the_fix_deploys_with_a_migration_that_adds_a_table(stage: Stage) -> None:
@@ -369,19 +353,6 @@ def test_down_with_jobs_in_flight_finishes_every_job_in_hand_and_loses_none(stag
 
 def test_a_cold_start_of_the_deployed_host_serves_the_public_page_through_the_gate(stage: Stage) -> None:
     """`up` after `down`: supervisord, migrate (nothing to do), the API's lifespan, Next.js, the tunnel."""
-    with Poller(stage.url("public")) as public:
-        up = stage.ps("up")
-        assert up.code == 0, up.both
-        wait_for(lambda: public.first(lambda s: "PROTEA" in s.body), 30, "the public page")
-    public_at = public.first(lambda s: "PROTEA" in s.body)
-    assert public_at is not None
-    stage.figures.append(
-        Figures(
-            step="cold start",
-            code=up.code,
-            seconds=up.seconds,
-            serving_after=public_at - public.samples[0].at,
-        )
-    )
+    stage.up_to_the_public_page("cold start")
     truth(stage, SHAS["v3"])
     assert stage.schema() == "0002"
