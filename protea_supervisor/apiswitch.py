@@ -13,7 +13,7 @@ carry no pid), `replace_api` says why and the caller restarts the API as before.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,6 +137,14 @@ def replaced(env: SwitchEnv) -> bool:
     return not why
 
 
+def killed(supervisor: Supervisor, info: Mapping[str, Any] | None, pid: int) -> str:
+    """The signal that ended a process nobody of ours stopped (SIGKILL by an operator or the OOM killer), or
+    ''. Not the revision's own failure: the next tick tries the revision again."""
+    if info is None or info["statename"] not in ("EXITED", "BACKOFF", "FATAL"):
+        return ""
+    return supervisor.ended_by_signal(str(info["name"]), pid)
+
+
 def _prove(env: SwitchEnv, successor: str, pid: int, url: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     ticker = Ticker(env.report)
@@ -145,6 +153,13 @@ def _prove(env: SwitchEnv, successor: str, pid: int, url: str, timeout: float) -
         info = _info(env, successor)
         state = info["statename"] if info else "gone"
         if state not in ("STARTING", "RUNNING") or (info and info["pid"] != pid):
+            signal = killed(env.supervisor, info, pid)
+            if signal:
+                raise StepError(
+                    f"the new API process {successor} was killed by {signal} before it answered (not an exit "
+                    "of its own: the revision is not blamed); the serving API was not touched",
+                    "killed",
+                )
             exit_status = f" (exit {info['exitstatus']})" if info and state in ("EXITED", "BACKOFF") else ""
             raise StepError(
                 f"the new API process {successor} is {state}{exit_status} before it answered; see "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,17 @@ class Supervisor:
     def draining(self) -> dict[str, list[str]]:
         """protea.getDraining: processes a scale-down removed that are still finishing their job."""
         return cast(dict[str, list[str]], self._call("protea.getDraining"))
+
+    def ended_by_signal(self, name: str, pid: int) -> str:
+        """The signal that ended process `name` of pid `pid` ('SIGKILL'), from supervisord's own log ('' when
+        it exited by itself, or its lines are not in the log's last 64 KB). supervisord keeps no exit status
+        for a process that died within its startsecs; its log line says how it ended."""
+        text = str(self._call("readLog", -65536, 0))
+        spawned = text.rfind(f"spawned: '{name}' with pid {pid}")
+        if spawned < 0:
+            return ""
+        match = re.search(rf"exited: {re.escape(name)} \(terminated by (SIG[A-Z0-9]+)", text[spawned:])
+        return match.group(1) if match else ""
 
     def switch(self, step: str, name: str) -> dict[str, Any]:
         """protea.beginSwitch / finishSwitch / abortSwitch (`step` begin, finish or abort) of one group."""

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protea_supervisor import declared
-from protea_supervisor.apiswitch import answer, replaced
+from protea_supervisor.apiswitch import answer, killed, replaced
 from protea_supervisor.apply import (
     LIVE,
     UP,
@@ -224,6 +224,7 @@ def prove_canary(env: TickEnv, revision: str) -> None:
     if _port_taken(url):
         raise StepError(f"the canary's address {url} is taken by a process that is not the canary", "refused")
     supervisor.start(f"{CANARY}:{CANARY}")
+    started = next((int(i["pid"]) for i in supervisor.all_process_info() if i["name"] == CANARY), 0)
     end = time.monotonic() + timeout
     ticker = Ticker(env.report)
     problem = "no answer"
@@ -232,6 +233,13 @@ def prove_canary(env: TickEnv, revision: str) -> None:
             info = next((i for i in supervisor.all_process_info() if i["name"] == CANARY), None)
             state = info["statename"] if info else "gone"
             if state not in ("STARTING", "RUNNING"):
+                signal = killed(supervisor, info, started)
+                if signal:
+                    raise StepError(
+                        f"the canary {CANARY} was killed by {signal} before it got ready (not an exit of its "
+                        "own: the revision is not blamed); the serving API was not touched",
+                        "killed",
+                    )
                 exit_status = f" (exit {info['exitstatus']})" if info and state == "EXITED" else ""
                 raise StepError(
                     f"the canary {CANARY} is {state}{exit_status} before it got ready; see "

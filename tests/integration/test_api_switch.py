@@ -5,6 +5,8 @@ poll on its own connection."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -17,6 +19,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, free_port, toml_dump, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket, record, serving
+
+from protea_supervisor.control import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -117,4 +121,25 @@ def test_a_deploy_replaces_the_api_without_a_failed_request_and_a_hung_one_never
     assert api_group(stack) == {"api": "RUNNING"}
     assert rev3 in record(stack)["failed"]
     assert git(repo.worktree, "rev-parse", "HEAD") == git(repo.dev, "rev-parse", "HEAD~1")
+    assert serving(stack) == f"v2 {rev2}"
+
+    # The successor killed with SIGKILL while it warms up (an operator, the OOM killer): no exit of its own,
+    # so the revision is not blamed (exit 50, not on the failed list; the next tick tries it again), and the
+    # serving API answered throughout.
+    rev4 = repo.commit("hangs too", {"VERSION": "v4\n"})
+    with Poller(url) as polled:
+        tick = subprocess.Popen([str(BIN / "protea-supervisor"), "--stack", str(stack.file), "tick"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+        def successor() -> int:
+            return next((int(i["pid"]) for i in Supervisor(stack.conf.parent / "supervisor.sock")
+                         .all_process_info() if i["name"] == "api-next" and i["pid"]), 0)  # fmt: skip
+
+        victim = int(wait_for(successor, 60, "the successor api-next"))  # type: ignore[arg-type]
+        os.kill(victim, signal.SIGKILL)
+        out, _ = tick.communicate(timeout=120)
+    assert tick.returncode == 50, out
+    assert "was killed by SIGKILL" in out and "not blamed" in out, out
+    assert polled.failed == 0, polled.failed
+    assert rev4 not in record(stack)["failed"]
     assert serving(stack) == f"v2 {rev2}"
