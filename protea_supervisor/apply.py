@@ -7,8 +7,9 @@ waits on conditions with deadlines. `report` receives one line per step.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from protea_supervisor.control import RUNNING_STATES, Supervisor
@@ -137,27 +138,39 @@ def wait_dropped(supervisor: Supervisor, group: str, processes: Iterable[str], d
         time.sleep(POLL)
 
 
-def restart_group(supervisor: Supervisor, group: str, deadlines: Deadlines, report: Report) -> None:
-    """Replace a changed group: stop it (gracefully), swap in the new config, start it if it was up."""
-    before = states(supervisor, group)
-    was_up = any(s in UP for s in before.values())
-    if any(s in LIVE for s in before.values()):
+def restart_groups(
+    supervisor: Supervisor, groups: Sequence[str], deadlines: Deadlines, report: Report
+) -> None:
+    """Replace changed groups of one priority together (the worker queues): all are told to stop at once and
+    each finishes its job within its grace, as `down` drains them; then the new configs go in and the groups
+    that were up start at once. Each queue is down only for its own restart either way; one after another,
+    a deploy of PROTEA's eleven queues waited for eleven jobs and eleven startsecs in a row."""
+    before = {group: states(supervisor, group) for group in groups}
+    was_up = [g for g in groups if any(s in UP for s in before[g].values())]
+    live = [g for g in groups if any(s in LIVE for s in before[g].values())]
+    for group in live:
         report(f"  {group}: stopping")
         supervisor.stop_group(group)
-        wait_until_gone_or_down(supervisor, group, before, deadlines.stop, report)
-    supervisor.replace_group(group)
-    if was_up:
-        start_group(supervisor, group, deadlines, report)
-        report(f"  {group}: restarted")
-    else:
-        report(f"  {group}: new config in place (it was not running, so it stays stopped)")
+    for group in live:
+        wait_until_gone_or_down(supervisor, group, before[group], deadlines.stop, report)
+    for group in groups:
+        supervisor.replace_group(group)
+    for group in was_up:
+        supervisor.start_group(group)
+    for group in groups:
+        if group in was_up:
+            wait_started(supervisor, group, deadlines.start, report=report)
+            report(f"  {group}: restarted")
+        else:
+            report(f"  {group}: new config in place (it was not running, so it stays stopped)")
 
 
 def apply_plan(
     supervisor: Supervisor, plan: ReloadPlan, deadlines: Deadlines, report: Report, start_added: bool
 ) -> None:
-    """Count-only changes in place; removed groups stopped in parallel and dropped; changed ones restarted
-    one at a time; added ones started in priority order when the stack is up."""
+    """Count-only changes in place; removed groups stopped in parallel and dropped; changed ones restarted in
+    priority order, those of one priority (the worker queues) together; added ones started in priority order
+    when the stack is up."""
     for group, _diff in plan.scaled:
         sync_group(supervisor, group, deadlines, report, wait=False)
     for group in plan.removed:
@@ -166,8 +179,10 @@ def apply_plan(
         wait_until_gone_or_down(supervisor, group, states(supervisor, group), deadlines.stop, report)
         supervisor.remove_group(group)
         report(f"  {group}: stopped and removed")
-    for group in plan.in_start_order(plan.changed):
-        restart_group(supervisor, group, deadlines, report)
+    ordered = plan.in_start_order(plan.changed)
+    priority = dict(plan.priority)
+    for _level, same in itertools.groupby(ordered, key=lambda group: priority.get(group, 999)):
+        restart_groups(supervisor, list(same), deadlines, report)
     for group in plan.in_start_order(plan.added):
         supervisor.add_group(group)
         if start_added and group not in ON_DEMAND:

@@ -300,8 +300,9 @@ def _group_matches(supervisor: Supervisor, program: str, stack: Stack) -> bool:
 def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
     """Re-render and apply the difference to the running stack with the least disruption.
 
-    Count-only changes are made in place; changed programs are restarted one at a time (workers finish
-    their job within their grace); new programs are added and started in priority order; removed ones
+    Count-only changes are made in place; changed programs are restarted in priority order, the worker
+    queues together (each worker finishes its job within its grace); new programs are added and started in
+    priority order; removed ones
     are stopped and removed. Programs that did not change are not touched. Never `supervisorctl reload`.
     """
     stack = load(ctx)
