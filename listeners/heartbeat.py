@@ -138,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif isinstance(action, SendBeat):
             send(action)
 
-    log(f"heartbeat: {host.name} ({host.role}) to {host.db_url_env} every {INTERVAL:g} s and on changes")
+    log(
+        f"heartbeat: {host.name} ({host.role}) to {host.db_url_env} at least every {INTERVAL:g} s (at each "
+        "TICK_5), on process changes and on a change of the stack-owner lock"
+    )
 
     def on_event(event: Event) -> None:
         lock = read_lock()[1] if event.name == "TICK_5" else holder["state"].lock or ""
