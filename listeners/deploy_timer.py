@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from protea_supervisor.deploy import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
+from protea_supervisor.files import read_json, write_json
 from protea_supervisor.humane import iso
 
 from .actions import Log
@@ -33,10 +34,8 @@ from .edge import (
     call_tolerating,
     execute_each,
     listener_stack,
-    read_json,
     rpc_factory,
     send_event,
-    write_json,
 )
 from .protocol import Event, run
 

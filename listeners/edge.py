@@ -8,7 +8,6 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from protea_supervisor.env import redact
@@ -66,20 +65,6 @@ def send_event(rpc: Rpc, comm_type: str, message: Mapping[str, Any], attempts: i
         except Exception:  # supervisord busy or restarting: the result must still arrive
             time.sleep(1)
     return False
-
-
-def write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    from protea_supervisor.files import write_atomic
-
-    write_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def listener_stack(argv: Sequence[str] | None, what: str) -> tuple[Any, ListenerLog]:

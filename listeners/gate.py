@@ -6,20 +6,21 @@ handler through the same loop and the listener acknowledges each event at once.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from protea_supervisor.files import write_json
+from protea_supervisor.gate_contract import read_state
 from protea_supervisor.guard import read_refusals
 from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.overrides import with_overrides
+from protea_supervisor.probes import parse_infra, wait_http, wait_ports
 
 from .actions import Log
 from .edge import (
@@ -28,10 +29,8 @@ from .edge import (
     call_tolerating,
     execute_each,
     listener_stack,
-    read_json,
     rpc_factory,
     send_event,
-    write_json,
 )
 from .gate_handler import (
     COMM_TYPE,
@@ -51,14 +50,9 @@ from .gate_handler import (
     state_from_document,
     with_live,
 )
-from .probes import parse_infra, wait_http, wait_ports
 from .protocol import Event, run
 
-__all__ = ["COMM_TYPE", "STATE_FILE", "main", "read_state", "start_request"]
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(run_dir / STATE_FILE)
+__all__ = ["main"]
 
 
 # --- the edge: executor and main ------------------------------------------------------------------------
@@ -175,12 +169,6 @@ def plan_from_stack(stack: Any, environ: Mapping[str, str]) -> tuple[GatePlan, l
         start_timeout=float(stack.probes.start_timeout),
     )
     return plan, problems
-
-
-def start_request(retry: bool = False) -> tuple[str, str]:
-    """The message `up` and `gate retry` send (as REMOTE_COMMUNICATION); returns (request id, payload)."""
-    request = uuid.uuid4().hex
-    return request, json.dumps({"command": "retry" if retry else "start", "request": request})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,18 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from protea_supervisor.gate_contract import CHAIN, COMM_TYPE, STATE_FILE, STEPS
+from protea_supervisor.probes import InfraTarget
 from protea_supervisor.stack import RESERVED
 
 from .actions import Log
-from .probes import InfraTarget
 from .protocol import Event
 
-COMM_TYPE = "protea-gate"
-STATE_FILE = "gate.json"
+__all__ = ["CHAIN", "COMM_TYPE", "STATE_FILE", "STEPS"]
+
 UP_STATES = ("STARTING", "RUNNING", "BACKOFF")
-STEPS = ("infra", "migrate", "api", "web", "tunnel", "workers")
-# The steps the public needs, in order: `up` reports their time as the chain.
-CHAIN = ("infra", "migrate", "api", "web", "tunnel")
 
 
 # --- records --------------------------------------------------------------------------------------------

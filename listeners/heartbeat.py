@@ -21,9 +21,10 @@ from typing import Any
 
 from protea_supervisor.deploy import record_from_doc
 from protea_supervisor.errors import ProteaError
+from protea_supervisor.files import read_json
 
 from .actions import Log
-from .edge import execute_each, listener_stack, read_json, rpc_factory
+from .edge import execute_each, listener_stack, rpc_factory
 from .protocol import Event, run
 
 INTERVAL = 10.0  # heartbeats.INTERVAL: at least this often

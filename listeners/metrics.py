@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from protea_supervisor.files import read_json
 from protea_supervisor.humane import recent_restarts
 from protea_supervisor.lock import lock_document, resolve_path
 from protea_supervisor.stack import ONE_SHOTS
 
-from .edge import listener_stack, read_json, rpc_factory
+from .edge import listener_stack, rpc_factory
+from .families import Family, family
 from .protocol import Event, run
 
 STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
@@ -87,25 +89,6 @@ def apply_event(state: MetricsState, event: Event, now: float) -> MetricsState:
     return replace(state, processes={**state.processes, key: new}, events=state.events + 1)
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    kind: str  # gauge or counter
-    help: str
-    labels: tuple[str, ...]
-    samples: tuple[tuple[tuple[str, ...], float], ...]
-
-
-def _family(
-    name: str,
-    help: str,
-    labels: tuple[str, ...],
-    values: Iterable[tuple[tuple[str, ...], float]],
-    kind: str = "gauge",
-) -> Family:
-    return Family(name, kind, help, labels, tuple(values))
-
-
 def samples(
     state: MetricsState,
     files: Mapping[str, Mapping[str, Any]],
@@ -114,67 +97,29 @@ def samples(
     revision: Callable[[int], str | None] = lambda pid: None,
 ) -> list[Family]:
     procs = sorted(state.processes.items())
-    by_proc = ("process", "group")
     running = [(k, p) for k, p in procs if p.state == "RUNNING"]
     families = [
-        _family(
-            "protea_process_state",
-            "1 for the state each process is in",
-            (*by_proc, "state"),
-            (((k, p.group, s), float(p.state == s)) for k, p in procs for s in STATES),
+        family(
+            "protea_process_state", (((k, p.group, s), float(p.state == s)) for k, p in procs for s in STATES)
         ),
-        _family(
-            "protea_process_up",
-            "1 when the process is RUNNING",
-            by_proc,
-            (((k, p.group), float(p.state == "RUNNING")) for k, p in procs),
-        ),
-        _family(
-            "protea_process_restarts",
-            "restarts after an unexpected exit or a failed start, since the metrics listener started "
-            "(not a deploy's, an operator's or a one-shot's start)",
-            by_proc,
-            (((k, p.group), float(p.failures)) for k, p in procs),
-            kind="counter",
-        ),
-        _family(
+        family("protea_process_up", (((k, p.group), float(p.state == "RUNNING")) for k, p in procs)),
+        family("protea_process_restarts", (((k, p.group), float(p.failures)) for k, p in procs)),
+        family(
             "protea_process_uptime_seconds",
-            "seconds since the process reached RUNNING",
-            by_proc,
             (((k, p.group), now - p.started_at) for k, p in running if p.started_at),
         ),
     ]
     memory = [((k, p.group), rss(p.pid)) for k, p in running if p.pid]
     families.append(
-        _family(
-            "protea_process_rss_bytes",
-            "resident memory of the process",
-            by_proc,
-            ((labels, value) for labels, value in memory if value is not None),
-        )
+        family("protea_process_rss_bytes", ((labels, value) for labels, value in memory if value is not None))
     )
     families += _file_families(files, now)
     deployed = str(files.get("deploy", {}).get("revision", ""))
     if deployed:
         revisions = {k: revision(p.pid) for k, p in running if p.pid}
         other = [k for k, r in revisions.items() if r and r != deployed]
-        families.append(
-            _family(
-                "protea_processes_on_other_revision",
-                "RUNNING processes started with a revision other than the deployed one",
-                (),
-                [((), float(len(other)))],
-            )
-        )
-    families.append(
-        _family(
-            "protea_metrics_events",
-            "events the metrics listener processed",
-            (),
-            [((), float(state.events))],
-            kind="counter",
-        )
-    )
+        families.append(family("protea_processes_on_other_revision", [((), float(len(other)))]))
+    families.append(family("protea_metrics_events", [((), float(state.events))]))
     return families
 
 
@@ -183,133 +128,54 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
     gate = files.get("gate", {})
     if gate:
         phase, step = str(gate.get("phase", "")), str(gate.get("step", ""))
-        out.append(
-            _family(
-                "protea_gate_phase", "the gate's phase and step", ("phase", "step"), [((phase, step), 1.0)]
-            )
-        )
-        out.append(
-            _family(
-                "protea_gate_failed", "1 when the last gate run failed", (), [((), float(phase == "failed"))]
-            )
-        )
+        out.append(family("protea_gate_phase", [((phase, step), 1.0)]))
+        out.append(family("protea_gate_failed", [((), float(phase == "failed"))]))
     watch = files.get("tunnel", {})
     if watch:
         recent = recent_restarts(watch, now)
+        out.append(family("protea_tunnel_probe_ok", [((), float(bool(watch.get("last_ok"))))]))
+        out.append(family("protea_tunnel_restarts_last_hour", [((), float(len(recent)))]))
+        out.append(family("protea_tunnel_restart_budget_spent", [((), float(bool(watch.get("capped"))))]))
         out.append(
-            _family(
-                "protea_tunnel_probe_ok",
-                "1 when the last tunnel probe passed",
-                (),
-                [((), float(bool(watch.get("last_ok"))))],
-            )
-        )
-        out.append(
-            _family(
-                "protea_tunnel_restarts_last_hour",
-                "tunnel restarts by the watchdog",
-                (),
-                [((), float(len(recent)))],
-            )
-        )
-        out.append(
-            _family(
-                "protea_tunnel_restart_budget_spent",
-                "1 when the watchdog spent its restart budget and stopped restarting the tunnel",
-                (),
-                [((), float(bool(watch.get("capped"))))],
-            )
-        )
-        out.append(
-            _family(
-                "protea_tunnel_consecutive_failures",
-                "failed tunnel probes in a row",
-                (),
-                [((), float(watch.get("consecutive_failures", 0)))],
-            )
+            family("protea_tunnel_consecutive_failures", [((), float(watch.get("consecutive_failures", 0)))])
         )
     deployed = files.get("deploy", {})
     if deployed:
         revision, previous = str(deployed.get("revision", "")), str(deployed.get("previous", ""))
-        out.append(
-            _family(
-                "protea_deploy_info",
-                "the deployed revision",
-                ("revision", "previous"),
-                [((revision, previous), 1.0)],
-            )
-        )
+        out.append(family("protea_deploy_info", [((revision, previous), 1.0)]))
         if deployed.get("last_exit") is not None:
-            out.append(
-                _family(
-                    "protea_deploy_last_tick_exit_code",
-                    "exit code of the last deploy tick",
-                    (),
-                    [((), float(deployed["last_exit"]))],
-                )
-            )
+            out.append(family("protea_deploy_last_tick_exit_code", [((), float(deployed["last_exit"]))]))
         if deployed.get("last_tick_epoch"):
             out.append(
-                _family(
-                    "protea_deploy_last_tick_timestamp_seconds",
-                    "when the last deploy tick ran",
-                    (),
-                    [((), float(deployed["last_tick_epoch"]))],
+                family(
+                    "protea_deploy_last_tick_timestamp_seconds", [((), float(deployed["last_tick_epoch"]))]
                 )
             )
     timer = files.get("timer", {})
     if timer:
         out.append(
-            _family(
+            family(
                 "protea_deploy_paused_until_timestamp_seconds",
-                "until when the deploy timer is paused after an escalation (0: not paused)",
-                (),
                 [((), float(timer.get("paused_until") or 0.0))],
             )
         )
     lock = files.get("lock", {})
     owner, task = str(lock.get("owner", "free") or "free"), str(lock.get("task_id", ""))
-    out.append(
-        _family(
-            "protea_stack_owner",
-            "1 for the stack-owner lock's owner",
-            ("owner", "task_id"),
-            [((owner, task), 1.0)],
-        )
-    )
+    out.append(family("protea_stack_owner", [((owner, task), 1.0)]))
     if lock.get("since"):
-        out.append(
-            _family(
-                "protea_stack_owner_since_timestamp_seconds",
-                "when the stack-owner lock's holder took it",
-                ("owner",),
-                [((owner,), float(lock["since"]))],
-            )
-        )
+        out.append(family("protea_stack_owner_since_timestamp_seconds", [((owner,), float(lock["since"]))]))
     queues = files.get("queues", {})
     if queues.get("checked_at"):
         verdicts = [v for v in queues.get("queues", []) if isinstance(v, dict)]
+        out.append(family("protea_queue_checked_timestamp_seconds", [((), float(queues["checked_at"]))]))
         out.append(
-            _family(
-                "protea_queue_checked_timestamp_seconds",
-                "when `protea-supervisor queues` last judged the queues",
-                (),
-                [((), float(queues["checked_at"]))],
+            family(
+                "protea_queue_status", [((str(v.get("name")), str(v.get("status"))), 1.0) for v in verdicts]
             )
         )
         out.append(
-            _family(
-                "protea_queue_status",
-                "1 for each queue's verdict at the last check (ok, idle, stalled, starved, mismatch)",
-                ("queue", "status"),
-                [((str(v.get("name")), str(v.get("status"))), 1.0) for v in verdicts],
-            )
-        )
-        out.append(
-            _family(
+            family(
                 "protea_queue_messages",
-                "messages in each queue at the last check",
-                ("queue",),
                 [((str(v.get("name")),), float(v.get("messages") or 0)) for v in verdicts],
             )
         )
@@ -368,10 +234,10 @@ class Collector:
         files = read_files(self.run_dir, self.lock_file)
         families = samples(self.state(), files, time.time(), rss_bytes, process_revision)
         families += self.hosts() if self.hosts else []
-        for family in families:
-            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-            metric = kind(family.name, family.help, labels=list(family.labels))
-            for labels, value in family.samples:
+        for each in families:
+            kind = CounterMetricFamily if each.kind == "counter" else GaugeMetricFamily
+            metric = kind(each.name, each.help, labels=list(each.labels))
+            for labels, value in each.samples:
                 metric.add_metric(list(labels), value)
             yield metric
 

@@ -9,27 +9,15 @@ from typing import Any
 
 from protea_supervisor.heartbeats import Beat
 
+from .families import Family, family
 
-def host_families(beats: Sequence[Beat], declared: str | None, read_ok: bool) -> list[Any]:
-    from .metrics import _family
 
+def host_families(beats: Sequence[Beat], declared: str | None, read_ok: bool) -> list[Family]:
     families = [
-        _family(
-            "protea_hosts_read_ok",
-            "1 when the other hosts' heartbeats could be read from Postgres at this scrape",
-            (),
-            [((), float(read_ok))],
-        ),
-        _family(
-            "protea_host_heartbeat_age_seconds",
-            "seconds since each host's last heartbeat, by Postgres's clock",
-            ("host", "role"),
-            (((b.host, b.role), b.age_s) for b in beats),
-        ),
-        _family(
+        family("protea_hosts_read_ok", [((), float(read_ok))]),
+        family("protea_host_heartbeat_age_seconds", (((b.host, b.role), b.age_s) for b in beats)),
+        family(
             "protea_host_process_up",
-            "1 when the process is RUNNING on that host, from its last heartbeat",
-            ("host", "process", "group"),
             (
                 (
                     (b.host, str(p.get("name", "")), str(p.get("group", ""))),
@@ -39,23 +27,14 @@ def host_families(beats: Sequence[Beat], declared: str | None, read_ok: bool) ->
                 for p in b.processes
             ),
         ),
-        _family(
+        family(
             "protea_host_processes_refused",
-            "processes whose last start a check refused (revision guard, singleton lock), per host",
-            ("host",),
             (((b.host,), float(sum(1 for p in b.processes if p.get("refused")))) for b in beats),
         ),
     ]
     if declared:
         off = (((b.host,), float(sum(1 for p in b.processes if _off(p, declared)))) for b in beats)
-        families.append(
-            _family(
-                "protea_host_processes_off_declared",
-                "RUNNING processes on a revision other than the declared one, per host",
-                ("host",),
-                off,
-            )
-        )
+        families.append(family("protea_host_processes_off_declared", off))
     return families
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from protea_supervisor.files import read_json, write_json
 from protea_supervisor.oplock import attempt
 from protea_supervisor.stack import TunnelWatch
 
@@ -35,10 +36,8 @@ from .edge import (
     call_tolerating,
     execute_each,
     listener_stack,
-    read_json,
     rpc_factory,
     send_event,
-    write_json,
 )
 from .protocol import Event, run
 

@@ -27,13 +27,12 @@ from protea_supervisor.deploy import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TAS
 from protea_supervisor.env import merged_environment, redact, secret_values
 from protea_supervisor.errors import OperationBusy, UsageError
 from protea_supervisor.executor import read_record, write_record
-from protea_supervisor.files import write_atomic
+from protea_supervisor.files import read_json, write_atomic
 from protea_supervisor.lifecycle import run_gate, start_supervisord
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import marker_text, trigger_message
-from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.notify import host_name, now_iso, send_detached, tick_event
 from protea_supervisor.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.releases import table as releases_table

@@ -28,10 +28,9 @@ from protea_supervisor.dumps import check_dump, prepare, run_backup, switch
 from protea_supervisor.dumps import drill as run_drill
 from protea_supervisor.env import merged_environment
 from protea_supervisor.errors import BackupFailed, BrokerAnswerInvalid, EnvError, ProteaError, UsageError
-from protea_supervisor.files import write_atomic
+from protea_supervisor.files import read_json, write_atomic
 from protea_supervisor.heartbeats import read_all, running_elsewhere
 from protea_supervisor.lifecycle import run_gate, stop_programs
-from protea_supervisor.listeners.edge import read_json
 from protea_supervisor.oplock import resolve_wait
 from protea_supervisor.postgres import Postgres
 from protea_supervisor.queues import Watch, fetch_queues, judge, readings, running_counts, seen_from_state

@@ -32,6 +32,7 @@ from protea_supervisor.env import check_required, merged_environment
 from protea_supervisor.errors import StackFailed, SupervisorDown, UsageError
 from protea_supervisor.executor import read_record
 from protea_supervisor.files import write_atomic
+from protea_supervisor.gate_contract import read_state as read_gate_state
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
 from protea_supervisor.lifecycle import (
     await_daemon,
@@ -42,7 +43,6 @@ from protea_supervisor.lifecycle import (
     shut_down,
     start_supervisord,
 )
-from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.logfiles import prune_logs
 from protea_supervisor.overrides import (
     apply_counts,

@@ -18,14 +18,14 @@ from protea_supervisor.deploy import DeployRecord
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.executor import read_record
+from protea_supervisor.files import read_json
+from protea_supervisor.gate_contract import read_state as read_gate_state
 from protea_supervisor.guard import read_refusals
 from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
 from protea_supervisor.lifecycle import supervisord_pid
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import next_tick_at
-from protea_supervisor.listeners.edge import read_json
-from protea_supervisor.listeners.gate import read_state as read_gate_state
 from protea_supervisor.listeners.tunnel_watch import COMM_TYPE as TUNNEL_COMM_TYPE
 from protea_supervisor.listeners.tunnel_watch import STATE_FILE as TUNNEL_STATE_FILE
 from protea_supervisor.listeners.tunnel_watch import reset_message as tunnel_reset_message

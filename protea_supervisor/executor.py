@@ -20,8 +20,7 @@ from protea_supervisor.errors import (
     StopTimeout,
     SupervisorDown,
 )
-from protea_supervisor.files import write_atomic
-from protea_supervisor.listeners.edge import read_json
+from protea_supervisor.files import read_json, write_atomic
 from protea_supervisor.rollout import (
     apply_revision,
     declare_revision,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import tomllib
@@ -96,3 +97,16 @@ def machine_facts() -> HostFacts:
     from protea_supervisor.hosts import default_name
 
     return HostFacts(home=Path.home(), python=sys.executable, hostname=default_name(socket.gethostname()))
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    write_atomic(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a state file; None when it is missing or not an object."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -17,9 +17,8 @@ from protea_supervisor.apply import START_DEADLINE, wait_started, wait_until_gon
 from protea_supervisor.control import RUNNING_STATES, Supervisor, daemon_pids, start_daemon, wait_gone
 from protea_supervisor.env import redact, secret_values
 from protea_supervisor.errors import GateFailed, StackFailed, StopTimeout, SupervisorDown
-from protea_supervisor.listeners.gate import COMM_TYPE, start_request
-from protea_supervisor.listeners.gate import read_state as read_gate_state
-from protea_supervisor.listeners.gate_handler import CHAIN, STEPS
+from protea_supervisor.gate_contract import CHAIN, COMM_TYPE, STEPS, start_request
+from protea_supervisor.gate_contract import read_state as read_gate_state
 from protea_supervisor.progress import Ticker, names
 from protea_supervisor.stack import LISTENERS, Stack
 

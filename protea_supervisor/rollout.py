@@ -25,11 +25,11 @@ from protea_supervisor.apply import (
 )
 from protea_supervisor.deploy import short as deploy_short
 from protea_supervisor.errors import ProteaError, SupervisorDown
+from protea_supervisor.gate_contract import read_state as read_gate_state
 from protea_supervisor.guard import read_refusals
 from protea_supervisor.hosts import REFUSALS
 from protea_supervisor.lifecycle import gate_deadline
-from protea_supervisor.listeners.gate import read_state as read_gate_state
-from protea_supervisor.listeners.probes import wait_http
+from protea_supervisor.probes import wait_http
 from protea_supervisor.progress import Ticker
 from protea_supervisor.reconcile import describe_plan, plan_from_document
 from protea_supervisor.render import CANARY

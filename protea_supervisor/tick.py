@@ -30,7 +30,7 @@ from protea_supervisor.executor import (
     write_record,
 )
 from protea_supervisor.follow import follow_tick
-from protea_supervisor.listeners.probes import parse_infra, wait_ports
+from protea_supervisor.probes import parse_infra, wait_ports
 from protea_supervisor.rollout import healthy, wait_gate_idle
 from protea_supervisor.stack import Stack
 from protea_supervisor.tickenv import TickEnv
