@@ -21,7 +21,7 @@ import tomllib
 import pytest
 from stage import APP, QUEUES, SWITCH_OVER, Figures, Stage, git, psql, wait_for
 
-from protea_supervisor.control import Supervisor
+from protea_supervisor.supervisord.control import Supervisor
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from protea_supervisor.deploy import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
-from protea_supervisor.files import read_json, write_json
+from protea_supervisor.deploy.plan import MEANING, NOOP, PREREQUISITES_DOWN, REDEPLOYED
 from protea_supervisor.humane import iso
+from protea_supervisor.stackfile.files import read_json, write_json
 
 from .actions import Log
 from .edge import (
@@ -319,7 +319,7 @@ def ls_remote(repository: Path, remote: str, ref: str) -> tuple[str, str]:
 
 def declared_revision(stack: Any) -> tuple[str, str]:
     """A node's check: the revision the server declared in Postgres (its URL from the env files)."""
-    from protea_supervisor.declared import DeclarationUnavailable, current, server_url
+    from protea_supervisor.hosts.declared import DeclarationUnavailable, current, server_url
 
     try:
         declaration = current(server_url(stack), stack.host.db_url_env)
@@ -364,7 +364,7 @@ class Executor:
         send_event(self.rpc, COMM_TYPE, {"kind": "remote", "sha": sha, "detail": detail})
 
     def _notify(self, action: Notify) -> None:
-        from protea_supervisor.notify import Event, host_name, now_iso, send_detached
+        from protea_supervisor.deploy.notify import Event, host_name, now_iso, send_detached
 
         event = Event(
             action.event, self.stack.name, host_name(), now_iso(), action.summary, trigger="deploy timer"

@@ -10,7 +10,7 @@ import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from protea_supervisor.env import redact
+from protea_supervisor.stackfile.env import redact
 
 Rpc = Callable[[], Any]
 
@@ -69,8 +69,8 @@ def send_event(rpc: Rpc, comm_type: str, message: Mapping[str, Any], attempts: i
 
 def listener_stack(argv: Sequence[str] | None, what: str) -> tuple[Any, ListenerLog]:
     """A listener's `--stack` argument, the stack it names, and a log that redacts that stack's secrets."""
-    from protea_supervisor.env import secret_values
-    from protea_supervisor.files import load_stack, machine_facts
+    from protea_supervisor.stackfile.env import secret_values
+    from protea_supervisor.stackfile.files import load_stack, machine_facts
 
     parser = argparse.ArgumentParser(description=f"protea-supervisor {what} (a supervisord event listener)")
     parser.add_argument("--stack", default=None, help="stack file or `demo`, as given to protea-supervisor")

@@ -15,12 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from protea_supervisor.files import write_json
-from protea_supervisor.gate_contract import read_state
-from protea_supervisor.guard import read_refusals
-from protea_supervisor.hosts import REFUSALS
-from protea_supervisor.overrides import with_overrides
-from protea_supervisor.probes import parse_infra, wait_http, wait_ports
+from protea_supervisor.hosts.guard import read_refusals
+from protea_supervisor.stackfile.files import write_json
+from protea_supervisor.stackfile.host import REFUSALS
+from protea_supervisor.stackfile.overrides import with_overrides
+from protea_supervisor.supervisord.gate_contract import read_state
+from protea_supervisor.supervisord.probes import parse_infra, wait_http, wait_ports
 
 from .actions import Log
 from .edge import (

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from protea_supervisor.gate_contract import CHAIN, COMM_TYPE, STATE_FILE, STEPS
-from protea_supervisor.probes import InfraTarget
-from protea_supervisor.stack import RESERVED
+from protea_supervisor.stackfile.stack import RESERVED
+from protea_supervisor.supervisord.gate_contract import CHAIN, COMM_TYPE, STATE_FILE, STEPS
+from protea_supervisor.supervisord.probes import InfraTarget
 
 from .actions import Log
 from .protocol import Event

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from protea_supervisor.deploy import record_from_doc
+from protea_supervisor.deploy.plan import record_from_doc
 from protea_supervisor.errors import ProteaError
-from protea_supervisor.files import read_json
+from protea_supervisor.stackfile.files import read_json
 
 from .actions import Log
 from .edge import execute_each, listener_stack, rpc_factory
@@ -81,7 +81,7 @@ def processes(
 ) -> tuple[dict[str, Any], ...]:
     """Each process as the heartbeat carries it; `refused` (`group:process` -> why) marks a worker whose
     last start a check refused, while it is down."""
-    from protea_supervisor.status import process_revision
+    from protea_supervisor.supervisord.status import process_revision
 
     found = []
     for info in infos:
@@ -102,11 +102,11 @@ def processes(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from protea_supervisor.declared import server_url
-    from protea_supervisor.guard import read_refusals
-    from protea_supervisor.heartbeats import Beat, publish
-    from protea_supervisor.hosts import REFUSALS
-    from protea_supervisor.lock import lock_document, resolve_path
+    from protea_supervisor.hosts.declared import server_url
+    from protea_supervisor.hosts.guard import read_refusals
+    from protea_supervisor.hosts.heartbeats import Beat, publish
+    from protea_supervisor.locks.stack_owner import lock_document, resolve_path
+    from protea_supervisor.stackfile.host import REFUSALS
 
     stack, log = listener_stack(argv, "heartbeat")
     rpc = rpc_factory(os.environ)

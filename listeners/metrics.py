@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protea_supervisor.files import read_json
 from protea_supervisor.humane import recent_restarts
-from protea_supervisor.lock import lock_document, resolve_path
-from protea_supervisor.stack import ONE_SHOTS
+from protea_supervisor.locks.stack_owner import lock_document, resolve_path
+from protea_supervisor.stackfile.files import read_json
+from protea_supervisor.stackfile.stack import ONE_SHOTS
 
 from .edge import listener_stack, rpc_factory
 from .families import Family, family
@@ -229,7 +229,7 @@ class Collector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from protea_supervisor.status import process_revision
+        from protea_supervisor.supervisord.status import process_revision
 
         files = read_files(self.run_dir, self.lock_file)
         families = samples(self.state(), files, time.time(), rss_bytes, process_revision)
@@ -244,8 +244,8 @@ class Collector:
 
 def hosts_reader(stack: Any) -> Callable[[], list[Family]]:
     """Reads every host's heartbeat and the declaration at each scrape; a failed read is a 0, not an error."""
-    from protea_supervisor.declared import DeclarationUnavailable, current, server_url
-    from protea_supervisor.heartbeats import read_all
+    from protea_supervisor.hosts.declared import DeclarationUnavailable, current, server_url
+    from protea_supervisor.hosts.heartbeats import read_all
 
     from .metrics_hosts import host_families
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from protea_supervisor.heartbeats import Beat
+from protea_supervisor.hosts.heartbeats import Beat
 
 from .families import Family, family
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protea_supervisor.files import read_json, write_json
-from protea_supervisor.oplock import attempt
-from protea_supervisor.stack import TunnelWatch
+from protea_supervisor.locks.operation import attempt
+from protea_supervisor.stackfile.files import read_json, write_json
+from protea_supervisor.stackfile.stack import TunnelWatch
 
 from .actions import Log
 from .deploy_timer import COMM_TYPE as TIMER_COMM_TYPE

@@ -1,3 +1,3 @@
-from protea_supervisor.cli import main
+from protea_supervisor.cli.main import main
 
 main()

@@ -24,8 +24,8 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any, cast
 
-from protea_supervisor.control import xmlrpc_proxy
 from protea_supervisor.errors import ProteaError, SupervisorDown
+from protea_supervisor.supervisord.control import xmlrpc_proxy
 
 PASSWORD_ENV = "PROTEA_SUPERVISOR_PASSWORD"
 
@@ -51,7 +51,7 @@ class Client:
     ) -> Client:
         """The supervisord of the stack described by `stack_file` (a host stack file, `demo`, or None for
         the PROTEA defaults), as the CLI's --stack chooses it."""
-        from protea_supervisor.files import load_stack, machine_facts
+        from protea_supervisor.stackfile.files import load_stack, machine_facts
 
         stack = load_stack(None if stack_file is None else str(stack_file), machine_facts())
         if not inet:

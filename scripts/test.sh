@@ -10,4 +10,6 @@ PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The layers as a contract: a wing imports only the wings below it, and no import cycle (pyproject.toml).
+.venv/bin/lint-imports --no-cache
 .venv/bin/pytest -n "${PROTEA_TEST_WORKERS:-8}" --dist worksteal "$@"

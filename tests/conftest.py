@@ -255,7 +255,7 @@ def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Calla
         xprocess.getinfo(name).terminate()
     # A program started in the moment supervisord was torn down (the watchdog restarting the tunnel) is not
     # in the process tree xprocess collected: every process with one of these stacks' marks goes too.
-    from protea_supervisor import orphans
+    from protea_supervisor.supervisord import orphans
 
     for socket_path in sockets:
         for orphan in orphans.find(socket_path, None):

@@ -14,7 +14,7 @@ import pytest
 from protea_supervisor.listeners.metrics import from_process_info, samples
 from protea_supervisor.listeners.metrics_hosts import host_families
 
-from protea_supervisor.heartbeats import Beat
+from protea_supervisor.hosts.heartbeats import Beat
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).parents[2] / "deploy"

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, free_port, stack_file, wait_for
 
-from protea_supervisor.control import Supervisor
 from protea_supervisor.errors import RpcRefused
+from protea_supervisor.supervisord.control import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, free_port, toml_dump, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket, record, serving
 
-from protea_supervisor.control import Supervisor
+from protea_supervisor.supervisord.control import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import PS, Stack, stack_file, toml_dump
 
-from protea_supervisor.control import Supervisor
+from protea_supervisor.supervisord.control import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from protea_supervisor.errors import LockContention
-from protea_supervisor.lock import LockFile, parse_record
+from protea_supervisor.locks.stack_owner import LockFile, parse_record
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import PS, ps, wait_for

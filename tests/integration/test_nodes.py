@@ -25,8 +25,8 @@ from conftest import BIN, Stack, free_port, stack_file, wait_for
 from deploy_app import AppRepo, deploy_stack, git
 from rabbit import AMQP, WORKER_COMMAND, publish
 
-from protea_supervisor import declared
-from protea_supervisor.status import process_revision
+from protea_supervisor.hosts import declared
+from protea_supervisor.supervisord.status import process_revision
 
 pytestmark = pytest.mark.integration
 

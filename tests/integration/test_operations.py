@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, Stack, free_port, stack_file, toml_dump, wait_for
 from rabbit import WORKER_COMMAND, connect, delete_queue, publish
 
-from protea_supervisor.control import Supervisor
-from protea_supervisor.queues import running_counts
+from protea_supervisor.operations.queues import running_counts
+from protea_supervisor.supervisord.control import Supervisor
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

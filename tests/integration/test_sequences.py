@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import PS, Result, Stack, free_port, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, on_socket
 
-from protea_supervisor import orphans
-from protea_supervisor.control import Supervisor, daemon_pids
-from protea_supervisor.files import load_stack
-from protea_supervisor.overrides import with_overrides
-from protea_supervisor.stack import HostFacts
+from protea_supervisor.stackfile.files import load_stack
+from protea_supervisor.stackfile.overrides import with_overrides
+from protea_supervisor.stackfile.stack import HostFacts
+from protea_supervisor.supervisord import orphans
+from protea_supervisor.supervisord.control import Supervisor, daemon_pids
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, wait_for
 
-from protea_supervisor.singleton import CLASS_KEY, queue_key
+from protea_supervisor.hosts.singleton import CLASS_KEY, queue_key
 
 pytestmark = pytest.mark.integration
 

@@ -103,7 +103,7 @@ def test_a_supervisord_that_does_not_answer_is_waited_for_never_doubled_nor_its_
     """supervisord runs but its socket path does not answer (as while it starts, before it listens: here the
     socket is moved aside). `up` neither starts a second supervisord for the stack (it would bind the free
     path) nor takes the live programs for orphans; it waits, and goes on once the socket answers."""
-    from protea_supervisor.control import daemon_pids
+    from protea_supervisor.supervisord.control import daemon_pids
 
     stack = Stack(stack_file(short_tmp))
     run = stack.root / "run"

@@ -25,7 +25,7 @@ from conftest import PS, Stack, free_port, ps, stack_file, wait_for
 from deploy_app import AppRepo, deploy_stack, git, record, serving
 from rabbit import WORKER_COMMAND, publish
 
-from protea_supervisor import orphans
+from protea_supervisor.supervisord import orphans
 
 pytestmark = pytest.mark.integration
 
@@ -368,7 +368,7 @@ HOLD_LOCK = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from protea_supervisor.oplock import operation
+    from protea_supervisor.locks.operation import operation
     with operation(Path(sys.argv[1]), "scale (test)", 5, print):
         print("held", flush=True)
         sys.stdin.readline()

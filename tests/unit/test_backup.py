@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from protea_supervisor.backup import (
+from protea_supervisor.operations.backup import (
     ASIDE,
     STAGING,
     BackupFailed,

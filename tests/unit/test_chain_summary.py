@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from protea_supervisor.lifecycle import chain_summary, chain_times, own_start_time
+from protea_supervisor.supervisord.lifecycle import chain_summary, chain_times, own_start_time
 
 
 def run(*steps: tuple[str, float, float], finished_at: float = 0.0) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protea_supervisor.deploy import (
+from protea_supervisor.deploy.plan import (
     DeployRecord,
     after_failure,
     after_success,
@@ -111,7 +111,7 @@ def test_the_record_round_trips() -> None:
 
 
 def test_only_the_revisions_own_failures_blame_it() -> None:
-    from protea_supervisor.deploy import blame
+    from protea_supervisor.deploy.plan import blame
 
     assert blame("migrate", "exit") == "revision"
     assert blame("build", "command") == "revision" and blame("build", "incomplete") == "revision"
@@ -130,7 +130,7 @@ def test_only_the_revisions_own_failures_blame_it() -> None:
 
 
 def test_the_plan_and_its_rollback_undo_exactly_what_ran() -> None:
-    from protea_supervisor.deploy import Work, deploy_plan, rollback_plan
+    from protea_supervisor.deploy.plan import Work, deploy_plan, rollback_plan
 
     plan = deploy_plan(B, Work(install=True, build=True), supervisord_up=True)
     assert [s.name for s in plan] == [
@@ -155,7 +155,7 @@ def test_the_plan_and_its_rollback_undo_exactly_what_ran() -> None:
 
 
 def test_exit_codes_after_a_failed_deploy() -> None:
-    from protea_supervisor.deploy import outcome
+    from protea_supervisor.deploy.plan import outcome
 
     assert outcome("revision", rolled_back=True) == 20
     assert outcome("infra", rolled_back=True) == 50

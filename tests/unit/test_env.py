@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from protea_supervisor.env import check_required, load_env_files, missing_variables
 from protea_supervisor.errors import EnvError
+from protea_supervisor.stackfile.env import check_required, load_env_files, missing_variables
 
 SECRET = "s3cr3t-Value-That-Must-Not-Leak"
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from protea_supervisor.deploy import Step, Work, deploy_plan, rollback_plan
-from protea_supervisor.hosts import Checkout, HostSettings, default_name, guard_verdict, host_problems
+from protea_supervisor.deploy.plan import Step, Work, deploy_plan, rollback_plan
+from protea_supervisor.stackfile.host import (
+    Checkout,
+    HostSettings,
+    default_name,
+    guard_verdict,
+    host_problems,
+)
 
 A, B = "a" * 40, "b" * 40
 CLEAN_A = Checkout(A, ())

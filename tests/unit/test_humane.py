@@ -12,7 +12,7 @@ from protea_supervisor.humane import (
     probe_text,
     tunnel_lines,
 )
-from protea_supervisor.logfiles import stale_logs
+from protea_supervisor.supervisord.logfiles import stale_logs
 
 NOW = 1_796_108_900.0  # 2026-12-01T07:08:20Z
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from protea_supervisor.errors import LockContention, LockCorrupt, LockMismatch, UsageError
-from protea_supervisor.lock import FREE, LockRecord, decide_acquire, decide_release, parse_record, timestamp
+from protea_supervisor.locks.stack_owner import (
+    FREE,
+    LockRecord,
+    decide_acquire,
+    decide_release,
+    parse_record,
+    timestamp,
+)
 
 NOW = datetime(2026, 5, 20, 14, 0, 0, 123456, tzinfo=UTC)
 EXPORT = LockRecord("export", "farm-exp-13", "2026-05-20T14:00:00+00:00", "FARM-EXP.13 sweep")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import threading
 
-from protea_supervisor.notify import Event, Target, deliver, payload, tick_event
-from protea_supervisor.stack import NotifySettings
+from protea_supervisor.deploy.notify import Event, Target, deliver, payload, tick_event
+from protea_supervisor.stackfile.stack import NotifySettings
 
 AT = "2026-12-01T07:00:00Z"
 EVENT = Event(

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from protea_supervisor.errors import OperationBusy, UsageError
-from protea_supervisor.oplock import attempt, operation, read_holder, resolve_wait
+from protea_supervisor.locks.operation import attempt, operation, read_holder, resolve_wait
 from protea_supervisor.progress import Ticker, names
 
 HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from protea_supervisor.oplock import operation
+    from protea_supervisor.locks.operation import operation
     with operation(Path(sys.argv[1]), "tick", 5, print, spares=("tunnel",)):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protea_supervisor.orphans import ProcRecord, judge
+from protea_supervisor.supervisord.orphans import ProcRecord, judge
 
 MARK = "unix:///run/protea/supervisor.sock"
 

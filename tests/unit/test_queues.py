@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from protea_supervisor.errors import BrokerAnswerInvalid
-from protea_supervisor.queues import Reading, Seen, Watch, judge, readings, running_counts, seen_from_state
+from protea_supervisor.operations.queues import (
+    Reading,
+    Seen,
+    Watch,
+    judge,
+    readings,
+    running_counts,
+    seen_from_state,
+)
 
 
 def api(name: str, messages: int, consumers: int, acks: int | None = None) -> dict[str, object]:

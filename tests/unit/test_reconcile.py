@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protea_supervisor.reconcile import (
+from protea_supervisor.supervisord.reconcile import (
     GroupDiff,
     ReloadPlan,
     describe_plan,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protea_supervisor.releases import (
+from protea_supervisor.deploy.releases import (
     HISTORY_FILE,
     NoTarget,
     Release,

@@ -16,11 +16,11 @@ from supervisor.events import EventTypes
 from supervisor.options import ServerOptions
 
 from protea_supervisor.errors import RenderError
-from protea_supervisor.files import builtin_stack_text, parse_toml
-from protea_supervisor.parser import parse_stack
-from protea_supervisor.readback import parse as check_config
-from protea_supervisor.render import envpairs, pct, render
-from protea_supervisor.stack import HostFacts, Stack
+from protea_supervisor.stackfile.files import builtin_stack_text, parse_toml
+from protea_supervisor.stackfile.parser import parse_stack
+from protea_supervisor.stackfile.stack import HostFacts, Stack
+from protea_supervisor.supervisord.readback import parse as check_config
+from protea_supervisor.supervisord.render import envpairs, pct, render
 
 GOLDEN = Path(__file__).parent / "golden" / "protea.conf"
 HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from protea_supervisor.errors import StackError
-from protea_supervisor.files import builtin_stack_text, parse_toml
-from protea_supervisor.parse_programs import queue_program_name
-from protea_supervisor.parser import parse_stack
-from protea_supervisor.stack import HostFacts, Stack
+from protea_supervisor.stackfile.files import builtin_stack_text, parse_toml
+from protea_supervisor.stackfile.parse_programs import queue_program_name
+from protea_supervisor.stackfile.parser import parse_stack
+from protea_supervisor.stackfile.stack import HostFacts, Stack
 
 HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")
 DEFAULTS = ("built-in protea stack", parse_toml(builtin_stack_text("protea"), "defaults"))

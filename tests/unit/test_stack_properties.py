@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protea_supervisor.errors import StackError
-from protea_supervisor.files import builtin_stack_text, parse_toml
-from protea_supervisor.parser import parse_stack
-from protea_supervisor.readback import parse, verify
-from protea_supervisor.render import blocks, render
-from protea_supervisor.stack import HostFacts, Stack
+from protea_supervisor.stackfile.files import builtin_stack_text, parse_toml
+from protea_supervisor.stackfile.parser import parse_stack
+from protea_supervisor.stackfile.stack import HostFacts, Stack
+from protea_supervisor.supervisord.readback import parse, verify
+from protea_supervisor.supervisord.render import blocks, render
 
 EXE = ["/opt/ps/bin/protea-supervisor"]
 HOST = HostFacts(home=Path("/home/op"), python="/opt/venv/bin/python")

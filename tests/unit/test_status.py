@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from protea_supervisor.status import format_uptime, group_rss_kb, rows, spawn_counts, table
+from protea_supervisor.supervisord.status import format_uptime, group_rss_kb, rows, spawn_counts, table
 
 LOG = """\
 2026-11-28 06:00:00,000 INFO supervisord started with pid 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protea_supervisor.unit import render_unit, unit_path
+from protea_supervisor.supervisord.unit import render_unit, unit_path
 
 
 def test_the_user_unit_runs_supervisord_in_the_foreground_and_drains_on_stop() -> None:

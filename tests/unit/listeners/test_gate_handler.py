@@ -24,7 +24,7 @@ from protea_supervisor.listeners.gate_handler import (
 )
 from protea_supervisor.listeners.protocol import Event
 
-from protea_supervisor.probes import parse_infra
+from protea_supervisor.supervisord.probes import parse_infra
 
 PLAN = GatePlan(
     infra=(InfraTarget("PROTEA_DB_URL", "127.0.0.1", 5432),),

@@ -6,7 +6,7 @@ from protea_supervisor.listeners.actions import Log
 from protea_supervisor.listeners.heartbeat import BeatState, SendBeat, handle, sent
 from protea_supervisor.listeners.protocol import Event
 
-from protea_supervisor.heartbeats import Beat, flags, view
+from protea_supervisor.hosts.heartbeats import Beat, flags, view
 
 TICK = Event("TICK_5")
 
@@ -104,7 +104,7 @@ def test_the_all_hosts_view_flags_stale_hosts_and_workers_off_the_declared_revis
 
 
 def test_a_servers_export_is_read_from_its_heartbeat_even_a_stale_one() -> None:
-    from protea_supervisor.heartbeats import server_export
+    from protea_supervisor.hosts.heartbeats import server_export
 
     export = {"owner": "export", "task_id": "exp-1"}
     assert server_export([Beat("gpu-1", "node", A, (), 1.0, export)]) == ""  # only a server's lock counts
@@ -116,7 +116,7 @@ def test_a_servers_export_is_read_from_its_heartbeat_even_a_stale_one() -> None:
 
 
 def test_queues_count_the_running_workers_of_every_other_fresh_host() -> None:
-    from protea_supervisor.heartbeats import running_elsewhere
+    from protea_supervisor.hosts.heartbeats import running_elsewhere
 
     def proc(group: str, state: str = "RUNNING") -> dict[str, object]:
         return {"name": group, "group": group, "state": state}

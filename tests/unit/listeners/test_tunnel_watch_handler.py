@@ -27,7 +27,7 @@ from protea_supervisor.listeners.tunnel_watch import (
     state_from_document,
 )
 
-from protea_supervisor.stack import TunnelWatch
+from protea_supervisor.stackfile.stack import TunnelWatch
 
 RULES = TunnelWatch(enabled=True, probe_interval=10, probe_timeout=5, failures=3, confirm_interval=2, grace=20,
                     backoff_initial=15, backoff_max=300, max_restarts_per_hour=6, down_statuses=(402,))  # fmt: skip
