@@ -11,7 +11,7 @@ from protea_supervisor.errors import StackError
 from protea_supervisor.stackfile import carry
 from protea_supervisor.stackfile.parse_checks import Expander, check_command, check_signal
 from protea_supervisor.stackfile.placeholders import shown
-from protea_supervisor.stackfile.schema import ROLES, Reader, quoted
+from protea_supervisor.stackfile.schema import DEFAULTS, ROLES, Reader, quoted
 from protea_supervisor.stackfile.stack import (
     ENV_NAME,
     PROGRAM_NAME,
@@ -32,7 +32,11 @@ def queue_program_name(queue: str) -> str:
 def parse_program(reader: Reader, expand_: Expander, role: str, root: Path) -> Program:
     key = f"programs.{role}"
     table = reader.get(key, {"command": ""})
-    environment = table.get("environment", {})
+
+    def own(name: str) -> Any:
+        return table.get(name, DEFAULTS[f"programs.*.{name}"])
+
+    environment = own("environment")
     values = []
     for name, raw in environment.items():
         where = f"{key}.environment.{quoted(name)}"
@@ -47,25 +51,28 @@ def parse_program(reader: Reader, expand_: Expander, role: str, root: Path) -> P
         if problem:
             raise reader.fail(where, problem)
         values.append((name, value))
-    enabled = table.get("enabled", True)
+    enabled = own("enabled")
     command = check_command(
-        reader, f"{key}.command", expand_.text(f"{key}.command", table.get("command", "")), enabled
+        reader,
+        f"{key}.command",
+        expand_.text(f"{key}.command", own("command")),
+        enabled,
     )
-    fallback = expand_.text(f"{key}.fallback_command", table.get("fallback_command", ""))
-    requires_file = expand_.text(f"{key}.requires_file", table.get("requires_file", ""))
+    fallback = expand_.text(f"{key}.fallback_command", own("fallback_command"))
+    requires_file = expand_.text(f"{key}.requires_file", own("requires_file"))
     if bool(fallback) != bool(requires_file):
         raise reader.fail(key, "needs both requires_file and fallback_command, or neither")
     problem = carry.arg_problem(requires_file)
     if problem:
         raise reader.fail(f"{key}.requires_file", problem)
-    socket = check_socket(reader, role, table.get("socket", ""))
+    socket = check_socket(reader, role, own("socket"))
     return Program(
         role=role,
         command=command,
-        directory=expand_.path(f"{key}.directory", table.get("directory", "{root}"), root),
+        directory=expand_.path(f"{key}.directory", own("directory"), root),
         environment=tuple(sorted(values)),
-        stop_signal=check_signal(reader, f"{key}.stop_signal", table.get("stop_signal", "TERM")),
-        stop_grace=table.get("stop_grace", 10),
+        stop_signal=check_signal(reader, f"{key}.stop_signal", own("stop_signal")),
+        stop_grace=own("stop_grace"),
         startsecs=table.get("startsecs", 0 if role == "migrate" else 1),
         enabled=enabled,
         requires_file=requires_file,
@@ -114,15 +121,15 @@ def parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Q
                 where, f"makes program {program!r}, which is already {seen[program]}; name another"
             )
         seen[program] = key
-        processes = table.get("processes", 1)
-        numbered = table.get("numbered", False)
+        processes = table.get("processes", DEFAULTS["queues.*.processes"])
+        numbered = table.get("numbered", DEFAULTS["queues.*.numbered"])
         if processes > 1 and not numbered:
             raise reader.fail(
                 f"{key}.processes",
                 f"is {processes}, but an unnumbered queue runs one process named {program}; "
                 "set numbered = true to run several",
             )
-        singleton = bool(table.get("singleton", False))
+        singleton = bool(table.get("singleton", DEFAULTS["queues.*.singleton"]))
         if singleton and processes > 1:
             raise reader.fail(
                 f"{key}.processes",
@@ -138,7 +145,7 @@ def parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Q
                 numbered=numbered,
                 stop_grace=table.get("stop_grace", workers.stop_grace),
                 command=check_command(reader, command_key, command),
-                starved_after=table.get("starved_after", reader.get("monitor.starved_after", 1800)),
+                starved_after=table.get("starved_after", reader.get("monitor.starved_after")),
                 singleton=singleton,
             )
         )

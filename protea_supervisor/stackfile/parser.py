@@ -64,71 +64,65 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
     paths = _parse_paths(reader, expand_)
     root = paths.root
     env = EnvSettings(
-        files=tuple(
-            expand_.path(f"env.files[{i}]", f, root) for i, f in enumerate(reader.get("env.files", []))
-        ),
-        required=tuple(env_names(reader, "env.required", reader.get("env.required", []))),
-        require_jwt_secret=bool(reader.get("env.require_jwt_secret", False)),
+        files=tuple(expand_.path(f"env.files[{i}]", f, root) for i, f in enumerate(reader.get("env.files"))),
+        required=tuple(env_names(reader, "env.required", reader.get("env.required"))),
+        require_jwt_secret=bool(reader.get("env.require_jwt_secret")),
     )
     control = _parse_control(reader)
     programs = tuple(parse_program(reader, expand_, role, root) for role in ROLES)
     workers = Workers(
         # A template: each queue that uses it expands {queue} and is checked at this key.
         command=reader.get("workers.command"),
-        stop_signal=check_signal(reader, "workers.stop_signal", reader.get("workers.stop_signal", "TERM")),
-        stop_grace=reader.get("workers.stop_grace", 300),
-        startsecs=reader.get("workers.startsecs", 1),
-        directory=expand_.path("workers.directory", reader.get("workers.directory", "{root}"), root),
-        restart_delay=reader.get("workers.restart_delay", 0),
+        stop_signal=check_signal(reader, "workers.stop_signal", reader.get("workers.stop_signal")),
+        stop_grace=reader.get("workers.stop_grace"),
+        startsecs=reader.get("workers.startsecs"),
+        directory=expand_.path("workers.directory", reader.get("workers.directory"), root),
+        restart_delay=reader.get("workers.restart_delay"),
     )
     queues = parse_queues(reader, expand_, workers)
     probes = Probes(
-        api_ready_url=check_url(reader, "probes.api_ready_url", reader.get("probes.api_ready_url", "")),
-        api_ready_timeout=reader.get("probes.api_ready_timeout", 120),
-        web_url=check_url(reader, "probes.web_url", reader.get("probes.web_url", "")),
-        web_timeout=reader.get("probes.web_timeout", 60),
-        public_url=check_url(reader, "probes.public_url", reader.get("probes.public_url", "")),
-        ngrok_api_url=check_url(reader, "probes.ngrok_api_url", reader.get("probes.ngrok_api_url", "")),
-        infra_from_env=tuple(
-            env_names(reader, "probes.infra_from_env", reader.get("probes.infra_from_env", []))
-        ),
-        infra_timeout=reader.get("probes.infra_timeout", 180),
-        start_timeout=reader.get("probes.start_timeout", 60),
+        api_ready_url=check_url(reader, "probes.api_ready_url", reader.get("probes.api_ready_url")),
+        api_ready_timeout=reader.get("probes.api_ready_timeout"),
+        web_url=check_url(reader, "probes.web_url", reader.get("probes.web_url")),
+        web_timeout=reader.get("probes.web_timeout"),
+        public_url=check_url(reader, "probes.public_url", reader.get("probes.public_url")),
+        ngrok_api_url=check_url(reader, "probes.ngrok_api_url", reader.get("probes.ngrok_api_url")),
+        infra_from_env=tuple(env_names(reader, "probes.infra_from_env", reader.get("probes.infra_from_env"))),
+        infra_timeout=reader.get("probes.infra_timeout"),
+        start_timeout=reader.get("probes.start_timeout"),
     )
     deploy = _parse_deploy(reader, expand_, root, probes)
     lock = LockSettings(
         file=expand_.path("lock.file", reader.get("lock.file"), root),
-        flock_timeout=float(reader.get("lock.flock_timeout", 5)),
+        flock_timeout=float(reader.get("lock.flock_timeout")),
     )
     tunnel_watch = _parse_tunnel_watch(reader)
     metrics = Metrics(
-        bool(reader.get("metrics.enabled", True)),
-        check_host(reader, "metrics.host", reader.get("metrics.host", "127.0.0.1"), loopback_only=False),
-        reader.get("metrics.port", 9108),
+        bool(reader.get("metrics.enabled")),
+        check_host(reader, "metrics.host", reader.get("metrics.host"), loopback_only=False),
+        reader.get("metrics.port"),
     )
     monitor = Monitor(
-        rabbit_api=check_url(
-            reader, "monitor.rabbit_api", reader.get("monitor.rabbit_api", "http://127.0.0.1:15672")
-        ),
-        queue_prefix=reader.get("monitor.queue_prefix", "protea."),
-        exempt=tuple(reader.get("monitor.exempt", ["protea.dead-letter"])),
-        starved_after=reader.get("monitor.starved_after", 1800),
+        rabbit_api=check_url(reader, "monitor.rabbit_api", reader.get("monitor.rabbit_api")),
+        queue_prefix=reader.get("monitor.queue_prefix"),
+        exempt=tuple(reader.get("monitor.exempt")),
+        starved_after=reader.get("monitor.starved_after"),
     )
     backup = BackupSettings(
-        dir=expand_.path("backup.dir", reader.get("backup.dir", "~/Thesis2/backups"), root),
-        keep=reader.get("backup.keep", 3),
-        min_free_gb=float(reader.get("backup.min_free_gb", 60)),
+        dir=expand_.path("backup.dir", reader.get("backup.dir"), root),
+        keep=reader.get("backup.keep"),
+        min_free_gb=float(reader.get("backup.min_free_gb")),
         database_url_env=env_names(
-            reader, "backup.database_url_env", [reader.get("backup.database_url_env", "PROTEA_DB_URL")]
+            reader, "backup.database_url_env", [reader.get("backup.database_url_env")]
         )[0],
-        extensions=tuple(sql_names(reader, "backup.extensions", reader.get("backup.extensions", ["vector"]))),
-        check_tables=tuple(sql_names(reader, "backup.check_tables", reader.get("backup.check_tables", []))),
-        min_tables=reader.get("backup.min_tables", 1),
-        jobs=reader.get("backup.jobs", 4),
+        extensions=tuple(sql_names(reader, "backup.extensions", reader.get("backup.extensions"))),
+        check_tables=tuple(sql_names(reader, "backup.check_tables", reader.get("backup.check_tables"))),
+        min_tables=reader.get("backup.min_tables"),
+        jobs=reader.get("backup.jobs"),
     )
     notify = _parse_notify(reader)
     host_settings = _parse_host(reader, host, programs)
-    name = reader.get("name", "protea")
+    name = reader.get("name")
     if not PROGRAM_NAME.fullmatch(name):
         raise reader.fail("name", f"must be lowercase letters, digits and dashes, got {shown(name)!r}")
     return Stack(
@@ -156,14 +150,14 @@ def parse_stack(layers: list[tuple[str, Mapping[str, Any]]], host: HostFacts) ->
 
 def _parse_host(reader: Reader, facts: HostFacts, programs: tuple[Program, ...]) -> HostSettings:
     settings = HostSettings(
-        role=reader.get("host.role", "server"),
+        role=reader.get("host.role"),
         name=reader.get("host.name", facts.hostname),
-        declare_revision=bool(reader.get("host.declare_revision", False)),
-        revision_guard=bool(reader.get("host.revision_guard", False)),
-        db_url_env=env_names(reader, "host.db_url_env", [reader.get("host.db_url_env", "PROTEA_DB_URL")])[0],
-        migrations_dir=reader.get("host.migrations_dir", "alembic/versions"),
-        heartbeat=bool(reader.get("host.heartbeat", False)),
-        stale_after=reader.get("host.stale_after", 30),
+        declare_revision=bool(reader.get("host.declare_revision")),
+        revision_guard=bool(reader.get("host.revision_guard")),
+        db_url_env=env_names(reader, "host.db_url_env", [reader.get("host.db_url_env")])[0],
+        migrations_dir=reader.get("host.migrations_dir"),
+        heartbeat=bool(reader.get("host.heartbeat")),
+        stale_after=reader.get("host.stale_after"),
     )
     for key, expected in host_problems(settings, [p.role for p in programs if p.enabled]):
         # A program left on is wrong because of the role: the file that made this host a node is named.
@@ -183,9 +177,7 @@ def _parse_paths(reader: Reader, expand_: Expander) -> Paths:
     if len(str(run / "supervisor.sock").encode()) > 100:
         # AF_UNIX paths are limited to 108 bytes; supervisord would fail to bind much later.
         raise reader.fail("paths.run", f"is too long for a unix socket path ({shown(str(run), 60)})")
-    return Paths(
-        root=root, venv=venv, logs=logs, run=run, create_root=bool(reader.get("paths.create_root", False))
-    )
+    return Paths(root=root, venv=venv, logs=logs, run=run, create_root=bool(reader.get("paths.create_root")))
 
 
 def _parse_notify(reader: Reader) -> NotifySettings:
@@ -196,26 +188,24 @@ def _parse_notify(reader: Reader) -> NotifySettings:
             "notify.events", f"must hold events among {', '.join(NOTIFY_EVENTS)}, got {shown(unknown[0])!r}"
         )
     return NotifySettings(
-        slack_url_env=tuple(
-            env_names(reader, "notify.slack_url_env", reader.get("notify.slack_url_env", []))
-        ),
-        json_url_env=tuple(env_names(reader, "notify.json_url_env", reader.get("notify.json_url_env", []))),
+        slack_url_env=tuple(env_names(reader, "notify.slack_url_env", reader.get("notify.slack_url_env"))),
+        json_url_env=tuple(env_names(reader, "notify.json_url_env", reader.get("notify.json_url_env"))),
         events=tuple(events),
-        timeout=float(reader.get("notify.timeout", 5.0)),
-        retries=reader.get("notify.retries", 3),
+        timeout=float(reader.get("notify.timeout")),
+        retries=reader.get("notify.retries"),
     )
 
 
 def _parse_control(reader: Reader) -> Control:
-    inet_port = reader.get("control.inet_port", 0)
+    inet_port = reader.get("control.inet_port")
     control = Control(
         inet_port=inet_port,
-        inet_host=reader.get("control.inet_host", "127.0.0.1"),
-        username=reader.get("control.username", ""),
-        password_sha=reader.get("control.password_sha", ""),
-        fast_reactions=bool(reader.get("control.fast_reactions", True)),
-        operation_wait=float(reader.get("control.operation_wait", 900)),
-        log_retention_days=reader.get("control.log_retention_days", 7),
+        inet_host=reader.get("control.inet_host"),
+        username=reader.get("control.username"),
+        password_sha=reader.get("control.password_sha"),
+        fast_reactions=bool(reader.get("control.fast_reactions")),
+        operation_wait=float(reader.get("control.operation_wait")),
+        log_retention_days=reader.get("control.log_retention_days"),
     )
     if control.inet_port:
         check_host(reader, "control.inet_host", control.inet_host, loopback_only=True)
@@ -235,20 +225,20 @@ def _parse_control(reader: Reader) -> Control:
 
 
 def _parse_tunnel_watch(reader: Reader) -> TunnelWatch:
-    def get(key: str, default: Any) -> Any:
-        return reader.get(f"tunnel_watch.{key}", default)
+    def get(key: str) -> Any:
+        return reader.get(f"tunnel_watch.{key}")
 
     watch = TunnelWatch(
-        enabled=bool(get("enabled", True)),
-        probe_interval=get("probe_interval", 5),
-        probe_timeout=float(get("probe_timeout", 2)),
-        failures=get("failures", 3),
-        confirm_interval=float(get("confirm_interval", 0.5)),
-        grace=get("grace", 20),
-        backoff_initial=get("backoff_initial", 15),
-        backoff_max=get("backoff_max", 300),
-        max_restarts_per_hour=get("max_restarts_per_hour", 6),
-        down_statuses=tuple(get("down_statuses", [402])),
+        enabled=bool(get("enabled")),
+        probe_interval=get("probe_interval"),
+        probe_timeout=float(get("probe_timeout")),
+        failures=get("failures"),
+        confirm_interval=float(get("confirm_interval")),
+        grace=get("grace"),
+        backoff_initial=get("backoff_initial"),
+        backoff_max=get("backoff_max"),
+        max_restarts_per_hour=get("max_restarts_per_hour"),
+        down_statuses=tuple(get("down_statuses")),
     )
     if watch.backoff_max < watch.backoff_initial:
         raise reader.fail("tunnel_watch.backoff_max", "must be at least tunnel_watch.backoff_initial")
@@ -256,38 +246,36 @@ def _parse_tunnel_watch(reader: Reader) -> TunnelWatch:
 
 
 def _parse_deploy(reader: Reader, expand_: Expander, root: Path, probes: Probes) -> Deploy:
-    web_dir = reader.get("deploy.web_dir", "apps/web")
+    web_dir = reader.get("deploy.web_dir")
     if not web_dir or PurePosixPath(web_dir).is_absolute() or ".." in PurePosixPath(web_dir).parts:
         raise reader.fail("deploy.web_dir", f"must be a path inside the worktree, got {shown(web_dir)!r}")
     for key in ("remote", "ref"):
-        value = reader.get(f"deploy.{key}", "origin" if key == "remote" else "develop")
+        value = reader.get(f"deploy.{key}")
         if not value or value.startswith("-") or carry.arg_problem(value) or value != value.strip():
             raise reader.fail(f"deploy.{key}", f"must be a git {key} name, got {shown(value)!r}")
 
     def shell(key: str) -> str:
         """A command run with bash: placeholders are expanded as in a program's command ({{ for a brace)."""
-        return expand_.text(f"deploy.{key}", reader.get(f"deploy.{key}", ""))
+        return expand_.text(f"deploy.{key}", reader.get(f"deploy.{key}"))
 
     return Deploy(
-        repository=expand_.path("deploy.repository", reader.get("deploy.repository", "{root}"), root),
-        remote=reader.get("deploy.remote", "origin"),
-        ref=reader.get("deploy.ref", "develop"),
-        poll_interval=reader.get("deploy.poll_interval", 300),
-        jitter=reader.get("deploy.jitter", 0),
-        retry_ladder=tuple(reader.get("deploy.retry_ladder", [30, 120, 300])),
-        pause_after_escalation=reader.get("deploy.pause_after_escalation", 1800),
+        repository=expand_.path("deploy.repository", reader.get("deploy.repository"), root),
+        remote=reader.get("deploy.remote"),
+        ref=reader.get("deploy.ref"),
+        poll_interval=reader.get("deploy.poll_interval"),
+        jitter=reader.get("deploy.jitter"),
+        retry_ladder=tuple(reader.get("deploy.retry_ladder")),
+        pause_after_escalation=reader.get("deploy.pause_after_escalation"),
         escalation_command=shell("escalation_command"),
-        lock_files=tuple(reader.get("deploy.lock_files", ["pyproject.toml", "poetry.lock"])),
+        lock_files=tuple(reader.get("deploy.lock_files")),
         install_command=shell("install_command"),
         post_install_command=shell("post_install_command"),
         web_dir=web_dir,
         build_command=shell("build_command"),
-        web_current=expand_.path(
-            "deploy.web_current", reader.get("deploy.web_current", "{run}/web-current"), root
-        ),
-        enabled=reader.get("deploy.enabled", True),
-        check_interval=reader.get("deploy.check_interval", 60),
-        prerequisite_timeout=float(reader.get("deploy.prerequisite_timeout", 15)),
+        web_current=expand_.path("deploy.web_current", reader.get("deploy.web_current"), root),
+        enabled=reader.get("deploy.enabled"),
+        check_interval=reader.get("deploy.check_interval"),
+        prerequisite_timeout=float(reader.get("deploy.prerequisite_timeout")),
         **_parse_canary(reader, expand_, probes),
     )
 
@@ -297,8 +285,8 @@ def _parse_canary(reader: Reader, expand_: Expander, probes: Probes) -> dict[str
     serving API, so its URL must not be the API's own address (it could never bind, and the revision would
     be blamed for it)."""
     key = "deploy.api_canary_command"
-    command = check_command(reader, key, expand_.text(key, reader.get(key, "")), required=False)
-    url = check_url(reader, "deploy.api_canary_url", reader.get("deploy.api_canary_url", ""))
+    command = check_command(reader, key, expand_.text(key, reader.get(key)), required=False)
+    url = check_url(reader, "deploy.api_canary_url", reader.get("deploy.api_canary_url"))
     if bool(command.strip()) != bool(url):
         raise reader.fail("deploy", "needs both api_canary_command and api_canary_url, or neither")
     if url and probes.api_ready_url and _address(url) == _address(probes.api_ready_url):

@@ -7,6 +7,7 @@ Dotted keys are spelled one way everywhere: parts that are not bare TOML keys ar
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping
@@ -164,6 +165,119 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+
+# Every key's default: what a stack gets for a key no layer sets (the shipped PROTEA stack,
+# stacks/protea.toml, is a layer over these). The parser reads them through `Reader.get`, and the reference
+# (docs: Stack keys) is generated from them. Queue and program keys are spelled with `*` for the name.
+DEFAULTS: dict[str, Any] = {
+    "name": "protea",
+    "paths.create_root": False,
+    "env.files": [],
+    "env.required": [],
+    "env.require_jwt_secret": False,
+    "control.inet_port": 0,
+    "control.inet_host": "127.0.0.1",
+    "control.username": "",
+    "control.password_sha": "",
+    "control.fast_reactions": True,
+    "control.operation_wait": 900,
+    "control.log_retention_days": 7,
+    "programs.*.command": "",
+    "programs.*.directory": "{root}",
+    "programs.*.environment": {},
+    "programs.*.stop_signal": "TERM",
+    "programs.*.stop_grace": 10,
+    "programs.*.enabled": True,
+    "programs.*.requires_file": "",
+    "programs.*.fallback_command": "",
+    "programs.*.socket": "",
+    "workers.stop_signal": "TERM",
+    "workers.stop_grace": 300,
+    "workers.startsecs": 1,
+    "workers.directory": "{root}",
+    "workers.restart_delay": 0,
+    "queues.*.processes": 1,
+    "queues.*.numbered": False,
+    "queues.*.singleton": False,
+    "probes.api_ready_url": "",
+    "probes.api_ready_timeout": 120,
+    "probes.web_url": "",
+    "probes.web_timeout": 60,
+    "probes.public_url": "",
+    "probes.ngrok_api_url": "",
+    "probes.infra_from_env": [],
+    "probes.infra_timeout": 180,
+    "probes.start_timeout": 60,
+    "deploy.repository": "{root}",
+    "deploy.remote": "origin",
+    "deploy.ref": "develop",
+    "deploy.poll_interval": 300,
+    "deploy.jitter": 0,
+    "deploy.retry_ladder": [30, 120, 300],
+    "deploy.pause_after_escalation": 1800,
+    "deploy.escalation_command": "",
+    "deploy.lock_files": ["pyproject.toml", "poetry.lock"],
+    "deploy.install_command": "",
+    "deploy.post_install_command": "",
+    "deploy.web_dir": "apps/web",
+    "deploy.build_command": "",
+    "deploy.web_current": "{run}/web-current",
+    "deploy.enabled": True,
+    "deploy.check_interval": 60,
+    "deploy.prerequisite_timeout": 15,
+    "deploy.api_canary_command": "",
+    "deploy.api_canary_url": "",
+    "host.role": "server",
+    "host.declare_revision": False,
+    "host.revision_guard": False,
+    "host.db_url_env": "PROTEA_DB_URL",
+    "host.migrations_dir": "alembic/versions",
+    "host.heartbeat": False,
+    "host.stale_after": 30,
+    "lock.flock_timeout": 5,
+    "metrics.enabled": True,
+    "metrics.host": "127.0.0.1",
+    "metrics.port": 9108,
+    "monitor.rabbit_api": "http://127.0.0.1:15672",
+    "monitor.queue_prefix": "protea.",
+    "monitor.exempt": ["protea.dead-letter"],
+    "monitor.starved_after": 1800,
+    "notify.slack_url_env": [],
+    "notify.json_url_env": [],
+    "notify.timeout": 5.0,
+    "notify.retries": 3,
+    "backup.dir": "~/Thesis2/backups",
+    "backup.keep": 3,
+    "backup.min_free_gb": 60,
+    "backup.database_url_env": "PROTEA_DB_URL",
+    "backup.extensions": ["vector"],
+    "backup.check_tables": [],
+    "backup.min_tables": 1,
+    "backup.jobs": 4,
+    "tunnel_watch.enabled": True,
+    "tunnel_watch.probe_interval": 5,
+    "tunnel_watch.probe_timeout": 2,
+    "tunnel_watch.failures": 3,
+    "tunnel_watch.confirm_interval": 0.5,
+    "tunnel_watch.grace": 20,
+    "tunnel_watch.backoff_initial": 15,
+    "tunnel_watch.backoff_max": 300,
+    "tunnel_watch.max_restarts_per_hour": 6,
+    "tunnel_watch.down_statuses": [402],
+}
+# Defaults computed from the stack or the machine, in words (the parser computes them).
+DERIVED: dict[str, str] = {
+    "programs.*.startsecs": "0 for migrate (a one-shot), 1 for the others",
+    "queues.*.program": "worker-<the queue's name without `protea.`, dots as dashes>",
+    "queues.*.stop_grace": "workers.stop_grace",
+    "queues.*.command": "workers.command",
+    "queues.*.starved_after": "monitor.starved_after",
+    "host.name": "the machine's hostname, its first label",
+    "notify.events": "every event: succeeded, failed, rollback_failed, escalated, paused, resumed",
+}
+# Keys without a default: every stack must set them (the shipped stacks do).
+REQUIRED = frozenset({"paths.root", "paths.venv", "paths.logs", "paths.run", "workers.command", "lock.file"})
+
 TYPE_WORDS = {str: "a string", bool: "true or false"}
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -299,11 +413,24 @@ class Reader:
         return StackError(f"{self.where(blame or dotted)}: {dotted} {expected}.")
 
     def get(self, dotted: str, default: Any = None) -> Any:
+        """The merged value of `dotted`; else `default`, else the key's default in DEFAULTS."""
         node: Any = self.data
         for part in map(unquoted, key_parts(dotted)):
             if not isinstance(node, dict) or part not in node:
+                if default is None:
+                    default = default_of(dotted)
                 if default is None:
                     raise StackError(f"{self.sources[-1]}: missing required key {dotted}.")
                 return default
             node = node[part]
         return node
+
+
+def default_of(dotted: str) -> Any:
+    """The default of a key as DEFAULTS spells it (`queues.*.processes` for any queue), a fresh copy; None
+    when the key has none."""
+    parts = key_parts(dotted)
+    if len(parts) == 3 and parts[0] in ("programs", "queues"):
+        parts[1] = "*"
+    value = DEFAULTS.get(".".join(parts))
+    return copy.deepcopy(value)

@@ -268,3 +268,60 @@ def test_the_demo_stack_needs_nothing_but_python() -> None:
     assert len(running) == 11 and not any(q.singleton for q in running)
     assert not (demo.host.revision_guard or demo.host.heartbeat or demo.host.declare_revision)
     assert demo.probes.infra_from_env == () and not demo.deploy.enabled
+
+
+def _schema_keys() -> list[str]:
+    from protea_supervisor.stackfile.schema import PROGRAM_SCHEMA, QUEUE_SCHEMA, SCHEMA
+
+    keys: list[str] = []
+
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for key, spec in table.items():
+            if isinstance(spec, dict):
+                walk(spec, f"{prefix}{key}.")
+            elif isinstance(spec, tuple) and spec[0] in ("roles", "queues"):
+                walk(PROGRAM_SCHEMA if spec[0] == "roles" else QUEUE_SCHEMA, f"{prefix}{key}.*.")
+            else:
+                keys.append(f"{prefix}{key}")
+
+    walk(SCHEMA, "")
+    return keys
+
+
+def test_every_key_has_one_default_a_derived_default_or_is_required() -> None:
+    from protea_supervisor.stackfile.schema import DEFAULTS, DERIVED, REQUIRED
+
+    keys = _schema_keys()
+    for key in keys:
+        assert (key in DEFAULTS) + (key in DERIVED) + (key in REQUIRED) == 1, key
+    assert set(DEFAULTS) | set(DERIVED) | REQUIRED == set(keys)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "read"),
+    [
+        ("control.log_retention_days", 30, lambda s: s.control.log_retention_days),
+        ("tunnel_watch.failures", 7, lambda s: s.tunnel_watch.failures),
+        (
+            "programs.*.stop_grace",
+            42,
+            lambda s: next(p for p in s.programs if p.role == "migrate").stop_grace,
+        ),
+        ("queues.*.numbered", True, lambda s: next(q for q in s.queues if q.name == "protea.ping").numbered),
+    ],
+)
+def test_a_changed_default_in_the_schema_is_what_a_stack_gets(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: Any, read: Any
+) -> None:
+    from protea_supervisor.stackfile import schema
+
+    before = read(build())
+    assert before != value
+    monkeypatch.setitem(schema.DEFAULTS, key, value)
+    assert read(build()) == value
+
+
+def test_every_key_of_the_schema_says_what_it_means() -> None:
+    from protea_supervisor.stackfile.keydocs import MEANING
+
+    assert sorted(MEANING) == sorted(_schema_keys())
