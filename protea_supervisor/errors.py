@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 
+from protea_supervisor import exitcodes
+
 
 class ProteaError(Exception):
     """An expected failure with a one-sentence message for the operator."""
 
-    exit_code = 1
+    exit_code = exitcodes.BAD_INPUT
 
 
 class UsageError(ProteaError):
@@ -26,43 +28,43 @@ class RenderError(ProteaError):
 class EnvError(ProteaError):
     """An env file or a required variable is wrong. Exit 78 is "configuration error: do not restart"."""
 
-    exit_code = 78
+    exit_code = exitcodes.CONFIG
 
 
 class RevisionRefused(ProteaError):
     """The revision guard refused a worker's start: its checkout is dirty or not the revision it must run."""
 
-    exit_code = 78
+    exit_code = exitcodes.CONFIG
 
 
 class LockContention(ProteaError):
     """Another owner or task holds the stack-owner lock."""
 
-    exit_code = 2
+    exit_code = exitcodes.LOCK_HELD
 
 
 class LockMismatch(ProteaError):
     """A task tried to release a lock it does not hold."""
 
-    exit_code = 3
+    exit_code = exitcodes.LOCK_NOT_HOLDER
 
 
 class LockTimeout(ProteaError):
     """The flock guarding the lock file was not obtained in time."""
 
-    exit_code = 4
+    exit_code = exitcodes.FLOCK_TIMEOUT
 
 
 class LockCorrupt(ProteaError):
     """The lock file exists but is not a valid record; never read as free."""
 
-    exit_code = 5
+    exit_code = exitcodes.LOCK_CORRUPT
 
 
 class SupervisorDown(ProteaError):
     """supervisord is not running (or its socket does not answer)."""
 
-    exit_code = 6
+    exit_code = exitcodes.SUPERVISORD_DOWN
 
 
 # What a write can meet that is the filesystem's state, not a bug: full, over quota, read-only.
@@ -80,13 +82,13 @@ class WriteFailed(ProteaError):
     """A file could not be written (a full disk, a read-only or missing filesystem); what was there before is
     as it was (writes go to a temp file, then a rename). Exit 73 is sysexits' "cannot create output file"."""
 
-    exit_code = 73
+    exit_code = exitcodes.CANNOT_WRITE
 
 
 class StackFailed(ProteaError):
     """A program of the stack failed to start or stop as asked."""
 
-    exit_code = 7
+    exit_code = exitcodes.STACK_FAILED
 
 
 class ProgramFailed(StackFailed):
@@ -114,19 +116,19 @@ class GateFailed(StackFailed):
 class OperationBusy(ProteaError):
     """Another command held the host's operation lock for longer than the wait allows."""
 
-    exit_code = 8
+    exit_code = exitcodes.OPERATION_BUSY
 
 
 class BackupFailed(ProteaError):
     """A backup, restore or drill failed: low disk, a failing pg tool, a missing extension, failed checks."""
 
-    exit_code = 9
+    exit_code = exitcodes.BACKUP_FAILED
 
 
 class BrokerUnreachable(ProteaError):
     """`queues`: the RabbitMQ management API cannot be read (today's queue_heartbeat.py exits 2 for it)."""
 
-    exit_code = 2
+    exit_code = exitcodes.LOCK_HELD
 
 
 class BrokerAnswerInvalid(BrokerUnreachable):
@@ -136,4 +138,4 @@ class BrokerAnswerInvalid(BrokerUnreachable):
 class CommandNotFound(ProteaError):
     """The command given to `exec` or `lock run` does not exist or cannot be executed (shell's 127)."""
 
-    exit_code = 127
+    exit_code = exitcodes.NOT_FOUND

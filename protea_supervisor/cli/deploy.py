@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
+from protea_supervisor import exitcodes
 from protea_supervisor.cli.common import (
     changing,
     load,
@@ -94,25 +95,17 @@ def tick_trigger(stack: Stack, by_hand: bool) -> str:
     return f"timer ({timer.get('reason') or 'unknown'})"
 
 
-@click.command("tick")
+TICK_HELP = (
+    "One deploy tick: keep the worktree on the head of the deploy ref, safely.\n\n\b\nExit codes:\n"
+    + "\n".join(f"  {c.code:<3} {c.short}" for c in exitcodes.TICK)
+)
+
+
+@click.command("tick", help=TICK_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the decision and the plan; change nothing.")
 @click.option("--force", is_flag=True, help="Deploy the remote head even when nothing changed.")
 @click.pass_context
 def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
-    """One deploy tick: keep the worktree on the head of the deploy ref, safely.
-
-    \b
-    Exit codes:
-      0   no-op, skipped (a revision that failed before) or deferred (an export holds the stack)
-      10  redeployed (or revived)
-      20  deploy failed (the revision's own migration, build or health); rolled back; the revision is
-          marked failed and skipped until a newer commit
-      21  deploy failed and the rollback failed too
-      30  git fetch or worktree failure
-      40  prerequisites down (Postgres or RabbitMQ not accepting connections)
-      50  infrastructure failure (supervisord down, a refused or timed-out call, a stop that outlasted its
-          grace, the operation lock, a corrupt stack-owner lock); rolled back, nothing marked failed
-    """
     stack = load(ctx)
     supervisor = Supervisor(stack.socket_path)
     if dry_run:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from protea_supervisor import __version__
+from protea_supervisor import __version__, exitcodes
 from protea_supervisor.cli.settings import Settings
 from protea_supervisor.errors import UNWRITABLE, ProteaError, UsageError, WriteFailed, write_failure
 
@@ -58,7 +58,14 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+GROUP_HELP = (
+    "Run the PROTEA stack under supervisord.\n\n"
+    + exitcodes.help_lines(exitcodes.COMMANDS)
+    + "\n\n`tick` has its own codes: see `protea-supervisor tick --help`."
+)
+
+
+@click.group(cls=LazyGroup, help=GROUP_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--stack",
     "stack_choice",
@@ -76,16 +83,6 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="protea-supervisor")
 @click.pass_context
 def cli(ctx: click.Context, stack_choice: str | None, lock_wait: float | None) -> None:
-    """Run the PROTEA stack under supervisord.
-
-    \b
-    Exit codes: 0 ok; 1 bad input (arguments, stack file); 2 lock held by another
-    owner; 3 lock release by a non-holder; 4 lock flock timeout; 5 corrupt lock file;
-    6 supervisord not running; 7 a program failed to start or stop; 8 another
-    command held the host's operation lock past --lock-wait; 9 backup or restore
-    failed; 78 env/config error; 127 command not found (exec, lock run).
-    `tick` has its own codes: see `protea-supervisor tick --help`.
-    """
     ctx.obj = Settings(stack_choice=stack_choice, lock_wait=lock_wait)
 
 
@@ -129,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(UsageError.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(exitcodes.INTERRUPTED)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except ProteaError as why:
@@ -137,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(why.exit_code)
     except click.ClickException as why:
         click.echo(f"error: {one_line(why.format_message())}", err=True)
-        sys.exit(1)
+        sys.exit(exitcodes.BAD_INPUT)
     except Exception as bug:
         if isinstance(bug, OSError) and bug.errno in UNWRITABLE:
             # A write outside the atomic writer (a log line appended) on a full or read-only filesystem.
@@ -149,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(
             f"internal error: {type(bug).__name__}: {detail} (PROTEA_DEBUG=1 shows the traceback)", err=True
         )
-        sys.exit(1)
+        sys.exit(exitcodes.BAD_INPUT)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -11,14 +11,17 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from protea_supervisor import exitcodes
+
 # Exit codes of `protea-supervisor tick` (deploy-keeper's, plus 21 and 40).
-NOOP = 0
-REDEPLOYED = 10
-FAILED_ROLLED_BACK = 20
-FAILED_ROLLBACK_FAILED = 21
-FETCH_FAILED = 30
-PREREQUISITES_DOWN = 40
-INFRA_FAILED = 50
+# The tick's exit codes (the table, with their meanings, is exitcodes.TICK).
+NOOP = exitcodes.TICK_NOOP
+REDEPLOYED = exitcodes.TICK_REDEPLOYED
+FAILED_ROLLED_BACK = exitcodes.TICK_FAILED_ROLLED_BACK
+FAILED_ROLLBACK_FAILED = exitcodes.TICK_FAILED_ROLLBACK_FAILED
+FETCH_FAILED = exitcodes.TICK_FETCH_FAILED
+PREREQUISITES_DOWN = exitcodes.TICK_PREREQUISITES_DOWN
+INFRA_FAILED = exitcodes.TICK_INFRA_FAILED
 MEANING = {
     NOOP: "no-op or deferred",
     REDEPLOYED: "redeployed",

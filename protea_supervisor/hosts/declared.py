@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from protea_supervisor import exitcodes
 from protea_supervisor.errors import BackupFailed, ProteaError
 from protea_supervisor.operations.backup import target_from_url
 from protea_supervisor.operations.postgres import Postgres
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 class DeclarationUnavailable(ProteaError):
     """The server's Postgres could not be asked or written (not the revision's fault)."""
 
-    exit_code = 75  # EX_TEMPFAIL: try again later
+    exit_code = exitcodes.POSTGRES_UNAVAILABLE  # EX_TEMPFAIL: try again later
 
 
 @dataclass(frozen=True)
