@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end stage: protea-supervisor deploys examples/protea-app (FastAPI under uvicorn, alembic, pika
 # workers, a real `next build` served by node) from a local git remote and drives it as an operator would;
-# see the README's "End-to-end stage". Needs node and npm, this machine's Postgres and RabbitMQ (with its
-# management API), and the project's .venv (./scripts/test.sh makes it). Arguments go to pytest.
+# see docs/guides/testing.md ("End-to-end stage"). Needs node and npm, this machine's Postgres and RabbitMQ
+# (with its management API), and the project's .venv (./scripts/test.sh makes it). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in node npm psql pg_dump git; do

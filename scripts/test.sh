@@ -12,4 +12,6 @@ PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/mypy
 # The layers as a contract: a wing imports only the wings below it, and no import cycle (pyproject.toml).
 .venv/bin/lint-imports --no-cache
+# The documentation site, with its reference generated from the code (docs/hooks/reference.py).
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 .venv/bin/pytest -n "${PROTEA_TEST_WORKERS:-8}" --dist worksteal "$@"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# The names in the order the README documents them.
+# The names in the order the guide (The stack file) documents them.
 NAMES = ("root", "venv", "logs", "run", "home", "python", "stack_dir", "queue")
 _TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}|[{}]")
 

@@ -111,8 +111,8 @@ def verify(
     for key, what, wanted, got in differences(stack, options, programs, listeners):
         raise StackError(
             f"{stack.origin(key)}: {key}: supervisord would read {what} as {shown(got, 60)!r} instead of "
-            f"{shown(wanted, 60)!r}, so the stack is refused (see the README: what may appear in commands, "
-            "paths and env values)."
+            f"{shown(wanted, 60)!r}, so the stack is refused (see the guide The stack file: what may appear "
+            "in commands, paths and env values)."
         )
 
 

@@ -73,9 +73,10 @@ def test_the_client_reads_and_drives_a_stack_by_its_file(
     assert denied.value.name == "UNAUTHORIZED"
 
 
-def test_the_readme_example_runs_as_written(short_tmp: Path, supervisord: Callable[[Stack], None]) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("## A client for other tools", 1)[1]
+def test_the_documented_client_example_runs_as_written(
+    short_tmp: Path, supervisord: Callable[[Stack], None]
+) -> None:
+    section = (Path(__file__).parents[2] / "docs" / "reference" / "client.md").read_text()
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     queues = {"protea.embeddings.batch": {"processes": 1, "numbered": True}}
     stack = Stack(stack_file(short_tmp, queues=queues))
