@@ -22,17 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-
-@dataclass(frozen=True)
-class Settings:
-    """`queues."<name>".autoscale`: the bounds of this host's count and the pace of changes."""
-
-    min: int
-    max: int
-    target_backlog: int
-    scale_up_delay: float
-    scale_down_window: float
-    cooldown: float
+from protea_supervisor.stackfile.stack import Autoscale
 
 
 @dataclass(frozen=True)
@@ -67,13 +57,13 @@ class State:
     queues: Mapping[str, QueueState] = field(default_factory=dict)
 
 
-def wanted_here(settings: Settings, backlog: int, elsewhere: int) -> int:
+def wanted_here(settings: Autoscale, backlog: int, elsewhere: int) -> int:
     total = math.ceil(backlog / settings.target_backlog) if backlog > 0 else 0
     return max(settings.min, min(settings.max, total - elsewhere))
 
 
 def decide(
-    settings: Settings, state: QueueState, reading: Reading, now: float
+    settings: Autoscale, state: QueueState, reading: Reading, now: float
 ) -> tuple[QueueState, Decision]:
     here = reading.here
     if reading.pinned:

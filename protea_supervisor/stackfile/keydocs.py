@@ -62,6 +62,17 @@ MEANING: dict[str, str] = {
         "seconds a queue with messages and consumers may go without an ack before `queues` calls it starved"
     ),
     "queues.*.singleton": "at most one consumer on any host (a Postgres advisory lock taken at start)",
+    "queues.*.autoscale.min": "autoscaling (opt in with the table): this host's fewest workers for the queue",
+    "queues.*.autoscale.max": "this host's most workers for the queue",
+    "queues.*.autoscale.target_backlog": (
+        "messages (ready and unacknowledged) per process the count aims at, counting the processes RUNNING "
+        "on other hosts whose heartbeat is fresh"
+    ),
+    "queues.*.autoscale.scale_up_delay": "seconds a larger count must be wanted before it is taken",
+    "queues.*.autoscale.scale_down_window": (
+        "seconds over which scale-down takes the highest count wanted (a dip in a burst never scales down)"
+    ),
+    "queues.*.autoscale.cooldown": "seconds between two changes of the count",
     "probes.api_ready_url": "the gate waits for this URL to answer 2xx after the API starts (empty: no wait)",
     "probes.api_ready_timeout": "seconds the gate and a deploy wait for the API to be ready",
     "probes.web_url": "the gate waits for this URL to answer 2xx after web starts (empty: no wait)",

@@ -17,6 +17,7 @@ from protea_supervisor.stackfile.stack import (
     PROGRAM_NAME,
     RESERVED,
     SECRET_NAME,
+    Autoscale,
     Program,
     Queue,
     Workers,
@@ -137,6 +138,7 @@ def parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Q
             )
         command_key = f"{key}.command" if "command" in table else "workers.command"
         command = expand_.text(command_key, table.get("command", workers.command), {"queue": name})
+        autoscale = parse_autoscale(reader, key, table, numbered, singleton)
         queues.append(
             Queue(
                 name=name,
@@ -147,6 +149,7 @@ def parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Q
                 command=check_command(reader, command_key, command),
                 starved_after=table.get("starved_after", reader.get("monitor.starved_after")),
                 singleton=singleton,
+                autoscale=autoscale,
             )
         )
     for queue in queues:
@@ -157,3 +160,26 @@ def parse_queues(reader: Reader, expand_: Expander, workers: Workers) -> tuple[Q
                     f"makes process {process!r}, which clashes with {seen[process]}",
                 )
     return tuple(queues)
+
+
+def parse_autoscale(
+    reader: Reader, key: str, table: dict[str, Any], numbered: bool, singleton: bool
+) -> Autoscale | None:
+    """`queues."<name>".autoscale`: present (even empty) turns autoscaling on, with the schema's defaults."""
+    if "autoscale" not in table:
+        return None
+    where = f"{key}.autoscale"
+    if singleton:
+        raise reader.fail(where, "cannot scale a singleton queue (at most one consumer on any host)")
+    if not numbered:
+        raise reader.fail(where, "needs numbered = true (its processes are <program>-1..N)")
+    values = {
+        name: table["autoscale"].get(name, DEFAULTS[f"queues.*.autoscale.{name}"]) for name in AUTOSCALE_KEYS
+    }
+    settings = Autoscale(**values)
+    if settings.min > settings.max:
+        raise reader.fail(f"{where}.min", f"is {settings.min}, more than autoscale.max ({settings.max})")
+    return settings
+
+
+AUTOSCALE_KEYS = ("min", "max", "target_backlog", "scale_up_delay", "scale_down_window", "cooldown")

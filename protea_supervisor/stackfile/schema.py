@@ -59,6 +59,14 @@ QUEUE_SCHEMA: dict[str, Any] = {
     "command": str,
     "starved_after": seconds(1, 30 * DAY, "a month without an ack is not starving, it is dead"),
     "singleton": bool,
+    "autoscale": {
+        "min": Num(int, 1, 100, "at least one worker: a queue without a consumer is stalled"),
+        "max": Num(int, 1, 100, "the bound of processes"),
+        "target_backlog": Num(int, 1, 1_000_000, "messages waiting or in hand per process"),
+        "scale_up_delay": seconds(0, 3600, "an hour at most: a burst waits no longer for workers"),
+        "scale_down_window": seconds(0, DAY, "at most a day"),
+        "cooldown": seconds(0, 3600, "an hour at most"),
+    },
 }
 TIMEOUT = seconds(1, 3600, "an hour at most: a wait longer than that is a hang")
 SCHEMA: dict[str, Any] = {
@@ -199,6 +207,12 @@ DEFAULTS: dict[str, Any] = {
     "queues.*.processes": 1,
     "queues.*.numbered": False,
     "queues.*.singleton": False,
+    "queues.*.autoscale.min": 1,
+    "queues.*.autoscale.max": 4,
+    "queues.*.autoscale.target_backlog": 10,
+    "queues.*.autoscale.scale_up_delay": 10,
+    "queues.*.autoscale.scale_down_window": 300,
+    "queues.*.autoscale.cooldown": 30,
     "probes.api_ready_url": "",
     "probes.api_ready_timeout": 120,
     "probes.web_url": "",
@@ -430,7 +444,7 @@ def default_of(dotted: str) -> Any:
     """The default of a key as DEFAULTS spells it (`queues.*.processes` for any queue), a fresh copy; None
     when the key has none."""
     parts = key_parts(dotted)
-    if len(parts) == 3 and parts[0] in ("programs", "queues"):
+    if len(parts) >= 3 and parts[0] in ("programs", "queues"):
         parts[1] = "*"
     value = DEFAULTS.get(".".join(parts))
     return copy.deepcopy(value)

@@ -86,6 +86,18 @@ class Program:
 
 
 @dataclass(frozen=True)
+class Autoscale:
+    """`queues."<name>".autoscale`: the queue's count follows its backlog (operations/autoscale.py)."""
+
+    min: int
+    max: int
+    target_backlog: int  # ready + unacknowledged messages per process
+    scale_up_delay: int
+    scale_down_window: int
+    cooldown: int
+
+
+@dataclass(frozen=True)
 class Queue:
     name: str
     program: str
@@ -96,6 +108,7 @@ class Queue:
     starved_after: int
     # At most one consumer across every host (a Postgres advisory lock taken by the exec wrapper).
     singleton: bool = False
+    autoscale: Autoscale | None = None
 
     def process_names(self) -> tuple[str, ...]:
         if self.numbered:

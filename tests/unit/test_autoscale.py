@@ -6,9 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protea_supervisor.operations.autoscale import QueueState, Reading, Settings, decide, wanted_here
+from protea_supervisor.operations.autoscale import QueueState, Reading, decide, wanted_here
+from protea_supervisor.stackfile.stack import Autoscale
 
-AUTO = Settings(min=1, max=6, target_backlog=10, scale_up_delay=5, scale_down_window=30, cooldown=10)
+AUTO = Autoscale(min=1, max=6, target_backlog=10, scale_up_delay=5, scale_down_window=30, cooldown=10)
 
 
 def replay(readings: list[tuple[float, Reading]], start: int = 1) -> list[tuple[float, int]]:
@@ -43,7 +44,7 @@ def test_scale_down_waits_for_the_window_and_takes_its_highest_want() -> None:
 
 
 def test_no_change_follows_another_within_the_cooldown() -> None:
-    slow = Settings(min=1, max=6, target_backlog=10, scale_up_delay=0, scale_down_window=0.1, cooldown=20)
+    slow = Autoscale(min=1, max=6, target_backlog=10, scale_up_delay=0, scale_down_window=0.1, cooldown=20)
     state = QueueState()
     state, first = decide(slow, state, Reading(backlog=20, here=1), 0.0)
     assert first.count == 2

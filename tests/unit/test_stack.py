@@ -325,3 +325,36 @@ def test_every_key_of_the_schema_says_what_it_means() -> None:
     from protea_supervisor.stackfile.keydocs import MEANING
 
     assert sorted(MEANING) == sorted(_schema_keys())
+
+
+def test_autoscale_is_opt_in_per_queue_with_the_schemas_defaults() -> None:
+    stack = build(host('[queues."protea.embeddings.batch".autoscale]\nmax = 6\n'))
+    batch = next(q for q in stack.queues if q.name == "protea.embeddings.batch")
+    assert batch.autoscale is not None
+    assert (batch.autoscale.min, batch.autoscale.max, batch.autoscale.target_backlog) == (1, 6, 10)
+    assert all(q.autoscale is None for q in stack.queues if q is not batch)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[queues."protea.embeddings".autoscale]',
+            'queues."protea.embeddings".autoscale cannot scale a singleton queue (at most one consumer on any host)',
+        ),
+        (
+            '[queues."protea.ping".autoscale]',
+            'queues."protea.ping".autoscale needs numbered = true (its processes are <program>-1..N)',
+        ),
+        (
+            '[queues."protea.embeddings.batch".autoscale]\nmin = 5\nmax = 2',
+            'queues."protea.embeddings.batch".autoscale.min is 5, more than autoscale.max (2)',
+        ),
+        (
+            '[queues."protea.embeddings.batch".autoscale]\nmax = 101',
+            'queues."protea.embeddings.batch".autoscale.max must be 1 to 100 (the bound of processes), got 101',
+        ),
+    ],
+)
+def test_autoscale_refusals_name_the_file_and_the_key(text: str, message: str) -> None:
+    assert refused(text) == f"/etc/protea/host.toml: {message}."
