@@ -24,7 +24,7 @@ COMMAND_MODULES = {
     "render": ("stack", "render_cmd"),
     "up": ("stack", "up_cmd"),
     "down": ("stack", "down_cmd"),
-    "scale": ("stack", "scale_cmd"),
+    "scale": ("scale", "scale_cmd"),
     "reload": ("stack", "reload_cmd"),
     "gate": ("stack", "gate_group"),
     "status": ("status", "status_cmd"),

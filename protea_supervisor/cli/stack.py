@@ -1,5 +1,5 @@
-"""Stack commands: render, up, down, scale, reload and the gate. Each one that changes the stack holds the
-host's operation lock (cli_common.changing); the dry runs hold nothing and change nothing."""
+"""Stack commands: render, up, down, reload and the gate (`scale` is cli/scale.py). Each one that changes
+the stack holds the host's operation lock (common.changing); the dry runs hold nothing and change nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import click
 
 from protea_supervisor.cli.common import (
     changing,
-    exe_argv,
     load,
     prepare_dirs,
     refuse_during_export,
@@ -28,7 +27,7 @@ from protea_supervisor.deploy.apiswitch import SwitchContext, replaced
 from protea_supervisor.deploy.executor import read_record
 from protea_supervisor.deploy.plan import MEANING, REDEPLOYED
 from protea_supervisor.deploy.tick import finish, first_deploy
-from protea_supervisor.errors import StackFailed, SupervisorDown, UsageError
+from protea_supervisor.errors import StackFailed, SupervisorDown
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
 from protea_supervisor.stackfile.env import check_required, merged_environment
 from protea_supervisor.stackfile.files import write_atomic
@@ -36,9 +35,7 @@ from protea_supervisor.stackfile.overrides import (
     apply_counts,
     batch_counts,
     load_counts,
-    load_numbered,
     save_counts,
-    with_overrides,
 )
 from protea_supervisor.stackfile.stack import MAX_PROCESSES, Stack
 from protea_supervisor.supervisord.apply import apply_plan, stack_is_up, sync_group
@@ -54,8 +51,7 @@ from protea_supervisor.supervisord.lifecycle import (
     start_supervisord,
 )
 from protea_supervisor.supervisord.logfiles import prune_logs
-from protea_supervisor.supervisord.reconcile import describe_plan, plan_from_document, scaled_count
-from protea_supervisor.supervisord.render import listener_blocks
+from protea_supervisor.supervisord.reconcile import describe_plan, plan_from_document
 
 
 @click.command("render")
@@ -192,107 +188,6 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     click.echo("stack is down.")
 
 
-@click.command("scale", context_settings={"ignore_unknown_options": True})
-@click.argument("queue")
-@click.argument("count", required=False)
-@click.option(
-    "--yes", is_flag=True, help="Let an unnumbered queue grow: its one worker is replaced by numbered ones."
-)
-@click.option("--no-wait", is_flag=True, help="Return once removed workers have been told to stop.")
-@click.option("--force", is_flag=True, help="Scale down even while an export holds the stack-owner lock.")
-@click.option("--reset", is_flag=True, help="Drop the recorded count: back to the stack file's.")
-@click.pass_context
-def scale_cmd(
-    ctx: click.Context, queue: str, count: str | None, yes: bool, no_wait: bool, force: bool, reset: bool
-) -> None:
-    """Set a queue's worker count: N, or +N / -N relative. QUEUE is a queue or its worker program.
-
-    Running workers are never restarted: new ones are added beside them, and scale-down stops the
-    highest-numbered ones, each finishing its job within its grace. The count is recorded in
-    <run>/overrides.json, so a later `render` or `up` keeps it; --reset drops it.
-    """
-    if (count is None) == (not reset):
-        raise UsageError("scale needs a COUNT (N, +N or -N), or --reset instead of one.")
-    with changing(ctx, f"scale {queue} {count or '--reset'}", overrides=False) as base:
-        _scale(base, queue, count, yes, no_wait, force)
-
-
-def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool, force: bool) -> None:
-    """`base` is the stack file's stack; the recorded counts are read under the operation lock."""
-    stack = with_overrides(base)
-    target_queue = stack.queue(queue)
-    program, before = target_queue.program, target_queue.processes
-    recorded_counts, recorded_numbered = load_counts(stack.paths.run), load_numbered(stack.paths.run)
-    counts = dict(recorded_counts)
-    if count is None:
-        after = base.queue(queue).processes
-        counts.pop(program, None)
-    else:
-        try:
-            after = scaled_count(before, count, MAX_PROCESSES)
-        except ValueError as why:
-            raise UsageError(f"scale {queue} {count}: {why}.") from None
-        counts[program] = after
-    if after == before and count is not None:
-        click.echo(f"{program} already runs {before} process(es); nothing to do.")
-        return
-    if after > 1 and target_queue.singleton:
-        raise UsageError(
-            f'scale {queue} {count}: {queue} is a singleton queue (queues."{queue}".singleton): at most one '
-            "consumer on any host."
-        )
-    if after < before:
-        refuse_during_export(stack, f"scale {program} down", force)
-    renaming = after > 1 and not target_queue.numbered
-    if renaming and not yes:
-        raise UsageError(
-            f"{program} runs one unnumbered process; to run {after}, it finishes its job and stops while "
-            f"{program}-1..{after} start in its place, and the queue stays numbered. Run again with --yes."
-        )
-    numbered = recorded_numbered | ({program} if renaming else set())
-    # counts and numbered hold every earlier record plus this step: over the stack file they give the stack
-    # as it will run.
-    new_stack = apply_counts(base, counts, numbered)
-    prepare_dirs(new_stack)
-    text = rendered(new_stack)
-    old_config = stack.config_path.read_text(encoding="utf-8") if stack.config_path.exists() else None
-    save_counts(stack.paths.run, counts, numbered)
-    write_atomic(stack.config_path, text, mode=0o600)
-    recorded = "dropped the recorded count" if count is None else "recorded in"
-    click.echo(f"{program}: {before} -> {after} ({recorded} {stack.paths.run / 'overrides.json'})")
-    prune_logs(new_stack, click.echo)
-    supervisor = Supervisor(stack.socket_path)
-    if not supervisor.is_running():
-        click.echo("supervisord is not running; `up` starts the stack with the new count.")
-        return
-    deadlines = stop_deadline(stack)
-    try:
-        if before and after:
-            # Renaming an unnumbered worker is in place too: it finishes its job while the numbered ones
-            # start.
-            sync_group(supervisor, program, deadlines, click.echo, wait=not no_wait)
-        else:
-            # The queue starts or stops running at all: its program is added or removed, and the listeners,
-            # which plan by program, are restarted with the new stack. Nothing else pending is applied.
-            listeners = [block.name for block in listener_blocks(new_stack, exe_argv())]
-            plan = plan_from_document(supervisor.plan_reload()).only([program, *listeners])
-            apply_plan(supervisor, plan, deadlines, click.echo, stack_is_up(stack, supervisor))
-    except StackFailed:
-        if not _group_matches(supervisor, program, new_stack):
-            # supervisord did not take the change: the record goes back to what runs.
-            save_counts(stack.paths.run, recorded_counts, recorded_numbered)
-            if old_config is not None:
-                write_atomic(stack.config_path, old_config, mode=0o600)
-        raise
-
-
-def _group_matches(supervisor: Supervisor, program: str, stack: Stack) -> bool:
-    queue = next(q for q in stack.queues if q.program == program)
-    draining = set(supervisor.draining().get(program, []))
-    present = {i["name"] for i in supervisor.all_process_info() if i["group"] == program} - draining
-    return present == set(queue.process_names())
-
-
 @click.command("reload")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--force", is_flag=True, help="Apply even while an export holds the stack-owner lock.")
@@ -376,4 +271,4 @@ def gate_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(line)
 
 
-COMMANDS = (render_cmd, up_cmd, down_cmd, scale_cmd, reload_cmd, gate_group)
+COMMANDS = (render_cmd, up_cmd, down_cmd, reload_cmd, gate_group)
