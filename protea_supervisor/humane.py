@@ -116,3 +116,23 @@ def probe_text(doc: Mapping[str, Any], now: float) -> str:
     detail = f" ({doc['last_detail']})" if doc.get("last_detail") else ""
     stale = " [stale: from before the tunnel's current start]" if at < (doc.get("started_at") or 0) else ""
     return f"{verdict} {ago(at, now)}{detail}{stale}"
+
+
+def autoscale_line(
+    queue: str, count: int, bounds: str, pinned: bool, entry: Mapping[str, Any], now: float
+) -> str:
+    """An autoscaled queue in `status`: its count, why it is what it is, and its last change."""
+    if pinned:
+        return (
+            f"autoscale {queue}: pinned at {count} by the operator (`scale {queue} --auto` resumes; {bounds})"
+        )
+    if not entry:
+        return f"autoscale {queue}: {count} ({bounds}); the autoscaler has not looked yet"
+    line = f"autoscale {queue}: {count} ({bounds}): {entry.get('why', '')}"
+    change = entry.get("last_change")
+    if isinstance(change, dict) and change.get("at"):
+        line += (
+            f"; last change {ago(float(change['at']), now)}: {change.get('from')} -> {change.get('to')} "
+            f"(backlog {change.get('backlog')})"
+        )
+    return line

@@ -33,6 +33,7 @@ from protea_supervisor.operations.queues import (
     Watch,
     fetch_queues,
     judge,
+    rabbit_credentials,
     readings,
     running_counts,
     seen_from_state,
@@ -114,21 +115,6 @@ def _running_elsewhere(stack: Stack) -> dict[str, int]:
         click.echo(f"note: the other hosts' workers are not counted: {why}", err=True)
         return {}
     return running_elsewhere(beats, stack.host.name, stack.host.stale_after)
-
-
-def rabbit_credentials(env: dict[str, str]) -> tuple[str, str]:
-    """PROTEA_RABBIT_USER/PASS (today's script), else the user in PROTEA_AMQP_URL, else guest/guest."""
-    from urllib.parse import unquote, urlsplit
-
-    if env.get("PROTEA_RABBIT_USER"):
-        return env["PROTEA_RABBIT_USER"], env.get("PROTEA_RABBIT_PASS", "")
-    try:
-        amqp = urlsplit(env.get("PROTEA_AMQP_URL", ""))
-    except ValueError:
-        return "guest", "guest"
-    if amqp.username:
-        return unquote(amqp.username), unquote(amqp.password or "")
-    return "guest", "guest"
 
 
 def database(stack: Stack) -> Postgres:

@@ -3,6 +3,8 @@ scale-down stops the newest, each finishing its job (the drain is extension/grou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from protea_supervisor.cli.common import (
@@ -19,6 +21,7 @@ from protea_supervisor.stackfile.overrides import (
     apply_counts,
     load_counts,
     load_numbered,
+    load_pinned,
     save_counts,
     with_overrides,
 )
@@ -30,6 +33,16 @@ from protea_supervisor.supervisord.reconcile import plan_from_document, scaled_c
 from protea_supervisor.supervisord.render import listener_blocks
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What `scale` was asked: a COUNT, --reset, --auto, or a count from the autoscaler (with its reason)."""
+
+    count: str | None = None
+    reset: bool = False
+    auto: bool = False
+    autoscaler: str = ""
+
+
 @click.command("scale", context_settings={"ignore_unknown_options": True})
 @click.argument("queue")
 @click.argument("count", required=False)
@@ -38,46 +51,88 @@ from protea_supervisor.supervisord.render import listener_blocks
 )
 @click.option("--no-wait", is_flag=True, help="Return once removed workers have been told to stop.")
 @click.option("--force", is_flag=True, help="Scale down even while an export holds the stack-owner lock.")
-@click.option("--reset", is_flag=True, help="Drop the recorded count: back to the stack file's.")
+@click.option("--reset", is_flag=True, help="Drop the recorded count (and a pin): back to the stack file's.")
+@click.option(
+    "--auto", is_flag=True, help="An autoscaled queue pinned by `scale Q N` follows its backlog again."
+)
+@click.option("--autoscaler", metavar="WHY", default="", hidden=True, help="A count set by the autoscaler.")
 @click.pass_context
 def scale_cmd(
-    ctx: click.Context, queue: str, count: str | None, yes: bool, no_wait: bool, force: bool, reset: bool
+    ctx: click.Context,
+    queue: str,
+    count: str | None,
+    yes: bool,
+    no_wait: bool,
+    force: bool,
+    reset: bool,
+    auto: bool,
+    autoscaler: str,
 ) -> None:
     """Set a queue's worker count: N, or +N / -N relative. QUEUE is a queue or its worker program.
 
     Running workers are never restarted: new ones are added beside them, and scale-down stops the
     highest-numbered ones, each finishing its job within its grace. The count is recorded in
-    <run>/overrides.json, so a later `render` or `up` keeps it; --reset drops it.
+    <run>/overrides.json, so a later `render` or `up` keeps it; --reset drops it. On an autoscaled queue,
+    `scale Q N` pins the count until `scale Q --auto`.
     """
-    if (count is None) == (not reset):
-        raise UsageError("scale needs a COUNT (N, +N or -N), or --reset instead of one.")
-    with changing(ctx, f"scale {queue} {count or '--reset'}", overrides=False) as base:
-        _scale(base, queue, count, yes, no_wait, force)
+    if (count is not None) + reset + auto != 1 or (autoscaler and count is None):
+        raise UsageError("scale needs a COUNT (N, +N or -N), or --reset, or --auto instead of one.")
+    ask = Ask(count, reset, auto, autoscaler)
+    what = count if count is not None else ("--reset" if reset else "--auto")
+    with changing(
+        ctx, f"scale {queue} {what}" + (" (autoscaler)" if autoscaler else ""), overrides=False
+    ) as base:
+        _scale(base, queue, ask, yes, no_wait, force)
 
 
-def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool, force: bool) -> None:
+def _scale(base: Stack, queue: str, ask: Ask, yes: bool, no_wait: bool, force: bool) -> None:
     """`base` is the stack file's stack; the recorded counts are read under the operation lock."""
     stack = with_overrides(base)
     target_queue = stack.queue(queue)
     program, before = target_queue.program, target_queue.processes
     recorded_counts, recorded_numbered = load_counts(stack.paths.run), load_numbered(stack.paths.run)
-    counts = dict(recorded_counts)
-    if count is None:
+    recorded_pinned = load_pinned(stack.paths.run)
+    counts, pinned = dict(recorded_counts), set(recorded_pinned)
+    automatic = target_queue.autoscale is not None
+    if (ask.auto or ask.autoscaler) and not automatic:
+        raise UsageError(f'scale {queue}: {queue} is not autoscaled (no queues."{queue}".autoscale).')
+    if ask.autoscaler and program in pinned:
+        raise UsageError(
+            f"scale {queue}: pinned at {before} by the operator; `scale {queue} --auto` resumes."
+        )
+    if ask.auto:
+        if program not in pinned:
+            click.echo(f"{program} already follows its backlog ({before} process(es)); nothing to do.")
+            return
+        pinned.discard(program)
+        save_counts(stack.paths.run, counts, recorded_numbered, pinned)
+        click.echo(
+            f"{program}: follows its backlog again, from {before} process(es) (the autoscaler decides)."
+        )
+        return
+    if ask.count is None:
         after = base.queue(queue).processes
         counts.pop(program, None)
+        pinned.discard(program)
     else:
         try:
-            after = scaled_count(before, count, MAX_PROCESSES)
+            after = scaled_count(before, ask.count, MAX_PROCESSES)
         except ValueError as why:
-            raise UsageError(f"scale {queue} {count}: {why}.") from None
+            raise UsageError(f"scale {queue} {ask.count}: {why}.") from None
         counts[program] = after
-    if after == before and count is not None:
+        if automatic and not ask.autoscaler:
+            pinned.add(program)
+    if after == before and ask.count is not None:
+        if pinned != recorded_pinned:
+            save_counts(stack.paths.run, counts, recorded_numbered, pinned)
+            click.echo(f"{program}: pinned at {before}; `scale {queue} --auto` resumes autoscaling.")
+            return
         click.echo(f"{program} already runs {before} process(es); nothing to do.")
         return
     if after > 1 and target_queue.singleton:
         raise UsageError(
-            f'scale {queue} {count}: {queue} is a singleton queue (queues."{queue}".singleton): at most one '
-            "consumer on any host."
+            f'scale {queue} {ask.count}: {queue} is a singleton queue (queues."{queue}".singleton): '
+            "at most one consumer on any host."
         )
     if after < before:
         refuse_during_export(stack, f"scale {program} down", force)
@@ -94,10 +149,17 @@ def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool,
     prepare_dirs(new_stack)
     text = rendered(new_stack)
     old_config = stack.config_path.read_text(encoding="utf-8") if stack.config_path.exists() else None
-    save_counts(stack.paths.run, counts, numbered)
+    save_counts(stack.paths.run, counts, numbered, pinned)
     write_atomic(stack.config_path, text, mode=0o600)
-    recorded = "dropped the recorded count" if count is None else "recorded in"
-    click.echo(f"{program}: {before} -> {after} ({recorded} {stack.paths.run / 'overrides.json'})")
+    if ask.autoscaler:
+        recorded = f"autoscaler: {ask.autoscaler}"
+    elif ask.count is None:
+        recorded = f"dropped the recorded count in {stack.paths.run / 'overrides.json'}"
+    else:
+        recorded = f"recorded in {stack.paths.run / 'overrides.json'}"
+        if program in pinned:
+            recorded += f"; pinned until `scale {queue} --auto`"
+    click.echo(f"{program}: {before} -> {after} ({recorded})")
     prune_logs(new_stack, click.echo)
     supervisor = Supervisor(stack.socket_path)
     if not supervisor.is_running():
@@ -118,7 +180,7 @@ def _scale(base: Stack, queue: str, count: str | None, yes: bool, no_wait: bool,
     except StackFailed:
         if not _group_matches(supervisor, program, new_stack):
             # supervisord did not take the change: the record goes back to what runs.
-            save_counts(stack.paths.run, recorded_counts, recorded_numbered)
+            save_counts(stack.paths.run, recorded_counts, recorded_numbered, recorded_pinned)
             if old_config is not None:
                 write_atomic(stack.config_path, old_config, mode=0o600)
         raise

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,7 +19,8 @@ from protea_supervisor.deploy.worktree import is_worktree
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.hosts import declared, heartbeats
 from protea_supervisor.hosts.guard import read_refusals
-from protea_supervisor.humane import TUNNEL_TIMES, iso, isoified, tunnel_line, tunnel_lines
+from protea_supervisor.humane import TUNNEL_TIMES, autoscale_line, iso, isoified, tunnel_line, tunnel_lines
+from protea_supervisor.listeners.autoscaler import STATE_FILE as AUTOSCALE_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
 from protea_supervisor.listeners.deploy_timer import next_tick_at
 from protea_supervisor.listeners.tunnel_watch import COMM_TYPE as TUNNEL_COMM_TYPE
@@ -29,6 +31,7 @@ from protea_supervisor.progress import names
 from protea_supervisor.stackfile.env import redact, secret_values
 from protea_supervisor.stackfile.files import read_json
 from protea_supervisor.stackfile.host import REFUSALS
+from protea_supervisor.stackfile.overrides import load_pinned
 from protea_supervisor.stackfile.stack import Stack
 from protea_supervisor.supervisord import orphans
 from protea_supervisor.supervisord.control import Supervisor
@@ -101,6 +104,26 @@ def differences(stack: Stack, record: DeployRecord) -> list[str]:
     return found
 
 
+def autoscale_view(stack: Stack) -> dict[str, dict[str, Any]]:
+    """Each autoscaled queue: its settings, its count, whether the operator pinned it, and what the
+    autoscaler last saw and decided (<run>/autoscale.json)."""
+    doc = read_json(stack.paths.run / AUTOSCALE_STATE_FILE) or {}
+    seen = doc.get("queues") if isinstance(doc.get("queues"), dict) else {}
+    pinned = load_pinned(stack.paths.run)
+    return {
+        q.name: {
+            "count": q.processes,
+            "min": q.autoscale.min,
+            "max": q.autoscale.max,
+            "target_backlog": q.autoscale.target_backlog,
+            "pinned": q.program in pinned,
+            "seen": (seen or {}).get(q.name) or {},
+        }
+        for q in stack.queues
+        if q.autoscale
+    }
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
@@ -131,6 +154,7 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
     behind = older_revision(revisions, deployed.revision)
     holder = read_holder(stack.paths.run)
     notes = [*shadow_notes(ctx, stack), *(f"note: {d}" for d in differences(stack, deployed))]
+    autoscaled = autoscale_view(stack)
     if as_json:
         payload = {
             "processes": [r.as_dict() for r in status_rows],
@@ -142,6 +166,7 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
             "operation": holder.__dict__ if holder else None,
             "orphans": [o.__dict__ for o in left],
             "notes": notes,
+            "autoscale": autoscaled,
             "config": str(stack.config_path),
         }
         click.echo(json.dumps(payload, indent=2, default=list))
@@ -160,6 +185,9 @@ def status_cmd(ctx: click.Context, as_json: bool, all_hosts: bool) -> None:
     if watch:
         click.echo(tunnel_line(watch, time.time()))
     click.echo(deploy_line(deployed, behind, next_tick_at(timer) if timer else None))
+    for queue, view in autoscaled.items():
+        bounds = f"{view['min']}-{view['max']}, {view['target_backlog']} per process"
+        click.echo(autoscale_line(queue, view["count"], bounds, view["pinned"], view["seen"], time.time()))
     if left:
         click.echo(
             f"ORPHANS: {len(left)} process group(s) of this stack outside supervisord: "

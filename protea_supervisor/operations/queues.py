@@ -175,3 +175,18 @@ def fetch_queues(api: str, user: str, password: str, timeout: float = 10.0) -> A
         return response.json()
     except ValueError:
         raise BrokerAnswerInvalid(f"the RabbitMQ management API at {api} did not answer JSON.") from None
+
+
+def rabbit_credentials(env: dict[str, str]) -> tuple[str, str]:
+    """PROTEA_RABBIT_USER/PASS (today's script), else the user in PROTEA_AMQP_URL, else guest/guest."""
+    from urllib.parse import unquote, urlsplit
+
+    if env.get("PROTEA_RABBIT_USER"):
+        return env["PROTEA_RABBIT_USER"], env.get("PROTEA_RABBIT_PASS", "")
+    try:
+        amqp = urlsplit(env.get("PROTEA_AMQP_URL", ""))
+    except ValueError:
+        return "guest", "guest"
+    if amqp.username:
+        return unquote(amqp.username), unquote(amqp.password or "")
+    return "guest", "guest"

@@ -87,7 +87,21 @@ def load_numbered(run_dir: Path) -> set[str]:
     return set(numbered)
 
 
-def save_counts(run_dir: Path, counts: Mapping[str, int], numbered: Collection[str] | None = None) -> None:
+def load_pinned(run_dir: Path) -> set[str]:
+    """Autoscaled queues (by program) an operator pinned with `scale Q N`, until `scale Q --auto`."""
+    pinned = _load(run_dir).get("pinned", [])
+    if not isinstance(pinned, list) or not all(isinstance(v, str) for v in pinned):
+        raise StackError(f"{run_dir / FILENAME}: pinned must list program names; remove the file.")
+    return set(pinned)
+
+
+def save_counts(
+    run_dir: Path,
+    counts: Mapping[str, int],
+    numbered: Collection[str] | None = None,
+    pinned: Collection[str] | None = None,
+) -> None:
     kept = load_numbered(run_dir) if numbered is None else set(numbered)
-    document = {"processes": dict(sorted(counts.items())), "numbered": sorted(kept)}
+    pins = load_pinned(run_dir) if pinned is None else set(pinned)
+    document = {"processes": dict(sorted(counts.items())), "numbered": sorted(kept), "pinned": sorted(pins)}
     write_atomic(run_dir / FILENAME, json.dumps(document, indent=2) + "\n")

@@ -23,7 +23,7 @@ MAX_PROCESSES = 100
 # Program names protea-supervisor renders itself: the listeners, the tick, the roles. No queue may take one,
 # or supervisord would keep one of the two sections and silently drop or merge the other.
 # The event listeners protea-supervisor renders (render.listener_blocks).
-LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics", "heartbeat")
+LISTENERS = ("gate", "tunnel-watch", "deploy-timer", "metrics", "heartbeat", "autoscaler")
 RESERVED = frozenset({*LISTENERS, "deploy-tick", "api-canary", *ROLES})
 # Programs that run once and exit when started (by the gate, a tick or a deploy): their exits are no restarts.
 ONE_SHOTS = frozenset({"migrate", "deploy-tick", "api-canary"})

@@ -106,6 +106,8 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
         listeners.append(("metrics", "PROCESS_STATE"))
     if stack.host.heartbeat:
         listeners.append(("heartbeat", "TICK_5,PROCESS_STATE"))
+    if any(q.autoscale for q in stack.queues):
+        listeners.append(("autoscaler", "TICK_5"))
     return [
         ListenerBlock(
             name=name,
@@ -113,10 +115,18 @@ def listener_blocks(stack: Stack, exe: Sequence[str]) -> list[ListenerBlock]:
             events=events,
             buffer_size=LISTENER_BUFFER,
             log_dir=str(stack.paths.logs),
-            environment=(("PROTEA_STACK_DIGEST", listener_digest(stack)),),
+            environment=(("PROTEA_STACK_DIGEST", listener_digest(stack)),)
+            + ((("PROTEA_AUTOSCALE_DIGEST", autoscale_digest(stack)),) if name == "autoscaler" else ()),
         )
         for name, events in listeners
     ]
+
+
+def autoscale_digest(stack: Stack) -> str:
+    """The autoscaler reads the queues' autoscale settings (not their counts, which `scale` changes): a
+    change of those settings restarts it at `reload`, and `scale` leaves it alone."""
+    settings = [(q.name, q.program, q.autoscale) for q in stack.queues if q.autoscale]
+    return hashlib.sha256(repr(settings).encode("utf-8")).hexdigest()[:16]
 
 
 def listener_digest(stack: Stack) -> str:
