@@ -161,6 +161,33 @@ CATALOGUE: dict[str, Spec] = {
         "RUNNING processes on a revision other than the declared one, per host",
         ("host",),
     ),
+    "protea_autoscale_processes": Spec(
+        "gauge",
+        "this host's processes for an autoscaled queue, at the autoscaler's last look",
+        ("queue",),
+    ),
+    "protea_autoscale_min": Spec("gauge", "the autoscaled queue's min on this host", ("queue",)),
+    "protea_autoscale_max": Spec("gauge", "the autoscaled queue's max on this host", ("queue",)),
+    "protea_autoscale_backlog": Spec(
+        "gauge",
+        "ready plus unacknowledged messages at the autoscaler's last look (none while the broker is silent)",
+        ("queue",),
+    ),
+    "protea_autoscale_wanted": Spec(
+        "gauge",
+        "the count the backlog asks of this host, within min and max",
+        ("queue",),
+    ),
+    "protea_autoscale_pinned": Spec(
+        "gauge",
+        "1 while the operator pins the count (`scale Q N`, until `scale Q --auto`)",
+        ("queue",),
+    ),
+    "protea_autoscale_changes": Spec(
+        "counter",
+        "changes of the count the autoscaler made, by direction (up, down)",
+        ("queue", "direction"),
+    ),
 }
 
 

@@ -179,7 +179,30 @@ def _file_families(files: Mapping[str, Mapping[str, Any]], now: float) -> list[F
                 [((str(v.get("name")),), float(v.get("messages") or 0)) for v in verdicts],
             )
         )
-    return out
+    return out + _autoscale_families(files.get("autoscale", {}))
+
+
+def _autoscale_families(doc: Mapping[str, Any]) -> list[Family]:
+    """From <run>/autoscale.json, which the autoscaler writes at every look."""
+    seen = doc.get("queues") if isinstance(doc.get("queues"), dict) else {}
+    if not seen:
+        return []
+    queues = sorted((str(q), v) for q, v in seen.items() if isinstance(v, dict))
+
+    def each(key: str) -> list[tuple[tuple[str, ...], float]]:
+        return [((q,), float(v[key])) for q, v in queues if isinstance(v.get(key), (int, float))]
+
+    changes = doc.get("changes") if isinstance(doc.get("changes"), dict) else {}
+    counted = [(tuple(str(k).rsplit(" ", 1)), float(n)) for k, n in (changes or {}).items() if " " in str(k)]
+    return [
+        family("protea_autoscale_processes", each("count")),
+        family("protea_autoscale_min", each("min")),
+        family("protea_autoscale_max", each("max")),
+        family("protea_autoscale_backlog", each("backlog")),
+        family("protea_autoscale_wanted", each("wanted")),
+        family("protea_autoscale_pinned", [((q,), float(bool(v.get("pinned")))) for q, v in queues]),
+        family("protea_autoscale_changes", counted),
+    ]
 
 
 # --- the edge -------------------------------------------------------------------------------------------
@@ -203,6 +226,7 @@ def read_files(run_dir: Path, lock_file: Path) -> dict[str, dict[str, Any]]:
         "lock": lock_document(lock_file),
         "timer": read_json(run_dir / "deploy-timer.json") or {},
         "queues": read_json(run_dir / "queues.json") or {},
+        "autoscale": read_json(run_dir / "autoscale.json") or {},
     }
     tick = files["deploy"].get("last_tick_at")
     if tick:

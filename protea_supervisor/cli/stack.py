@@ -35,6 +35,7 @@ from protea_supervisor.stackfile.overrides import (
     apply_counts,
     batch_counts,
     load_counts,
+    load_pinned,
     save_counts,
 )
 from protea_supervisor.stackfile.stack import MAX_PROCESSES, Stack
@@ -188,6 +189,19 @@ def down_cmd(ctx: click.Context, force: bool) -> None:
     click.echo("stack is down.")
 
 
+def autoscale_settings(stack: Stack) -> list[str]:
+    """The autoscaler's settings as the stack file gives them (a dry run shows what a reload would load)."""
+    pinned = load_pinned(stack.paths.run)
+    return [
+        f"autoscale {q.name}: {q.autoscale.min}-{q.autoscale.max} processes at {q.autoscale.target_backlog} "
+        f"messages each; up after {q.autoscale.scale_up_delay} s, down over {q.autoscale.scale_down_window} "
+        f"s, {q.autoscale.cooldown} s between changes; now {q.processes}"
+        + (" (pinned by the operator)" if q.program in pinned else "")
+        for q in stack.queues
+        if q.autoscale
+    ]
+
+
 @click.command("reload")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--force", is_flag=True, help="Apply even while an export holds the stack-owner lock.")
@@ -215,6 +229,8 @@ def reload_cmd(ctx: click.Context, dry_run: bool, force: bool) -> None:
             candidate.write_text(text, encoding="utf-8")
             plan = plan_from_document(supervisor.plan_reload(candidate))
         for line in describe_plan(plan, switchable(stack)):
+            click.echo(line)
+        for line in autoscale_settings(stack):
             click.echo(line)
         return
     refuse_during_export(stack, "reload", force)

@@ -39,6 +39,12 @@ def exported() -> set[str]:
         "timer": {"paused_until": 0.0},
         "lock": {"owner": "export", "task_id": "t", "since": 1.0},
         "queues": {"checked_at": 9.0, "queues": [{"name": "protea.jobs", "status": "ok", "messages": 0}]},
+        "autoscale": {
+            "queues": {
+                "protea.jobs": {"count": 2, "min": 1, "max": 6, "backlog": 30, "wanted": 3, "pinned": False}
+            },
+            "changes": {"protea.jobs up": 1},
+        },
     }
     families = samples(state, files, 10.0, lambda pid: 1.0, lambda pid: "r")
     # With host.heartbeat, every host's families too.
@@ -52,7 +58,7 @@ def exported() -> set[str]:
 
 def test_the_rules_pass_promtool_and_fire_each_alert_in_its_unit_tests() -> None:
     check = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 16 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 17 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool(), "test", "rules", "protea-alerts.test.yml"], cwd=RULES.parent,
                           capture_output=True, text=True)  # fmt: skip
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr

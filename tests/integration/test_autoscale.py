@@ -122,6 +122,10 @@ def test_an_export_suspends_scale_down(
     program = "worker-" + queue.removeprefix("protea.").replace(".", "-")
     supervisord(stack)
     assert stack.ps("up").code == 0
+    config = (stack.root / "run" / "supervisord.conf").read_text()
+    dry = stack.ps("reload", "--dry-run")
+    assert dry.code == 0 and f"autoscale {queue}: 1-3 processes at 2 messages each; up after 0 s" in dry.out
+    assert (stack.root / "run" / "supervisord.conf").read_text() == config
     # Start from 3 (the operator's count, then handed back to the autoscaler) while an export holds the lock.
     assert stack.ps("scale", queue, "3").code == 0
     taken = stack.ps("lock", "acquire", "export", "exp-1", "a long export")
