@@ -6,6 +6,7 @@ suspends scale-down; a broker that does not answer freezes the count."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,8 +55,9 @@ def workers(stack: Stack, program: str) -> dict[str, dict[str, Any]]:
 
 
 def recorded(stack: Stack, program: str) -> int:
-    doc = json.loads((stack.root / "run" / "overrides.json").read_text())
-    return int(doc["processes"].get(program, 1))
+    """The count `scale` recorded; 1 (the stack file's) while nothing is."""
+    path = stack.root / "run" / "overrides.json"
+    return int(json.loads(path.read_text())["processes"].get(program, 1)) if path.exists() else 1
 
 
 def seen(stack: Stack, queue: str) -> dict[str, Any]:
@@ -168,3 +170,58 @@ def test_a_broker_that_does_not_answer_freezes_the_count(
     assert "did not answer" in seen()["why"]
     assert recorded(stack, program) == 3 and len(workers(stack, program)) == 3
     assert stack.log("autoscaler").count("counts frozen") == 1  # said once, not at every tick
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """The server's database for the hosts' heartbeats, this test's own."""
+    name = f"psa_{uuid.uuid4().hex[:8]}"
+    psql = ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"]
+    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+
+
+def test_workers_on_other_fresh_hosts_count_towards_the_backlog_per_process(
+    short_tmp: Path, supervisord: Callable[[Stack], None], queue: str, database: str
+) -> None:
+    """Two hosts on one queue: the server runs 2 workers (fixed), the node autoscales 1-3 at 20 messages
+    each. With 60 jobs waiting the queue wants 3 in all: the server's 2 count, so the node keeps its 1 (alone
+    it would want 3). Once the server is down and its heartbeat stale, the node carries the backlog."""
+    program = "worker-" + queue.removeprefix("protea.").replace(".", "-")
+    hosts = {}
+    for name, auto in (("server-1", None), ("gpu-1", {"min": 1, "max": 3, "target_backlog": 20})):
+        home = short_tmp / name
+        home.mkdir()
+        env_file = home / "host.env"
+        env_file.write_text(f"PROTEA_DB_URL={database}\n")
+        env_file.chmod(0o600)
+        table: dict[str, Any] = {"processes": 2 if auto is None else 1, "numbered": True,
+                                 "command": WORKER_COMMAND, "stop_grace": 60}  # fmt: skip
+        if auto:
+            table["autoscale"] = auto | {"scale_up_delay": 0, "scale_down_window": 120, "cooldown": 0}
+        path = stack_file(
+            home,
+            queues={queue: table},
+            env_files=[str(env_file)],
+            extra={
+                "host": {"name": name, "heartbeat": True, "stale_after": 15},
+                "metrics": {"enabled": False},
+            },
+        )
+        hosts[name] = Stack(path)
+        supervisord(hosts[name])
+        assert hosts[name].ps("up").code == 0, name
+    server, node = hosts["server-1"], hosts["gpu-1"]
+    wait_for(lambda: seen(node, queue).get("elsewhere") == 2, 40, "the node to count the server's 2 workers")
+    publish(queue, 60, 3.0)
+    wait_for(lambda: (seen(node, queue).get("backlog") or 0) >= 25, 30, "the node to see the backlog")
+    looked = seen(node, queue)
+    assert looked["elsewhere"] == 2 and looked["wanted"] == 1, looked  # ceil(backlog / 20) = 3, less the 2
+    more_looks(node, queue, 5)
+    assert recorded(node, program) == 1
+    assert server.ps("down").code == 0
+    # The server's last beat goes stale after 15 s; then the node wants ceil(backlog / 20) itself.
+    wait_for(lambda: recorded(node, program) >= 2, 60, "the node to carry the backlog alone")
+    change = seen(node, queue)["last_change"]
+    assert change["elsewhere"] == 0 and change["from"] == 1 and change["to"] >= 2, change
