@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from protea_supervisor.humane import iso
 from protea_supervisor.stackfile.files import read_json, write_json
 
 from .actions import Log
+from .clock import moved, step
 from .edge import (
     ListenerLog,
     Rpc,
@@ -77,6 +78,8 @@ class TimerState:
     checking: bool = False
     next_check_at: float = 0.0
     last_tunnel_trigger_at: float = 0.0
+    # The last event's wall time, to see the clock step back (clock.py); bookkeeping, not persisted.
+    clock: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,37 @@ def handle(
     config: TimerConfig, state: TimerState, event: Event, now: float
 ) -> tuple[TimerState, list[Action]]:
     if event.name.startswith("TICK_"):
-        return _tick(config, state, float(event.fields.get("when", now)))
+        now = float(event.fields.get("when", now))
+    state, stepped = _unstepped(state, now)
+    state, actions = _handle(config, state, event, now)
+    return state, [*stepped, *actions]
+
+
+def _unstepped(state: TimerState, now: float) -> tuple[TimerState, list[Action]]:
+    """The wall clock stepped back: every deadline and moment moves with it (see clock.py)."""
+    by = step(state.clock, now)
+    state = replace(state, clock=now)
+    if not by:
+        return state, []
+    state = replace(
+        state,
+        next_poll_at=moved(state.next_poll_at, by),
+        started_at=moved(state.started_at, by),
+        retry_at=moved(state.retry_at, by),
+        paused_until=moved(state.paused_until, by),
+        last_tick_at=moved(state.last_tick_at, by),
+        next_check_at=moved(state.next_check_at, by),
+        last_tunnel_trigger_at=moved(state.last_tunnel_trigger_at, by),
+    )
+    return state, [Log(f"deploy-timer: the wall clock stepped back {-by:.0f} s; its deadlines moved with it"),
+                   Publish(state)]  # fmt: skip
+
+
+def _handle(
+    config: TimerConfig, state: TimerState, event: Event, now: float
+) -> tuple[TimerState, list[Action]]:
+    if event.name.startswith("TICK_"):
+        return _tick(config, state, now)
     if event.name.startswith("PROCESS_STATE_") and event.process == TICK:
         if event.state in ("STARTING", "RUNNING"):
             return replace(state, running=True), []

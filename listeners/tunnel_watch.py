@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from protea_supervisor.stackfile.files import read_json, write_json
 from protea_supervisor.stackfile.stack import TunnelWatch
 
 from .actions import Log
+from .clock import moved, step
 from .deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from .edge import (
     ListenerLog,
@@ -77,6 +78,8 @@ class WatchState:
     capped: bool = False
     # A start the operation lock deferred (another command was changing the stack): tried again on ticks.
     start_pending: bool = False
+    # The last event's wall time, to see the clock step back (clock.py); bookkeeping, not persisted.
+    clock: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,33 @@ def handle(
 ) -> tuple[WatchState, list[Action]]:
     if event.name.startswith("TICK_"):
         now = float(event.fields.get("when", now))
+    state, stepped = _unstepped(state, now)
+    state, actions = _handle(config, state, event, now)
+    return state, [*stepped, *actions]
+
+
+def _unstepped(state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
+    """The wall clock stepped back: every deadline and moment moves with it (see clock.py)."""
+    by = step(state.clock, now)
+    state = replace(state, clock=now)
+    if not by:
+        return state, []
+    state = replace(
+        state,
+        started_at=moved(state.started_at, by),
+        probe_asked_at=moved(state.probe_asked_at, by),
+        next_probe_at=moved(state.next_probe_at, by),
+        last_probe_at=moved(state.last_probe_at, by),
+        restarts=tuple(moved(t, by) for t in state.restarts),
+        next_restart_at=moved(state.next_restart_at, by),
+    )
+    return state, [Log(f"tunnel-watch: the wall clock stepped back {-by:.0f} s; its deadlines moved with it")]
+
+
+def _handle(
+    config: WatchConfig, state: WatchState, event: Event, now: float
+) -> tuple[WatchState, list[Action]]:
+    if event.name.startswith("TICK_"):
         return _tick(config, state, now)
     if event.name.startswith("PROCESS_STATE_") and event.process == TUNNEL:
         if event.state == "RUNNING":

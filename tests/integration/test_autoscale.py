@@ -76,6 +76,7 @@ def journal(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_burst_scales_up_in_place_and_the_count_comes_back_after_the_window(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue: str
 ) -> None:
@@ -182,6 +183,7 @@ def database() -> Iterator[str]:
     subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
+@pytest.mark.slow
 def test_workers_on_other_fresh_hosts_count_towards_the_backlog_per_process(
     short_tmp: Path, supervisord: Callable[[Stack], None], queue: str, database: str
 ) -> None:

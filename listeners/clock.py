@@ -1,0 +1,25 @@
+"""A stepped wall clock (NTP correcting a drift, an operator's `date -s`, a VM resumed) must neither stall nor
+stall a listener's schedule. Its handler gets the wall time with every event (a TICK_5's `when`, the edge's
+clock for the others), at least every 5 s: a time that goes back is a step, and the handler moves its
+deadlines by it, so that each interval still measures the time that passed (left alone, an hour back would
+stop the deploy timer's polls and the tunnel watchdog's probes for an hour). A jump forward is time that
+passed, as when a suspended machine resumes: what fell due runs once. Pure."""
+
+from __future__ import annotations
+
+# Event times 2 s out of order are no step: a TICK_5's `when` is whole seconds, the edge's clock is not.
+BACKWARD = -2.0
+
+
+def step(last: float, now: float) -> float:
+    """How far the wall clock stepped back between two consecutive events (0.0 when it did not, or when
+    there is no event before this one)."""
+    if not last:
+        return 0.0
+    delta = now - last
+    return delta if delta < BACKWARD else 0.0
+
+
+def moved(when: float, by: float) -> float:
+    """A deadline or a moment moved with the clock; 0.0 (unset) stays unset."""
+    return when + by if when else when
