@@ -125,14 +125,14 @@ class Edge:
     def settings(self) -> dict[str, Autoscale]:
         return {q.name: q.autoscale for q in self.stack.queues if q.autoscale is not None}
 
-    def _note(self, key: str, line: str | None) -> None:
+    def _note(self, key: str, line: str | None, over: str = "answering again") -> None:
         """A line once when a trouble starts (and once when it ends), not at every tick."""
         if line and key not in self.notes:
             self.notes.add(key)
             self.log(line)
         elif line is None and key in self.notes:
             self.notes.discard(key)
-            self.log(f"autoscaler: {key}: answering again")
+            self.log(f"autoscaler: {key}: {over}")
 
     def backlogs(self) -> dict[str, int] | None:
         from protea_supervisor.operations.queues import fetch_queues, rabbit_credentials
@@ -190,8 +190,10 @@ class Edge:
             return child is not None
         out = (child.stdout.read() if child.stdout else "").strip().splitlines()
         del self.children[queue]
-        if child.returncode:
-            self.log(f"autoscale {queue}: scale exited {child.returncode}: {out[-1] if out else ''}")
+        # A refused change (the operation lock held by a deploy: exit 8) is asked again at the next look:
+        # said once, and once when a change goes through again.
+        said = f"autoscale {queue}: scale exited {child.returncode}: {out[-1] if out else ''}; asked again"
+        self._note(f"scale {queue}", said if child.returncode else None, over="changes go through again")
         return False
 
     def readings(self, settings: Mapping[str, Autoscale]) -> dict[str, Reading]:

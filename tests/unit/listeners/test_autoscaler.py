@@ -41,3 +41,25 @@ def test_counters_and_last_changes_survive_a_restart_of_the_listener() -> None:
     restored = state_from_file(actions[-1].doc)
     assert restored.changes == {"q up": 1} and restored.shown["q"]["last_change"]["to"] == 5
     assert state_from_file(None) == AutoState()
+
+
+def test_a_refused_change_is_said_once_and_its_end_once() -> None:
+    import subprocess
+    from types import SimpleNamespace
+
+    from protea_supervisor.listeners.autoscaler import Edge
+
+    lines: list[str] = []
+    edge = Edge(SimpleNamespace(), lines.append)
+
+    def finished(code: int) -> bool:
+        child = subprocess.Popen(["sh", "-c", f"echo 'error: another command holds the lock'; exit {code}"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        child.wait()
+        edge.children["q"] = child
+        return edge.busy("q")
+
+    assert finished(8) is False and finished(8) is False
+    assert lines == ["autoscale q: scale exited 8: error: another command holds the lock; asked again"]
+    assert finished(0) is False
+    assert lines[1:] == ["autoscaler: scale q: changes go through again"]
