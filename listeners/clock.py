@@ -1,9 +1,10 @@
-"""A stepped wall clock (NTP correcting a drift, an operator's `date -s`, a VM resumed) must neither stall nor
+"""A wall clock that steps back (NTP correcting a drift, an operator's `date -s`, a VM restored) must not
 stall a listener's schedule. Its handler gets the wall time with every event (a TICK_5's `when`, the edge's
 clock for the others), at least every 5 s: a time that goes back is a step, and the handler moves its
-deadlines by it, so that each interval still measures the time that passed (left alone, an hour back would
-stop the deploy timer's polls and the tunnel watchdog's probes for an hour). A jump forward is time that
-passed, as when a suspended machine resumes: what fell due runs once. Pure."""
+deadlines by it, so that each interval still measures the time that passed. Left alone, an hour back
+stopped the deploy timer's polls and the tunnel watchdog's probes for an hour, and gave a gate step an hour
+more before it failed. A jump forward is time that passed, as when a suspended machine resumes: what fell
+due runs once. Pure."""
 
 from __future__ import annotations
 

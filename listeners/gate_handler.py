@@ -18,6 +18,7 @@ from protea_supervisor.stackfile.stack import RESERVED
 from protea_supervisor.supervisord.gate_contract import CHAIN, COMM_TYPE, STATE_FILE, STEPS
 from protea_supervisor.supervisord.probes import InfraTarget
 
+from . import clock
 from .actions import Log
 from .protocol import Event
 
@@ -100,6 +101,8 @@ class GateState:
     steps: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     requests: tuple[str, ...] = ()
     finished_at: float = 0.0
+    # The last event's wall time, to see the clock step back (clock.py); bookkeeping, not persisted.
+    clock: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,29 @@ def refresh(
     """supervisord's live process list replaces what the events built up: processes a scale-down dropped are
     no longer waited for or started, and new ones are. While running, the step is checked again (its
     deadline included)."""
+    state, stepped = unstepped(state, now)
     state = with_live(state, procs)
-    return advance(plan, state, now) if state.phase == "running" else (state, [])
+    state, actions = advance(plan, state, now) if state.phase == "running" else (state, [])
+    return state, [*stepped, *actions]
+
+
+def unstepped(state: GateState, now: float) -> tuple[GateState, list[Action]]:
+    """The wall clock stepped back: the run's moments move with it, so a step's deadline still measures the
+    time that passed (see clock.py)."""
+    by = clock.step(state.clock, now)
+    state = replace(state, clock=now)
+    if not by:
+        return state, []
+    state = replace(
+        state,
+        since=clock.moved(state.since, by),
+        finished_at=clock.moved(state.finished_at, by),
+        steps={name: (clock.moved(a, by), clock.moved(b, by)) for name, (a, b) in state.steps.items()},
+        processes={
+            k: replace(p, stopped_at=clock.moved(p.stopped_at, by)) for k, p in state.processes.items()
+        },
+    )
+    return state, [Log(f"gate: the wall clock stepped back {-by:.0f} s; the run's deadlines moved with it")]
 
 
 def with_live(state: GateState, procs: Mapping[str, Proc]) -> GateState:
@@ -206,6 +230,12 @@ def with_live(state: GateState, procs: Mapping[str, Proc]) -> GateState:
 
 
 def handle(plan: GatePlan, state: GateState, event: Event, now: float) -> tuple[GateState, list[Action]]:
+    state, stepped = unstepped(state, now)
+    state, actions = _handle(plan, state, event, now)
+    return state, [*stepped, *actions]
+
+
+def _handle(plan: GatePlan, state: GateState, event: Event, now: float) -> tuple[GateState, list[Action]]:
     if event.name.startswith("PROCESS_STATE_"):
         state = _with_process_event(state, event, now)
         return advance(plan, state, now) if state.phase == "running" else (state, [])

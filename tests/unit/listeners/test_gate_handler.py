@@ -290,6 +290,22 @@ def test_a_step_whose_processes_never_run_fails_within_its_deadline_naming_them(
     assert state.reason.endswith("did not reach RUNNING within 60 s")
 
 
+def test_a_wall_clock_stepped_back_neither_lengthens_nor_shortens_a_steps_deadline() -> None:
+    state = up_to_web()
+    state, _ = replay(state, [state_event("RUNNING", "worker-ping"), state_event("RUNNING", "web"),
+                              probe("web", True), state_event("RUNNING", "tunnel")], start=104)  # fmt: skip
+    assert state.step == "workers" and state.steps["workers"][0] == 107
+    state, _ = refresh(PLAN, state, state.processes, 120.0)
+    # The clock steps back 49 s (120 -> 71): the step began at 58 on the new clock, its deadline is 118.
+    state, actions = refresh(PLAN, state, state.processes, 71.0)
+    assert state.phase == "running" and state.steps["workers"][0] == 58
+    assert any("stepped back 49 s" in a.message for a in actions if isinstance(a, Log))
+    state, _ = refresh(PLAN, state, state.processes, 116.0)
+    assert state.phase == "running"
+    state, _ = refresh(PLAN, state, state.processes, 118.0)
+    assert state.phase == "failed" and state.reason.endswith("did not reach RUNNING within 60 s")
+
+
 def test_cancel_stops_a_running_gate_and_later_events_start_nothing() -> None:
     state = up_to_web()
     state, steps = replay(state, [comm({"command": "cancel", "reason": "`down`"}),
