@@ -30,7 +30,12 @@ class Num:
     why: str = ""
 
     def describe(self) -> str:
-        return f"{self.low:g} to {self.high:g}"
+        return f"{_number(self.low)} to {_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    """A bound as a person writes it: 1000000, not 1e+06; 0.5 stays 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def seconds(low: float, high: float, why: str = "", kind: type = int) -> Num:
