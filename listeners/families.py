@@ -183,6 +183,16 @@ CATALOGUE: dict[str, Spec] = {
         "1 while the operator pins the count (`scale Q N`, until `scale Q --auto`)",
         ("queue",),
     ),
+    "protea_autoscale_last_change_backlog": Spec(
+        "gauge",
+        "the backlog the autoscaler read when it last changed the queue's count",
+        ("queue",),
+    ),
+    "protea_autoscale_last_change_timestamp_seconds": Spec(
+        "gauge",
+        "when the autoscaler last changed the queue's count",
+        ("queue",),
+    ),
     "protea_autoscale_changes": Spec(
         "counter",
         "changes of the count the autoscaler made, by direction (up, down)",

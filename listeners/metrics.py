@@ -192,6 +192,11 @@ def _autoscale_families(doc: Mapping[str, Any]) -> list[Family]:
     def each(key: str) -> list[tuple[tuple[str, ...], float]]:
         return [((q,), float(v[key])) for q, v in queues if isinstance(v.get(key), (int, float))]
 
+    def last(key: str) -> list[tuple[tuple[str, ...], float]]:
+        """From each queue's last change: the reading that caused it, and when."""
+        changed = [(q, v["last_change"]) for q, v in queues if isinstance(v.get("last_change"), dict)]
+        return [((q,), float(c[key])) for q, c in changed if isinstance(c.get(key), (int, float))]
+
     changes = doc.get("changes") if isinstance(doc.get("changes"), dict) else {}
     counted = [(tuple(str(k).rsplit(" ", 1)), float(n)) for k, n in (changes or {}).items() if " " in str(k)]
     return [
@@ -202,6 +207,8 @@ def _autoscale_families(doc: Mapping[str, Any]) -> list[Family]:
         family("protea_autoscale_wanted", each("wanted")),
         family("protea_autoscale_pinned", [((q,), float(bool(v.get("pinned")))) for q, v in queues]),
         family("protea_autoscale_changes", counted),
+        family("protea_autoscale_last_change_backlog", last("backlog")),
+        family("protea_autoscale_last_change_timestamp_seconds", last("at")),
     ]
 
 
