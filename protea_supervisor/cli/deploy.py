@@ -30,7 +30,7 @@ from protea_supervisor.deploy.releases import NoTarget, read_history, rollback_t
 from protea_supervisor.deploy.releases import table as releases_table
 from protea_supervisor.deploy.tick import finish, roll_back_to, run_tick
 from protea_supervisor.deploy.tickenv import TickEnv
-from protea_supervisor.errors import OperationBusy, UsageError
+from protea_supervisor.errors import UNWRITABLE, OperationBusy, UsageError, WriteFailed, write_failure
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
@@ -113,9 +113,9 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
         code, summary = run_tick(env, dry_run=True, force=force)
         env.report(f"tick exit={code} {MEANING.get(code, 'unknown')}: {summary}")
         return code
-    prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
     report = tick_env(ctx, stack, supervisor, dry_run=False).report
     try:
+        prepare_dirs(stack, need_root=False)  # a vanished worktree is the tick's to recreate
         with changing(ctx, "tick", spares=("tunnel",)) as now:
             # The stack as it is once the lock is held: a `scale` may have run while this tick waited.
             env = tick_env(ctx, now, supervisor, dry_run=False)
@@ -127,6 +127,15 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
         # The record belongs to the holder: nothing is written.
         code = INFRA_FAILED
         report(f"tick exit={code} {MEANING[code]}: {busy}")
+    except (WriteFailed, OSError) as full:
+        # A full disk is the infrastructure's, whenever the tick meets it: 50, as its code table says (the
+        # deploy timer retries and never blames the revision), with the one line that names the file.
+        if isinstance(full, OSError) and full.errno not in UNWRITABLE:
+            raise
+        line = str(full) if isinstance(full, WriteFailed) else write_failure(full.filename or "a file", full)
+        code = INFRA_FAILED
+        click.echo(f"error: {line}", err=True)
+        report(f"tick exit={code} {MEANING[code]}: {line}")
     return code
 
 
@@ -196,6 +205,14 @@ def rollback_cmd(ctx: click.Context, revision: str, force: bool) -> int:
     `tick --force` ends the pin. Exit codes as `tick`'s, but 0 when the revision serves."""
     base = load(ctx, overrides=False)
     refuse_during_export(base, "roll back", force)
+    try:
+        return _roll_back(ctx, base, revision)
+    except WriteFailed as full:
+        click.echo(f"error: {full}", err=True)  # a full disk: the infrastructure's, as for a tick
+        return INFRA_FAILED
+
+
+def _roll_back(ctx: click.Context, base: Stack, revision: str) -> int:
     with changing(ctx, "rollback", base) as stack:
         prepare_dirs(stack)
         record = read_record(stack)

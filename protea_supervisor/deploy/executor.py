@@ -25,6 +25,7 @@ from protea_supervisor.deploy.tickenv import TickEnv
 from protea_supervisor.deploy.webbuild import build_web, served_build, switch_web
 from protea_supervisor.deploy.worktree import StepError, git
 from protea_supervisor.errors import (
+    UNWRITABLE,
     GateFailed,
     LockCorrupt,
     LockTimeout,
@@ -32,6 +33,8 @@ from protea_supervisor.errors import (
     ProgramFailed,
     StopTimeout,
     SupervisorDown,
+    WriteFailed,
+    write_failure,
 )
 from protea_supervisor.stackfile.files import read_json, write_atomic
 from protea_supervisor.stackfile.stack import Stack
@@ -93,7 +96,14 @@ class Deployer:
         for step in steps:
             self.current = step.name
             self.env.report(f"step {step.name}: {step.says}")
-            getattr(self, "_" + step.name.replace("-", "_"))()
+            try:
+                getattr(self, "_" + step.name.replace("-", "_"))()
+            except OSError as why:
+                # A full disk met by a step's own write (a frontend build unpacked into the run dir) is the
+                # host's failure, not a bug: as a domain error it is rolled back and blamed on the host.
+                if why.errno not in UNWRITABLE:
+                    raise
+                raise WriteFailed(write_failure(why.filename or "a file", why)) from None
             self.done.append(step)
 
     # --- forward steps ---

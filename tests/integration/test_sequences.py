@@ -130,6 +130,13 @@ def make_world(base: Path, queue: str) -> World:
         "control": {"operation_wait": 200},
     }  # fmt: skip
     stack = deploy_stack(base, repo, queue, extra=extra, api_port=api)
+    # The run dir on a filesystem of its own, which a step may fill (CI runs as root).
+    run = stack.root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32M", "tmpfs", str(run)], capture_output=True
+    )
+    assert mounted.returncode == 0, f"mounting a tmpfs needs root: {mounted.stderr!r}"
     return World(repo, stack, queue, "worker-" + queue.replace(".", "-"))
 
 
@@ -465,6 +472,58 @@ def step_kill_supervisord(world: World, rng: random.Random) -> None:
     wait_for(lambda: world.ps("status").code == 6, 20, "supervisord to be gone")
 
 
+def fill(directory: Path) -> Path:
+    """Write zeros into `directory` until its filesystem has no space left; the filler is returned."""
+    filler = directory / "filler"
+    with (
+        filler.open("wb", buffering=0) as out,
+        contextlib.suppress(OSError),
+    ):  # unbuffered: close flushes nothing
+        while True:
+            out.write(b"\0" * 65536)
+    return filler
+
+
+def step_fill_run_dir(world: World, rng: random.Random) -> None:
+    """The run dir's filesystem fills at a random moment inside a command (a runaway file, another process;
+    the world's run dir is a 32 MB tmpfs)."""
+    if not world.supervisord_up():
+        return
+    name, args = rng.choice([
+        ("scale", ("scale", world.queue, str(rng.randint(1, 3)))), ("reload", ("reload",)),
+        ("render", ("render",)), ("tick", ("tick",)),
+    ])  # fmt: skip
+    filled_during(world, rng, name, args, rng.uniform(0.0, 2.0))
+
+
+def filled_during(world: World, rng: random.Random, name: str, args: tuple[str, ...], moment: float) -> int:
+    """The command refuses in one line (exit 73, a tick 50) or finishes; nothing is half-written; once there
+    is room again the same command does what it says. A negative `moment`: the disk is full before it starts."""
+    filler = fill(world.run) if moment < 0 else None
+    command = subprocess.Popen([PS, "--stack", str(world.stack.file), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    if filler is None:
+        time.sleep(moment)
+        filler = fill(world.run)
+    try:
+        out, err = command.communicate(timeout=BOUND.get(name, 120))
+    finally:
+        filler.unlink()
+    world.log.append(
+        f"  fault: the run dir full {moment:.1f} s into `{' '.join(args)}` (exit {command.returncode})"
+    )
+    assert "Traceback" not in out + err and "internal error" not in out + err, out + err
+    assert command.returncode in ALLOWED[name] | {73, 50 if name == "tick" else 73}, (out + err)[-800:]
+    if command.returncode == 73:
+        assert "cannot write" in err and "No space left on device" in err, err
+    # Room again: the same command does what it says.
+    if world.ps("status").code == 6:
+        step_up(world, rng)
+    again = world.ps(*args, bound=BOUND.get(name, 120))
+    assert again.code in ALLOWED[name], again.both
+    return command.returncode
+
+
 def step_close_connection(world: World, rng: random.Random) -> None:
     """A worker's RabbitMQ connection closed through the management API (a broker restart, a network cut):
     its job in hand goes back to the queue, the worker dies at its next read, and supervisord starts it
@@ -550,6 +609,7 @@ STEPS = [
     (step_trigger, 2), (step_gate_retry, 1), (step_lock, 2), (step_commit, 3), (step_jobs, 3),
     (step_kill_listener, 1), (step_kill_supervisord, 1), (step_rollback, 2), (step_unpin, 1),
     (step_kill_tick, 2), (step_kill_supervisord_mid_tick, 1), (step_close_connection, 1),
+    (step_fill_run_dir, 1),
 ]  # fmt: skip
 
 
@@ -569,6 +629,7 @@ def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
     made.stack.ps("down", "--force", timeout=120)
     for orphan in orphans.find(made.run / "supervisor.sock", None):
         os.killpg(orphan.pgid, signal.SIGKILL)
+    subprocess.run(["umount", "-l", str(made.run)], capture_output=True)
 
 
 LONG_SEEDS, LONG_STEPS = (1, 2, 3, 4, 5), 200
@@ -647,4 +708,21 @@ def test_a_connection_the_broker_closes_mid_job_is_redone_once(world: World) -> 
     step_close_connection(world, rng)
     assert world.redone, world.log[-5:]  # a job was in hand on the closed connection
     check(world)
+    finish(world, rng)
+
+
+def test_a_run_dir_that_fills_inside_a_command_leaves_every_record_whole(world: World) -> None:
+    """The fault on its own, for each command that writes to the run dir: the disk fills a moment into it."""
+    rng = random.Random(2)
+    step_up(world, rng)
+    check(world)
+    codes = {}
+    for name, args in (("scale", ("scale", world.queue, "3")), ("render", ("render",)),
+                       ("reload", ("reload",)), ("tick", ("tick",))):  # fmt: skip
+        if name == "tick":
+            step_commit(world, rng)  # a tick with a plan to run
+        codes[name] = filled_during(world, rng, name, args, -1)
+        check(world)
+    # The disk full before each one starts: each refuses (a tick as an infrastructure failure).
+    assert codes == {"scale": 73, "render": 73, "reload": 73, "tick": 50}, codes
     finish(world, rng)
