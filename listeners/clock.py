@@ -8,6 +8,15 @@ due runs once. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    State = TypeVar("State", bound=DataclassInstance)
+
 # Event times 2 s out of order are no step: a TICK_5's `when` is whole seconds, the edge's clock is not.
 BACKWARD = -2.0
 
@@ -24,3 +33,22 @@ def step(last: float, now: float) -> float:
 def moved(when: float, by: float) -> float:
     """A deadline or a moment moved with the clock; 0.0 (unset) stays unset."""
     return when + by if when else when
+
+
+def unstepped(state: State, now: float, moments: Sequence[str]) -> tuple[State, float]:
+    """A handler's state (a dataclass with a `clock` field) at an event of wall time `now`: when the clock
+    stepped back since the last event, its `moments` (wall times, or tuples of them) move with it. Returns
+    the state and the step (0.0 when there was none)."""
+    by = step(getattr(state, "clock"), now)  # noqa: B009 (any handler's state)
+    changes: dict[str, Any] = {"clock": now}
+    if by:
+        for name in moments:
+            value = getattr(state, name)
+            changes[name] = (
+                tuple(moved(v, by) for v in value) if isinstance(value, tuple) else moved(value, by)
+            )
+    return replace(state, **changes), by
+
+
+def stepped_line(who: str, by: float) -> str:
+    return f"{who}: the wall clock stepped back {-by:.0f} s; its deadlines moved with it"

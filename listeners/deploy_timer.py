@@ -28,7 +28,7 @@ from protea_supervisor.humane import iso
 from protea_supervisor.stackfile.files import read_json, write_json
 
 from .actions import Log
-from .clock import moved, step
+from .clock import stepped_line, unstepped
 from .edge import (
     ListenerLog,
     Rpc,
@@ -138,34 +138,20 @@ def resume(config: TimerConfig, saved: TimerState | None, tick_state: str, exits
     return replace(state, running=False), []
 
 
+# The timer's wall times: a clock stepped back moves them all (see clock.py).
+MOMENTS = ("next_poll_at", "started_at", "retry_at", "paused_until", "last_tick_at", "next_check_at",
+           "last_tunnel_trigger_at")  # fmt: skip
+
+
 def handle(
     config: TimerConfig, state: TimerState, event: Event, now: float
 ) -> tuple[TimerState, list[Action]]:
     if event.name.startswith("TICK_"):
         now = float(event.fields.get("when", now))
-    state, stepped = _unstepped(state, now)
+    state, by = unstepped(state, now, MOMENTS)
     state, actions = _handle(config, state, event, now)
+    stepped: list[Action] = [Log(stepped_line("deploy-timer", by)), Publish(state)] if by else []
     return state, [*stepped, *actions]
-
-
-def _unstepped(state: TimerState, now: float) -> tuple[TimerState, list[Action]]:
-    """The wall clock stepped back: every deadline and moment moves with it (see clock.py)."""
-    by = step(state.clock, now)
-    state = replace(state, clock=now)
-    if not by:
-        return state, []
-    state = replace(
-        state,
-        next_poll_at=moved(state.next_poll_at, by),
-        started_at=moved(state.started_at, by),
-        retry_at=moved(state.retry_at, by),
-        paused_until=moved(state.paused_until, by),
-        last_tick_at=moved(state.last_tick_at, by),
-        next_check_at=moved(state.next_check_at, by),
-        last_tunnel_trigger_at=moved(state.last_tunnel_trigger_at, by),
-    )
-    return state, [Log(f"deploy-timer: the wall clock stepped back {-by:.0f} s; its deadlines moved with it"),
-                   Publish(state)]  # fmt: skip
 
 
 def _handle(

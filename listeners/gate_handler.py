@@ -202,20 +202,18 @@ def refresh(
 def unstepped(state: GateState, now: float) -> tuple[GateState, list[Action]]:
     """The wall clock stepped back: the run's moments move with it, so a step's deadline still measures the
     time that passed (see clock.py)."""
-    by = clock.step(state.clock, now)
-    state = replace(state, clock=now)
+    state, by = clock.unstepped(state, now, ("since", "finished_at"))
     if not by:
         return state, []
     state = replace(
         state,
-        since=clock.moved(state.since, by),
-        finished_at=clock.moved(state.finished_at, by),
         steps={name: (clock.moved(a, by), clock.moved(b, by)) for name, (a, b) in state.steps.items()},
         processes={
-            k: replace(p, stopped_at=clock.moved(p.stopped_at, by)) for k, p in state.processes.items()
+            key: replace(proc, stopped_at=clock.moved(proc.stopped_at, by))
+            for key, proc in state.processes.items()
         },
     )
-    return state, [Log(f"gate: the wall clock stepped back {-by:.0f} s; the run's deadlines moved with it")]
+    return state, [Log(clock.stepped_line("gate", by))]
 
 
 def with_live(state: GateState, procs: Mapping[str, Proc]) -> GateState:

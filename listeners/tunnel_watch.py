@@ -29,7 +29,7 @@ from protea_supervisor.stackfile.files import read_json, write_json
 from protea_supervisor.stackfile.stack import TunnelWatch
 
 from .actions import Log
-from .clock import moved, step
+from .clock import stepped_line, unstepped
 from .deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from .edge import (
     ListenerLog,
@@ -185,32 +185,18 @@ def lost_after(rules: TunnelWatch) -> float:
     return 4 * rules.probe_timeout + rules.confirm_interval + 10
 
 
+# The watchdog's wall times: a clock stepped back moves them all (see clock.py).
+MOMENTS = ("started_at", "probe_asked_at", "next_probe_at", "last_probe_at", "restarts", "next_restart_at")
+
+
 def handle(
     config: WatchConfig, state: WatchState, event: Event, now: float
 ) -> tuple[WatchState, list[Action]]:
     if event.name.startswith("TICK_"):
         now = float(event.fields.get("when", now))
-    state, stepped = _unstepped(state, now)
+    state, by = unstepped(state, now, MOMENTS)
     state, actions = _handle(config, state, event, now)
-    return state, [*stepped, *actions]
-
-
-def _unstepped(state: WatchState, now: float) -> tuple[WatchState, list[Action]]:
-    """The wall clock stepped back: every deadline and moment moves with it (see clock.py)."""
-    by = step(state.clock, now)
-    state = replace(state, clock=now)
-    if not by:
-        return state, []
-    state = replace(
-        state,
-        started_at=moved(state.started_at, by),
-        probe_asked_at=moved(state.probe_asked_at, by),
-        next_probe_at=moved(state.next_probe_at, by),
-        last_probe_at=moved(state.last_probe_at, by),
-        restarts=tuple(moved(t, by) for t in state.restarts),
-        next_restart_at=moved(state.next_restart_at, by),
-    )
-    return state, [Log(f"tunnel-watch: the wall clock stepped back {-by:.0f} s; its deadlines moved with it")]
+    return state, [*([Log(stepped_line("tunnel-watch", by))] if by else []), *actions]
 
 
 def _handle(
