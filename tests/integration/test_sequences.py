@@ -626,6 +626,7 @@ def pick(world: World, rng: random.Random) -> Any:
 def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
     made = make_world(short_tmp, queue_name)
     yield made
+    (made.run / "filler").unlink(missing_ok=True)  # a step that failed while the run dir was full
     made.stack.ps("down", "--force", timeout=120)
     for orphan in orphans.find(made.run / "supervisor.sock", None):
         os.killpg(orphan.pgid, signal.SIGKILL)
