@@ -84,24 +84,6 @@ def commands_page() -> str:
 # --- stack keys ----------------------------------------------------------------------------------------
 
 
-def schema_keys() -> list[tuple[str, Any]]:
-    keys: list[tuple[str, Any]] = []
-
-    def walk(table: dict[str, Any], prefix: str) -> None:
-        for key, spec in table.items():
-            if isinstance(spec, dict):
-                walk(spec, f"{prefix}{key}.")
-            elif isinstance(spec, tuple) and spec[0] in ("roles", "queues"):
-                walk(
-                    schema.PROGRAM_SCHEMA if spec[0] == "roles" else schema.QUEUE_SCHEMA, f"{prefix}{key}.*."
-                )
-            else:
-                keys.append((f"{prefix}{key}", spec))
-
-    walk(schema.SCHEMA, "")
-    return keys
-
-
 def _protea_value(data: dict[str, Any], key: str) -> Any:
     node: Any = data
     parts = key.split(".")
@@ -134,7 +116,7 @@ def stack_keys_page() -> str:
         "",
     ]
     section = ""
-    for key, spec in schema_keys():
+    for key, spec in schema.dotted_keys():
         top = key.split(".")[0] if "." in key else "(top level)"
         if top != section:
             section = top

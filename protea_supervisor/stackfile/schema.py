@@ -297,6 +297,25 @@ DERIVED: dict[str, str] = {
 # Keys without a default: every stack must set them (the shipped stacks do).
 REQUIRED = frozenset({"paths.root", "paths.venv", "paths.logs", "paths.run", "workers.command", "lock.file"})
 
+
+def dotted_keys() -> list[tuple[str, Any]]:
+    """Every key a stack file may set, as DEFAULTS spells it (`*` for a program's role or a queue's name),
+    with its spec, in the schema's order."""
+    keys: list[tuple[str, Any]] = []
+
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for key, spec in table.items():
+            if isinstance(spec, dict):
+                walk(spec, f"{prefix}{key}.")
+            elif isinstance(spec, tuple) and spec[0] in ("roles", "queues"):
+                walk(PROGRAM_SCHEMA if spec[0] == "roles" else QUEUE_SCHEMA, f"{prefix}{key}.*.")
+            else:
+                keys.append((f"{prefix}{key}", spec))
+
+    walk(SCHEMA, "")
+    return keys
+
+
 TYPE_WORDS = {str: "a string", bool: "true or false"}
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -271,21 +271,9 @@ def test_the_demo_stack_needs_nothing_but_python() -> None:
 
 
 def _schema_keys() -> list[str]:
-    from protea_supervisor.stackfile.schema import PROGRAM_SCHEMA, QUEUE_SCHEMA, SCHEMA
+    from protea_supervisor.stackfile.schema import dotted_keys
 
-    keys: list[str] = []
-
-    def walk(table: dict[str, Any], prefix: str) -> None:
-        for key, spec in table.items():
-            if isinstance(spec, dict):
-                walk(spec, f"{prefix}{key}.")
-            elif isinstance(spec, tuple) and spec[0] in ("roles", "queues"):
-                walk(PROGRAM_SCHEMA if spec[0] == "roles" else QUEUE_SCHEMA, f"{prefix}{key}.*.")
-            else:
-                keys.append(f"{prefix}{key}")
-
-    walk(SCHEMA, "")
-    return keys
+    return [key for key, _ in dotted_keys()]
 
 
 def test_every_key_has_one_default_a_derived_default_or_is_required() -> None:
