@@ -85,6 +85,16 @@ class WriteFailed(ProteaError):
     exit_code = exitcodes.CANNOT_WRITE
 
 
+def write_failed(why: BaseException) -> WriteFailed | None:
+    """A write that met a full, over-quota or read-only filesystem as the domain error (whoever wrote it: the
+    atomic writer, a log line appended, a build unpacked); None for anything else."""
+    if isinstance(why, WriteFailed):
+        return why
+    if isinstance(why, OSError) and why.errno in UNWRITABLE:
+        return WriteFailed(write_failure(why.filename or "a file", why))
+    return None
+
+
 class StackFailed(ProteaError):
     """A program of the stack failed to start or stop as asked."""
 

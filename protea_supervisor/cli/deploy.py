@@ -30,7 +30,7 @@ from protea_supervisor.deploy.releases import NoTarget, read_history, rollback_t
 from protea_supervisor.deploy.releases import table as releases_table
 from protea_supervisor.deploy.tick import finish, roll_back_to, run_tick
 from protea_supervisor.deploy.tickenv import TickEnv
-from protea_supervisor.errors import UNWRITABLE, OperationBusy, UsageError, WriteFailed, write_failure
+from protea_supervisor.errors import OperationBusy, UsageError, WriteFailed, write_failed
 from protea_supervisor.listeners.deploy_timer import COMM_TYPE as TIMER_COMM_TYPE
 from protea_supervisor.listeners.deploy_timer import MARKER_FILE as TRIGGER_MARKER
 from protea_supervisor.listeners.deploy_timer import STATE_FILE as TIMER_STATE_FILE
@@ -130,9 +130,10 @@ def tick_cmd(ctx: click.Context, dry_run: bool, force: bool) -> int:
     except (WriteFailed, OSError) as full:
         # A full disk is the infrastructure's, whenever the tick meets it: 50, as its code table says (the
         # deploy timer retries and never blames the revision), with the one line that names the file.
-        if isinstance(full, OSError) and full.errno not in UNWRITABLE:
+        failed = write_failed(full)
+        if failed is None:
             raise
-        line = str(full) if isinstance(full, WriteFailed) else write_failure(full.filename or "a file", full)
+        line = str(failed)
         code = INFRA_FAILED
         click.echo(f"error: {line}", err=True)
         report(f"tick exit={code} {MEANING[code]}: {line}")

@@ -16,7 +16,7 @@ import click
 
 from protea_supervisor import __version__, exitcodes
 from protea_supervisor.cli.settings import Settings
-from protea_supervisor.errors import UNWRITABLE, ProteaError, UsageError, WriteFailed, write_failure
+from protea_supervisor.errors import ProteaError, UsageError, write_failed
 
 # Each command and the module that defines it, imported only when the command runs (or help lists it): the
 # exec wrapper starts every program, so its start-up must not import the whole CLI (0.25 s -> ~0.1 s).
@@ -136,10 +136,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"error: {one_line(why.format_message())}", err=True)
         sys.exit(exitcodes.BAD_INPUT)
     except Exception as bug:
-        if isinstance(bug, OSError) and bug.errno in UNWRITABLE:
+        full = write_failed(bug)
+        if full is not None:
             # A write outside the atomic writer (a log line appended) on a full or read-only filesystem.
-            click.echo(f"error: {write_failure(bug.filename or 'a file', bug)}", err=True)
-            sys.exit(WriteFailed.exit_code)
+            click.echo(f"error: {full}", err=True)
+            sys.exit(full.exit_code)
         if os.environ.get("PROTEA_DEBUG"):
             raise
         detail = one_line(str(bug))

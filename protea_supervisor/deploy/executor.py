@@ -25,7 +25,6 @@ from protea_supervisor.deploy.tickenv import TickEnv
 from protea_supervisor.deploy.webbuild import build_web, served_build, switch_web
 from protea_supervisor.deploy.worktree import StepError, git
 from protea_supervisor.errors import (
-    UNWRITABLE,
     GateFailed,
     LockCorrupt,
     LockTimeout,
@@ -33,8 +32,7 @@ from protea_supervisor.errors import (
     ProgramFailed,
     StopTimeout,
     SupervisorDown,
-    WriteFailed,
-    write_failure,
+    write_failed,
 )
 from protea_supervisor.stackfile.files import read_json, write_atomic
 from protea_supervisor.stackfile.stack import Stack
@@ -101,9 +99,10 @@ class Deployer:
             except OSError as why:
                 # A full disk met by a step's own write (a frontend build unpacked into the run dir) is the
                 # host's failure, not a bug: as a domain error it is rolled back and blamed on the host.
-                if why.errno not in UNWRITABLE:
+                full = write_failed(why)
+                if full is None:
                     raise
-                raise WriteFailed(write_failure(why.filename or "a file", why)) from None
+                raise full from None
             self.done.append(step)
 
     # --- forward steps ---
