@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protea_supervisor.errors import ProteaError
-from protea_supervisor.operations.autoscale import QueueState, Reading, decide
+from protea_supervisor.operations.autoscale import QueueState, Reading, decide, describe
 from protea_supervisor.stackfile.files import read_json, write_json
 from protea_supervisor.stackfile.stack import Autoscale
 
@@ -169,15 +169,10 @@ class Edge:
 
     def export(self) -> str:
         from protea_supervisor.errors import LockCorrupt
-        from protea_supervisor.locks.stack_owner import LockFile, export_holder, resolve_path, resolve_timeout
+        from protea_supervisor.locks.stack_owner import export_holder, stack_lock
 
-        environ = dict(os.environ)
-        lock = LockFile(
-            resolve_path(None, environ, self.stack.lock.file),
-            resolve_timeout(None, environ, self.stack.lock.flock_timeout),
-        )
         try:
-            holder = export_holder(lock)
+            holder = export_holder(stack_lock(self.stack, dict(os.environ)))
         except LockCorrupt as why:
             return f"the stack-owner lock cannot be read ({why})"
         except ProteaError:
@@ -241,10 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = edge.settings()
     holder = {"state": state_from_file(read_json(stack.paths.run / STATE_FILE))}
     for queue, auto in settings.items():
-        log(
-            f"autoscaler: {queue} {auto.min}-{auto.max} processes at {auto.target_backlog} messages each (up "
-            f"after {auto.scale_up_delay} s, down over {auto.scale_down_window} s, cooling {auto.cooldown} s)"
-        )
+        log(f"autoscaler: {queue}: {describe(auto)}")
 
     def on_event(event: Event) -> None:
         if event.name != "TICK_5" or not settings:

@@ -18,7 +18,8 @@ from protea_supervisor.errors import LockContention, LockCorrupt, StackError
 from protea_supervisor.hosts.declared import server_url
 from protea_supervisor.hosts.heartbeats import read_all, server_export
 from protea_supervisor.locks.operation import operation, resolve_wait
-from protea_supervisor.locks.stack_owner import LockFile, export_holder, resolve_path, resolve_timeout
+from protea_supervisor.locks.stack_owner import LockFile, export_holder
+from protea_supervisor.locks.stack_owner import stack_lock as owner_lock
 from protea_supervisor.stackfile.files import load_stack, machine_facts
 from protea_supervisor.stackfile.overrides import shadowed_counts, with_overrides
 from protea_supervisor.stackfile.stack import HostFacts, Stack
@@ -118,11 +119,8 @@ def stop_deadline(stack: Stack) -> Deadlines:
 
 
 def stack_lock(stack: Stack) -> LockFile:
-    """The stack-owner lock file as the shell tool finds it (see lock.resolve_path)."""
-    environ = dict(os.environ)
-    return LockFile(
-        resolve_path(None, environ, stack.lock.file), resolve_timeout(None, environ, stack.lock.flock_timeout)
-    )
+    """The stack-owner lock file as the shell tool finds it, from this command's environment."""
+    return owner_lock(stack, dict(os.environ))
 
 
 def refuse_during_export(stack: Stack, what: str, force: bool) -> None:

@@ -29,6 +29,7 @@ from protea_supervisor.deploy.plan import MEANING, REDEPLOYED
 from protea_supervisor.deploy.tick import finish, first_deploy
 from protea_supervisor.errors import StackFailed, SupervisorDown
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified
+from protea_supervisor.operations.autoscale import describe
 from protea_supervisor.stackfile.env import check_required, merged_environment
 from protea_supervisor.stackfile.files import write_atomic
 from protea_supervisor.stackfile.overrides import (
@@ -193,9 +194,7 @@ def autoscale_settings(stack: Stack) -> list[str]:
     """The autoscaler's settings as the stack file gives them (a dry run shows what a reload would load)."""
     pinned = load_pinned(stack.paths.run)
     return [
-        f"autoscale {q.name}: {q.autoscale.min}-{q.autoscale.max} processes at {q.autoscale.target_backlog} "
-        f"messages each; up after {q.autoscale.scale_up_delay} s, down over {q.autoscale.scale_down_window} "
-        f"s, {q.autoscale.cooldown} s between changes; now {q.processes}"
+        f"autoscale {q.name}: {describe(q.autoscale)}; now {q.processes}"
         + (" (pinned by the operator)" if q.program in pinned else "")
         for q in stack.queues
         if q.autoscale

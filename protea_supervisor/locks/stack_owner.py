@@ -20,6 +20,7 @@ import filelock
 
 from protea_supervisor.errors import LockContention, LockCorrupt, LockMismatch, LockTimeout, UsageError
 from protea_supervisor.stackfile.files import write_atomic
+from protea_supervisor.stackfile.stack import Stack
 
 OWNERS = ("free", "deploy", "export")
 KEYS = ("acquired_at", "owner", "reason", "task_id")
@@ -171,6 +172,14 @@ class LockFile:
 
     def release(self, task_id: str) -> LockRecord:
         return self._guarded(lambda current: decide_release(current, task_id, self.clock()))
+
+
+def stack_lock(stack: Stack, environ: Mapping[str, str]) -> LockFile:
+    """A stack's stack-owner lock file as the shell tool finds it (see resolve_path), for the commands and
+    the listeners alike."""
+    return LockFile(
+        resolve_path(None, environ, stack.lock.file), resolve_timeout(None, environ, stack.lock.flock_timeout)
+    )
 
 
 def export_holder(lock: LockFile) -> LockRecord | None:

@@ -57,6 +57,15 @@ class State:
     queues: Mapping[str, QueueState] = field(default_factory=dict)
 
 
+def describe(settings: Autoscale) -> str:
+    """The settings in one line, as the autoscaler's log and `reload --dry-run` show them."""
+    up, down, cool = settings.scale_up_delay, settings.scale_down_window, settings.cooldown
+    return (
+        f"{settings.min}-{settings.max} processes at {settings.target_backlog} messages each; "
+        f"up after {up} s, down over {down} s, {cool} s between changes"
+    )
+
+
 def wanted_here(settings: Autoscale, backlog: int, elsewhere: int) -> int:
     total = math.ceil(backlog / settings.target_backlog) if backlog > 0 else 0
     return max(settings.min, min(settings.max, total - elsewhere))
