@@ -54,6 +54,18 @@ from protea_supervisor.stackfile.env import after_double_dash, check_required, m
     help="Hold QUEUE's one-consumer lock in Postgres for the command's life (exit 78 when another holds it).",
 )
 @click.option("--singleton-db", default="PROTEA_DB_URL", metavar="VAR", help="The variable naming Postgres.")
+@click.option(
+    "--singleton-broker", default="PROTEA_AMQP_URL", metavar="VAR", help="The variable naming RabbitMQ."
+)
+@click.option(
+    "--singleton-wait",
+    default=60.0,
+    type=click.FloatRange(0, 86400),
+    metavar="SECONDS",
+    help="With --singleton: how long the lock's new holder waits for RabbitMQ to count no other consumer "
+    "of QUEUE (one whose lock was lost, finishing its job) before it starts; exit 78 when one is still "
+    "there.",
+)
 @click.option("--host-name", default="", help="This host's name, shown to a start the lock refuses.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(
@@ -67,6 +79,8 @@ def exec_cmd(
     refusals: Path | None,
     singleton: str,
     singleton_db: str,
+    singleton_broker: str,
+    singleton_wait: float,
     host_name: str,
     command: tuple[str, ...],
 ) -> None:
@@ -87,7 +101,10 @@ def exec_cmd(
     if revision_guard:
         guard.check(Path.cwd(), env, declared_from, refusals)
     if singleton:
-        click.echo(guard.single(singleton, singleton_db, host_name or "unknown", env, refusals), err=True)
+        held = guard.single(
+            singleton, singleton_db, host_name or "unknown", env, refusals, singleton_broker, singleton_wait
+        )
+        click.echo(held, err=True)
     # Every check passed: a refusal an earlier start left is no longer true.
     guard.passed(refusals, env)
     if missing:

@@ -80,10 +80,18 @@ def passed(refusals: Path | None, environ: Mapping[str, str]) -> None:
         record_path(refusals, environ).unlink(missing_ok=True)
 
 
-def single(queue: str, variable: str, host: str, environ: Mapping[str, str], refusals: Path | None) -> str:
+def single(
+    queue: str,
+    variable: str,
+    host: str,
+    environ: Mapping[str, str],
+    refusals: Path | None,
+    broker_variable: str = "PROTEA_AMQP_URL",
+    wait: float = 60.0,
+) -> str:
     """The singleton queue's lock for this worker (`singleton.hold`), or its refusal recorded for status."""
     try:
-        return hold(environ.get(variable, ""), variable, queue, host, environ)
+        return hold(environ.get(variable, ""), variable, queue, host, environ, broker_variable, wait)
     except RevisionRefused as why:
         reason = str(why).removesuffix(" (exit 78).").removesuffix("; not starting a second")
         refuse(refusals, environ, reason, str(why))

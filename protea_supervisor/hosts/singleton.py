@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Mapping
 
 from protea_supervisor.errors import BackupFailed, RevisionRefused
+from protea_supervisor.hosts import broker
 from protea_supervisor.hosts.declared import DeclarationUnavailable
 from protea_supervisor.operations.backup import target_from_url
 
@@ -36,10 +37,20 @@ def queue_key(queue: str) -> int:
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
-def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, str]) -> str:
-    """Take the queue's lock for this process's lifetime; returns the holder's line for the log. Raises
-    RevisionRefused (exit 78) naming the host that holds it, or DeclarationUnavailable (75) when Postgres
-    cannot be asked."""
+def hold(
+    url: str,
+    variable: str,
+    queue: str,
+    host: str,
+    environ: Mapping[str, str],
+    broker_variable: str = "PROTEA_AMQP_URL",
+    wait: float = 60.0,
+) -> str:
+    """Take the queue's lock for this process's lifetime, then wait (up to `wait` seconds) until RabbitMQ
+    counts no consumer of the queue (`broker_variable` names it), so that a holder whose lock was lost and
+    who is finishing its job is never joined by a second; returns the holder's line for the log. Raises
+    RevisionRefused (exit 78) naming the host that holds the lock, or the consumer that did not leave, or
+    DeclarationUnavailable (75) when Postgres cannot be asked."""
     if not url:
         raise DeclarationUnavailable(
             f"{variable} is not set in the env files: singleton queue {queue} takes its lock in the server's "
@@ -69,7 +80,8 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
         # kept too, so that nothing closes the pipe between here and the exec.
         os.set_inheritable(keeper.stdin.fileno(), True)
         _HELD.append(keeper)
-        return f"singleton {queue}: this process is its one consumer (lock kept by pid {keeper.pid})"
+        alone = _alone(environ.get(broker_variable, ""), broker_variable, queue, wait, keeper)
+        return f"singleton {queue}: this process is its one consumer (lock kept by pid {keeper.pid}){alone}"
     keeper.stdin.close()
     keeper.wait()
     if answer.startswith("f "):
@@ -81,6 +93,27 @@ def hold(url: str, variable: str, queue: str, host: str, environ: Mapping[str, s
         answer[2:] if answer.startswith("? ") else "the lock's keeper gave no answer (its error is above)"
     )
     raise DeclarationUnavailable(f"singleton {queue}: {problem}")
+
+
+def _alone(url: str, variable: str, queue: str, wait: float, keeper: subprocess.Popen[bytes]) -> str:
+    """'' or what the log should add once the broker counts no other consumer; refused (the lock given
+    back) when one is still there after `wait` seconds."""
+    if not url:
+        return f"; {variable} is not set, so the broker's count of its consumers was not checked"
+    count = broker.wait_alone(url, queue, wait)
+    if count.consumers is None:
+        return f"; the broker's count of its consumers was not checked: {count.why}"
+    if count.consumers:
+        _HELD.remove(keeper)
+        assert keeper.stdin
+        keeper.stdin.close()  # the keeper ends its session: the lock is free again
+        keeper.wait()
+        raise RevisionRefused(
+            f"singleton queue {queue} still has {count.consumers} consumer(s) on the broker {wait:.0f} s "
+            "after this process took its lock (one whose lock was lost, finishing its job); not starting a "
+            "second (exit 78)."
+        )
+    return f"; waited {count.waited:.1f} s for the previous consumer to leave" if count.waited else ""
 
 
 def holder(target_env: Mapping[str, str], queue: str) -> str:

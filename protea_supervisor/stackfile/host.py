@@ -29,6 +29,7 @@ class HostSettings:
     # Every worker start passes the revision guard (exit 78 when refused).
     revision_guard: bool = False
     db_url_env: str = "PROTEA_DB_URL"  # the env-file variable that names the server's Postgres
+    amqp_url_env: str = "PROTEA_AMQP_URL"  # the one that names RabbitMQ (a singleton's consumer count)
     migrations_dir: str = "alembic/versions"  # its digest is recorded with each declaration
     # The heartbeat listener publishes this host's processes to Postgres (`status --all-hosts`).
     heartbeat: bool = False

@@ -112,6 +112,8 @@ MEANING: dict[str, str] = {
     "host.declare_revision": "the server's tick records each deployed revision in Postgres",
     "host.revision_guard": "each worker start passes the revision guard",
     "host.db_url_env": "the env-file variable naming the server's Postgres",
+    "host.amqp_url_env": "the env-file variable naming RabbitMQ: a singleton worker starts once the broker "
+    "counts no other consumer of its queue",
     "host.migrations_dir": "where a node finds the migrations a revision needs",
     "host.heartbeat": "run the heartbeat listener (a row per host in the server's Postgres)",
     "host.stale_after": "seconds after which a host's heartbeat is stale",

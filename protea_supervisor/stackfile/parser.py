@@ -155,6 +155,7 @@ def _parse_host(reader: Reader, facts: HostFacts, programs: tuple[Program, ...])
         declare_revision=bool(reader.get("host.declare_revision")),
         revision_guard=bool(reader.get("host.revision_guard")),
         db_url_env=env_names(reader, "host.db_url_env", [reader.get("host.db_url_env")])[0],
+        amqp_url_env=env_names(reader, "host.amqp_url_env", [reader.get("host.amqp_url_env")])[0],
         migrations_dir=reader.get("host.migrations_dir"),
         heartbeat=bool(reader.get("host.heartbeat")),
         stale_after=reader.get("host.stale_after"),

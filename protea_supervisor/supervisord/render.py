@@ -196,6 +196,11 @@ def guard_args(stack: Stack, queue: Queue) -> tuple[str, ...]:
             queue.name,
             "--singleton-db",
             stack.host.db_url_env,
+            "--singleton-broker",
+            stack.host.amqp_url_env,
+            # A previous holder whose lock was lost finishes its job within its stop grace, then leaves.
+            "--singleton-wait",
+            str(queue.stop_grace + 10),
             "--host-name",
             stack.host.name,
         )

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from conftest import BIN, wait_for
+from rabbit import AMQP, connect, publish
+from rabbit import WORKER as RABBIT_WORKER
 
 from protea_supervisor.hosts.singleton import CLASS_KEY, queue_key
 
@@ -138,3 +141,81 @@ def test_a_lost_lock_session_is_replaced_at_once_or_the_worker_stops_if_another_
         if thief is not None:
             thief.kill()
             thief.wait()
+
+
+def test_a_host_that_takes_a_lost_lock_starts_only_once_the_old_consumer_left_the_broker(
+    tmp_path: Path, queue_name: str
+) -> None:
+    """A holder's lock session is lost and another host takes the lock before the holder's keeper does:
+    the holder is told to stop and finishes its job in hand, still a consumer of the queue. The new holder
+    starts consuming only once RabbitMQ counts no other consumer, so the broker never counts two (sampled
+    every 50 ms by a passive declare); its log says how long it waited."""
+    env_file = tmp_path / "protea.env"
+    env_file.write_text(
+        f"PROTEA_DB_URL=postgresql://postgres@127.0.0.1:5432/postgres\nPROTEA_AMQP_URL={AMQP}\n"
+    )
+    env_file.chmod(0o600)
+    publish(queue_name, 1, seconds=10.0)  # the holder's job in hand when its lock goes
+
+    def worker(host: str) -> tuple[subprocess.Popen[str], Path]:
+        log = tmp_path / f"{host}.log"
+        argv = [
+            str(BIN / "protea-supervisor"), "exec", "--env-file", str(env_file), "--singleton", queue_name,
+            "--host-name", host, "--refusals", str(tmp_path / host), "--singleton-wait", "30", "--",
+            sys.executable, "-P", str(RABBIT_WORKER), "--queue", queue_name, "--record", str(tmp_path / "acks.log"),
+        ]  # fmt: skip
+        env = {**os.environ, "SUPERVISOR_PROCESS_NAME": f"worker-{host}", "SUPERVISOR_GROUP_NAME": "worker"}
+        with log.open("w") as out:
+            return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), log
+
+    counts: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        connection = connect()
+        while not sampling.is_set():
+            counts.append(connection.channel().queue_declare(queue_name, passive=True).method.consumer_count)
+            sampling.wait(0.05)
+        connection.close()
+
+    old, old_log = worker("server-1")
+    new = thief = None
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        wait_for(lambda: "job 0 started" in old_log.read_text(), 30, "the holder's job in hand")
+        sampler.start()
+        held = lock_holder(queue_name)
+        assert held is not None
+        # Another session ends the holder's and takes the lock in that instant; the holder's keeper finds it
+        # taken and tells its worker to stop, which finishes its 10 s job first.
+        thief = subprocess.Popen(["psql", "-X", "-qtA", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert thief.stdin and thief.stdout
+        key = f"{CLASS_KEY}, {queue_key(queue_name)}"
+        thief.stdin.write(
+            f"SELECT pg_terminate_backend({held[0]});\nSELECT pg_advisory_lock({key}); SELECT 'held';\n"
+        )
+        thief.stdin.flush()
+        wait_for(lambda: thief.stdout.readline().strip() == "held", 10, "the other session's lock")  # type: ignore[union-attr]
+        wait_for(lambda: "stopping this worker" in old_log.read_text(), 15, "the holder told to stop")
+        # The lock passes to a second host's worker while the first still finishes its job.
+        thief.stdin.write(f"SELECT pg_advisory_unlock({key});\n")
+        thief.stdin.flush()
+        new, new_log = worker("gpu-1")
+        wait_for(lambda: "consuming" in new_log.read_text(), 30, "the new holder consuming")
+        assert old.wait(timeout=15) == 0, old_log.read_text()
+        wait_for(lambda: "job 0 done after TERM" in old_log.read_text(), 5, "the old job finished")
+        sampling.set()
+        sampler.join(timeout=10)
+        # The broker never counted two consumers.
+        assert counts and max(counts) == 1, counts
+        said = new_log.read_text()
+        assert "this process is its one consumer" in said and "for the previous consumer to leave" in said, (
+            said
+        )
+    finally:
+        sampling.set()
+        for process in (old, new, thief):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

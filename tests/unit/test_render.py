@@ -238,8 +238,11 @@ def test_a_singleton_queue_holds_its_lock_through_the_wrapper_and_its_refusal_is
     check_config(text)
     processes = {p.name: p for g in loaded(text).process_group_configs for p in g.process_configs}
     single = processes["worker-embeddings-coord"]
-    assert single.command.split()[2:10] == [
-        "--singleton", "protea.embeddings", "--singleton-db", "PROTEA_DB_URL", "--host-name", "gpu-1",
+    # It waits for the broker to count no other consumer for the queue's stop grace and 10 s more.
+    grace = stack().queue("protea.embeddings").stop_grace
+    assert single.command.split()[2:14] == [
+        "--singleton", "protea.embeddings", "--singleton-db", "PROTEA_DB_URL", "--singleton-broker",
+        "PROTEA_AMQP_URL", "--singleton-wait", str(grace + 10), "--host-name", "gpu-1",
         "--refusals", f"{tmp_path}/run/refused",
     ]  # fmt: skip
     assert single.exitcodes == [78] and single.autorestart is RestartWhenExitUnexpected
