@@ -275,6 +275,24 @@ def supervisord(xprocess: Any, request: pytest.FixtureRequest) -> Iterator[Calla
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
+def psql(database: str, sql: str) -> str:
+    """One statement on this machine's Postgres as postgres, its rows as text."""
+    argv = ["psql", "-X", "-q", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-c", sql]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of this test's own on this machine's Postgres, as a URL (the server's database of a
+    two-host test: declarations, heartbeats and singleton locks live in it); dropped afterwards."""
+    name = f"pst_{uuid.uuid4().hex[:8]}"
+    psql("postgres", f"CREATE DATABASE {name}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A queue name of this test's own on this machine's RabbitMQ, deleted afterwards."""
@@ -305,7 +323,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("protea-supervisor")
     group.addoption("--sequence-steps", default="24", help="steps of the generated command sequence test")
-    group.addoption("--sequence-seed", default="13", help="seed of the generated command sequence test")
+    group.addoption(
+        "--sequence-seed", default="13", help="seed of the generated command sequence tests (several: 3,4,6)"
+    )
     group.addoption(
         "--sequence-long",
         action="store_true",

@@ -22,6 +22,7 @@ from protea_supervisor.cli.common import (
     stop_deadline,
 )
 from protea_supervisor.errors import BackupFailed, BrokerAnswerInvalid, EnvError, ProteaError, UsageError
+from protea_supervisor.hosts import declared
 from protea_supervisor.hosts.declared import DeclarationUnavailable, server_url
 from protea_supervisor.hosts.heartbeats import read_all, running_elsewhere
 from protea_supervisor.locks.operation import resolve_wait
@@ -212,11 +213,22 @@ def restore_cmd(ctx: click.Context, dump: Path, yes: bool, force: bool, drill: b
             if running:
                 click.echo("stopping the stack's programs (workers finish their jobs within their grace)")
                 stop_programs(stack, supervisor, stop_deadline(stack).stop, click.echo)
-            done = switch(pg, staging, datetime.now())
+            kept: list[declared.Declaration] = []
+
+            def keep_declaration(restored: str) -> None:
+                found = declared.carry(pg, restored)
+                kept.extend([found] if found else [])
+
+            done = switch(pg, staging, datetime.now(), keep_declaration)
         except ProteaError as why:
             failed = why
         else:
             click.echo(f"{pg.target.describe()} is now the restored database")
+            for found in kept:
+                click.echo(
+                    f"  kept the declaration of {found.revision[:10]} (by {found.host}): nodes follow what "
+                    "the server runs, not the dump's"
+                )
             if done.aside:
                 click.echo(f"  the database as it was is kept as {done.aside} until the next restore")
             for name in done.dropped:

@@ -79,34 +79,54 @@ def declare(url: str, variable: str, revision: str, migrations: str, host: str) 
     """Record `revision` as the declared one (a new row; the history stays)."""
     if not SHA.fullmatch(revision) or not _DIGEST.fullmatch(migrations) or not HOST_NAME.fullmatch(host):
         raise DeclarationUnavailable(f"refusing to declare {revision!r} ({migrations!r}, {host!r}).")
+    try:
+        database(url, variable).sql(_insert(revision, migrations, host))
+    except BackupFailed as why:
+        raise DeclarationUnavailable(f"declaring {revision[:10]}: {why}") from None
+
+
+def _insert(revision: str, migrations: str, host: str) -> str:
     values = f"'{revision}', '{migrations}', '{host}'"
-    statement = (
+    return (
         f"{_CREATE}\nINSERT INTO {TABLE} (revision, migrations, host) VALUES ({values});\n"
         f"NOTIFY {CHANNEL}, '{revision}';"
     )
-    try:
-        database(url, variable).sql(statement)
-    except BackupFailed as why:
-        raise DeclarationUnavailable(f"declaring {revision[:10]}: {why}") from None
 
 
 def current(url: str, variable: str) -> Declaration | None:
     """The newest declaration, or None when nothing was ever declared."""
     db = database(url, variable)
     try:
-        if db.sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL") != ["t"]:
-            return None
-        rows = db.sql(
-            "SELECT revision, migrations, host, "
-            "to_char(declared_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-            f"FROM {TABLE} ORDER BY id DESC LIMIT 1"
-        )
+        return newest(db)
     except BackupFailed as why:
         raise DeclarationUnavailable(f"reading the declared revision: {why}") from None
+
+
+def newest(db: Postgres, name: str | None = None) -> Declaration | None:
+    """The newest declaration in database `name` (the target's own by default); raises BackupFailed."""
+    if db.sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL", name) != ["t"]:
+        return None
+    rows = db.sql(
+        "SELECT revision, migrations, host, "
+        "to_char(declared_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        f"FROM {TABLE} ORDER BY id DESC LIMIT 1",
+        name,
+    )
     if not rows:
         return None
     revision, migrations, host, declared_at = rows[0].split("|")
     return Declaration(revision, migrations, host, declared_at)
+
+
+def carry(db: Postgres, restored: str) -> Declaration | None:
+    """Write the live database's newest declaration into `restored` as its newest too (a restored copy
+    about to replace the live one: its own declaration is the dump's, older than what the server runs, and
+    nodes would follow it back). None when the live database has none, or is gone (a disaster recovery).
+    Raises BackupFailed."""
+    live = newest(db) if db.target.database in db.databases() else None
+    if live is not None:
+        db.sql(_insert(live.revision, live.migrations, live.host), restored)
+    return live
 
 
 def migration_digest(root: Path, revision: str, directory: str) -> str:

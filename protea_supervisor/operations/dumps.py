@@ -251,11 +251,14 @@ class Replaced:
     dropped: tuple[str, ...]  # earlier databases set aside, dropped now
 
 
-def switch(pg: Postgres, staging: str, now: datetime) -> Replaced:
+def switch(
+    pg: Postgres, staging: str, now: datetime, before: Callable[[str], None] = lambda staging: None
+) -> Replaced:
     """Put the checked staging database in the live one's place; then drop what earlier restores set aside.
-    The caller has stopped the stack. On failure the staging database is dropped and the live one is as
-    it was."""
+    `before` runs on the staging database just before (what must carry over from the live one). The caller
+    has stopped the stack. On failure the staging database is dropped and the live one is as it was."""
     try:
+        before(staging)
         aside = replace_live(pg, staging, side_name(pg.target.database, ASIDE, now, pg.databases()))
     except BackupFailed:
         with contextlib.suppress(BackupFailed):

@@ -16,20 +16,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import PS, Stack, stack_file, toml_dump
+from conftest import PS, Stack, psql, stack_file, toml_dump
 
+from protea_supervisor.hosts import declared
 from protea_supervisor.supervisord.control import Supervisor
 
 pytestmark = pytest.mark.integration
-
-
-def psql(database: str, sql: str) -> str:
-    result = subprocess.run(
-        ["psql", "-X", "-q", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-c", sql],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def databases() -> list[str]:
@@ -300,3 +292,20 @@ def test_two_backups_at_once_both_land_under_distinct_private_names(short_tmp: P
     assert any("made" in out and "private" in out for _, out, _ in results)
     for name in dumps:
         assert stack.ps("restore", "--drill", str(folder / name)).code == 0
+
+
+def test_a_restore_keeps_the_declaration_the_live_database_had(short_tmp: Path, database: str) -> None:
+    """The declared revision lives in the server's database, which a restore replaces: the dump's
+    declaration is older than what the server runs, and a node would follow it back. The restored database
+    carries the live one's newest declaration from the moment it is switched in."""
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    old, new = "a" * 40, "b" * 40
+    declared.declare(url, "PROTEA_DB_URL", old, "0" * 64, "server-1")
+    stack, dump = backed_up(short_tmp, database)
+    declared.declare(url, "PROTEA_DB_URL", new, "1" * 64, "server-1")
+    restored = stack.ps("restore", "--yes", str(dump))
+    assert restored.code == 0, restored.both
+    assert counts(database) == ("500", "120")  # the dump's rows
+    now = declared.current(url, "PROTEA_DB_URL")
+    assert now is not None and (now.revision, now.migrations) == (new, "1" * 64), now
+    assert f"kept the declaration of {new[:10]}" in restored.out, restored.out
