@@ -169,6 +169,56 @@ def deploy_stack(
     return Stack(path)
 
 
+# The roles a compute node does not run.
+SERVER_ONLY = ("migrate", "api", "web", "tunnel")
+
+
+def node_stack(
+    base: Path,
+    checkout: Path,
+    queue: str,
+    db_url: str,
+    follow: bool = False,
+    singleton: str = "",
+    stop_grace: int = 120,
+) -> Stack:
+    """A compute node: only the queue's worker, in its own checkout, against the server's Postgres and
+    RabbitMQ (named in its env file), stopped with SIGINT and `stop_grace` (120 s, as today's node units).
+    With `follow`, its deploy timer follows the server's declaration (checked every second, at each TICK_5).
+    With `singleton`, it also lists that singleton queue."""
+    home = base / "node"
+    home.mkdir()
+    env_file = home / "node.env"
+    env_file.write_text(f"PROTEA_DB_URL={db_url}\nPROTEA_AMQP_URL={AMQP}\n")
+    env_file.chmod(0o600)
+    off = {role: {"enabled": False} for role in SERVER_ONLY}
+    path = stack_file(
+        home,
+        queues={queue: {"processes": 1, "command": WORKER_COMMAND, "stop_grace": stop_grace}}
+        | ({singleton: {"processes": 1, "command": WORKER_COMMAND, "singleton": True}} if singleton else {}),
+        env_files=[str(env_file)],
+        extra={
+            "name": "node",
+            "host": {"role": "node", "name": "gpu-1", "revision_guard": True, "heartbeat": True},
+            "paths": {"root": str(checkout), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
+            "programs": off,
+            # startsecs 0: a refusal is always an exit after RUNNING, the case a slow guard makes (EXITED).
+            "workers": {"stop_signal": "INT", "startsecs": 0},
+            "probes": {"infra_from_env": ["PROTEA_DB_URL", "PROTEA_AMQP_URL"]},
+            "deploy": {
+                "enabled": follow,
+                "repository": str(checkout),
+                "check_interval": 1,
+                "poll_interval": 5,  # a tick deferred by the server's export is tried again soon
+                "retry_ladder": [1, 1],
+                "install_command": f"echo installed >> {home}/installs.log",
+                "post_install_command": "",
+            },
+        },
+    )
+    return Stack(path)
+
+
 def serving(stack: Stack) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.api_port}/jobs", timeout=2) as response:

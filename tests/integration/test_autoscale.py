@@ -6,7 +6,6 @@ suspends scale-down; a broker that does not answer freezes the count."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -171,16 +170,6 @@ def test_a_broker_that_does_not_answer_freezes_the_count(
     assert "did not answer" in seen()["why"]
     assert recorded(stack, program) == 3 and len(workers(stack, program)) == 3
     assert stack.log("autoscaler").count("counts frozen") == 1  # said once, not at every tick
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """The server's database for the hosts' heartbeats, this test's own."""
-    name = f"psa_{uuid.uuid4().hex[:8]}"
-    psql = ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"]
-    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
 @pytest.mark.slow

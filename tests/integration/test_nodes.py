@@ -13,17 +13,16 @@ import sys
 import time
 import tomllib
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import BIN, Stack, free_port, stack_file, wait_for
-from deploy_app import AppRepo, deploy_stack, git
-from rabbit import AMQP, WORKER_COMMAND, publish
+from conftest import BIN, Stack, free_port, wait_for
+from deploy_app import AppRepo, deploy_stack, git, node_stack
+from rabbit import publish
 
 from protea_supervisor.hosts import declared
 from protea_supervisor.supervisord.status import process_revision
@@ -32,62 +31,6 @@ pytestmark = pytest.mark.integration
 
 # The app's migration: it fails in a revision that holds MIGRATION_FAILS.
 MIGRATE = "import pathlib, sys\nsys.exit(1 if pathlib.Path('MIGRATION_FAILS').exists() else 0)\n"
-SERVER_ONLY = ("migrate", "api", "web", "tunnel")
-
-
-def psql(database: str, sql: str) -> str:
-    argv = ["psql", "-X", "-q", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-c", sql]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """The server's database, this test's own (the declaration lives in it)."""
-    name = f"psn_{uuid.uuid4().hex[:8]}"
-    psql("postgres", f"CREATE DATABASE {name}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def node_stack(
-    base: Path, checkout: Path, queue: str, db_url: str, follow: bool = False, singleton: str = ""
-) -> Stack:
-    """A compute node: only the queue's worker, in its own checkout, against the server's Postgres and
-    RabbitMQ (named in its env file), stopped with SIGINT and 120 s as today's node units. With `follow`, its
-    deploy timer follows the server's declaration (checked every second, at each TICK_5)."""
-    home = base / "node"
-    home.mkdir()
-    env_file = home / "node.env"
-    env_file.write_text(f"PROTEA_DB_URL={db_url}\nPROTEA_AMQP_URL={AMQP}\n")
-    env_file.chmod(0o600)
-    off = {role: {"enabled": False} for role in SERVER_ONLY}
-    path = stack_file(
-        home,
-        queues={queue: {"processes": 1, "command": WORKER_COMMAND, "stop_grace": 120}}
-        | ({singleton: {"processes": 1, "command": WORKER_COMMAND, "singleton": True}} if singleton else {}),
-        env_files=[str(env_file)],
-        extra={
-            "name": "node",
-            "host": {"role": "node", "name": "gpu-1", "revision_guard": True, "heartbeat": True},
-            "paths": {"root": str(checkout), "logs": "{stack_dir}/logs", "run": "{stack_dir}/run"},
-            "programs": off,
-            # startsecs 0: a refusal is always an exit after RUNNING, the case a slow guard makes (EXITED).
-            "workers": {"stop_signal": "INT", "startsecs": 0},
-            "probes": {"infra_from_env": ["PROTEA_DB_URL", "PROTEA_AMQP_URL"]},
-            "deploy": {
-                "enabled": follow,
-                "repository": str(checkout),
-                "check_interval": 1,
-                "poll_interval": 5,  # a tick deferred by the server's export is tried again soon
-                "retry_ladder": [1, 1],
-                "install_command": f"echo installed >> {home}/installs.log",
-                "post_install_command": "",
-            },
-        },
-    )
-    return Stack(path)
 
 
 def server_stack(base: Path, repo: AppRepo, queue: str, db_url: str, heartbeat: bool = False) -> Stack:
