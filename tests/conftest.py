@@ -322,14 +322,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("protea-supervisor")
-    group.addoption("--sequence-steps", default="24", help="steps of the generated command sequence test")
+    group.addoption(
+        "--sequence-steps",
+        default="",
+        help="steps of the generated command sequence tests (24 on one host, 12 on two)",
+    )
     group.addoption(
         "--sequence-seed", default="13", help="seed of the generated command sequence tests (several: 3,4,6)"
     )
     group.addoption(
         "--sequence-long",
         action="store_true",
-        help="the long run: 200 steps on each of seeds 1-5 (1000 steps, faults included), one test per seed",
+        help="the long run: 200 steps on each of seeds 1-5 (1000 steps, faults included), one test per seed, on one host and on two",
     )
     group.addoption(
         "--hypothesis-long", action="store_true", help="tens of thousands of generated stack files"
