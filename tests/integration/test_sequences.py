@@ -526,24 +526,47 @@ def tick_killed(world: World, rng: random.Random, victim: str) -> None:
     if not world.supervisord_up():
         return
     step_commit(world, rng)
-    tick = subprocess.Popen([PS, "--stack", str(world.stack.file), "tick"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    moment = rng.uniform(0.2, 6.0)
-    time.sleep(moment)  # the fault's moment, chosen by the seed
-    if victim == "tick":
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(tick.pid, signal.SIGKILL)
-    else:
-        pidfile = world.run / "supervisord.pid"
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        world.killed_supervisord = True
+    tick = subprocess.Popen([PS, "--stack", str(world.stack.file), "tick"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    # The fault's moment, chosen by the seed: a time into the tick, or a moment after a step of its plan
+    # began (the tick says `step <name>:` as each one starts; a step the plan does not have is never met).
+    aim = rng.choice(["time", "time", *PLAN_STEPS])
+    moment = rng.uniform(0.2, 6.0) if aim == "time" else rng.uniform(0.0, 0.5)
+    met = threading.Event()
+
+    def read() -> None:
+        assert tick.stdout
+        for line in tick.stdout:
+            if f" step {aim}:" in line:
+                met.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if aim == "time" or met.wait(BOUND["tick"]):
+        time.sleep(moment)
+        if victim == "tick":
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(tick.pid, signal.SIGKILL)
+        else:
+            pidfile = world.run / "supervisord.pid"
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            world.killed_supervisord = True
     code = tick.wait(timeout=BOUND["tick"])
-    world.log.append(f"  fault: {victim} killed {moment:.1f} s into a tick (tick exit {code})")
+    reader.join(timeout=10)
+    when = f"{moment:.1f} s into a tick" if aim == "time" else f"{moment:.2f} s into its step {aim}"
+    world.log.append(
+        f"  fault: {victim} killed {when} (tick exit {code}{'' if met.is_set() or aim == 'time' else ', step not met'})"
+    )
     if world.ps("status").code == 6:
         step_up(world, rng)
     with served(world, "the tick after the fault"):
         result = world.ps("tick", bound=BOUND["tick"])
     assert result.code in {0, 10, 20}, result.both
+
+
+# The deploy plan's steps (deploy/plan.py) a fault may aim at, undo steps included.
+PLAN_STEPS = ("checkout", "install", "build", "switch", "migrate", "canary", "api", "apply", "verify", "declare",
+              "undo-apply", "undo-declare")  # fmt: skip
 
 
 def step_kill_tick(world: World, rng: random.Random) -> None:
