@@ -192,10 +192,11 @@ class Edge:
         return False
 
     def readings(self, settings: Mapping[str, Autoscale]) -> dict[str, Reading]:
-        from protea_supervisor.stackfile.overrides import load_pinned, with_overrides
+        from protea_supervisor.stackfile.overrides import load, with_overrides
 
-        running = with_overrides(self.stack)
-        pinned = load_pinned(self.stack.paths.run)
+        recorded = load(self.stack.paths.run)  # one read for the counts, the numbering and the pins
+        running = with_overrides(self.stack, recorded)
+        pinned = recorded.pinned
         backlogs = self.backlogs()
         elsewhere, server_export = self.elsewhere_and_export()
         export = self.export() or server_export

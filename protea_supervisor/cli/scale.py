@@ -19,9 +19,7 @@ from protea_supervisor.errors import StackFailed, UsageError
 from protea_supervisor.stackfile.files import write_atomic
 from protea_supervisor.stackfile.overrides import (
     apply_counts,
-    load_counts,
-    load_numbered,
-    load_pinned,
+    load,
     save_counts,
     with_overrides,
 )
@@ -87,11 +85,12 @@ def scale_cmd(
 
 def _scale(base: Stack, queue: str, ask: Ask, yes: bool, no_wait: bool, force: bool) -> None:
     """`base` is the stack file's stack; the recorded counts are read under the operation lock."""
-    stack = with_overrides(base)
+    found = load(base.paths.run)
+    stack = with_overrides(base, found)
     target_queue = stack.queue(queue)
     program, before = target_queue.program, target_queue.processes
-    recorded_counts, recorded_numbered = load_counts(stack.paths.run), load_numbered(stack.paths.run)
-    recorded_pinned = load_pinned(stack.paths.run)
+    recorded_counts, recorded_numbered = found.counts, found.numbered
+    recorded_pinned = set(found.pinned)
     counts, pinned = dict(recorded_counts), set(recorded_pinned)
     automatic = target_queue.autoscale is not None
     if (ask.auto or ask.autoscaler) and not automatic:

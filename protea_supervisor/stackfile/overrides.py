@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protea_supervisor.errors import StackError
@@ -30,9 +30,11 @@ def apply_counts(stack: Stack, counts: Mapping[str, int], numbered: Collection[s
     return replace(stack, queues=tuple(queues))
 
 
-def with_overrides(stack: Stack) -> Stack:
-    """The stack as it runs: with the counts and numbering recorded by `up N` and `scale`."""
-    return apply_counts(stack, load_counts(stack.paths.run), load_numbered(stack.paths.run))
+def with_overrides(stack: Stack, recorded: Recorded | None = None) -> Stack:
+    """The stack as it runs: with the counts and numbering recorded by `up N` and `scale` (`recorded`, or
+    read now)."""
+    found = recorded or load(stack.paths.run)
+    return apply_counts(stack, found.counts, found.numbered)
 
 
 def shadowed_counts(base: Stack, running: Stack) -> list[tuple[str, str, str, int, int]]:
@@ -68,31 +70,38 @@ def _load(run_dir: Path) -> dict[str, object]:
     return data
 
 
-def load_counts(run_dir: Path) -> dict[str, int]:
-    counts = _load(run_dir).get("processes", {})
+@dataclass(frozen=True)
+class Recorded:
+    """What overrides.json holds, read and checked in one go."""
+
+    counts: dict[str, int]  # process counts by program name
+    numbered: frozenset[str]  # unnumbered queues an operator let `scale --yes` number (renamed once)
+    pinned: frozenset[str]  # autoscaled queues an operator pinned with `scale Q N`, until `scale Q --auto`
+
+
+def load(run_dir: Path) -> Recorded:
+    data = _load(run_dir)
+    counts, numbered, pinned = data.get("processes", {}), data.get("numbered", []), data.get("pinned", [])
     if not isinstance(counts, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_PROCESSES for v in counts.values()
     ):
         raise StackError(
             f"{run_dir / FILENAME}: processes must map program names to counts; remove the file."
         )
-    return counts
+    lists: dict[str, frozenset[str]] = {}
+    for key, names in (("numbered", numbered), ("pinned", pinned)):
+        if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+            raise StackError(f"{run_dir / FILENAME}: {key} must list program names; remove the file.")
+        lists[key] = frozenset(names)
+    return Recorded(dict(counts), lists["numbered"], lists["pinned"])
 
 
-def load_numbered(run_dir: Path) -> set[str]:
-    """Unnumbered queues an operator has let `scale --yes` number (their one worker was renamed once)."""
-    numbered = _load(run_dir).get("numbered", [])
-    if not isinstance(numbered, list) or not all(isinstance(v, str) for v in numbered):
-        raise StackError(f"{run_dir / FILENAME}: numbered must list program names; remove the file.")
-    return set(numbered)
+def load_counts(run_dir: Path) -> dict[str, int]:
+    return load(run_dir).counts
 
 
 def load_pinned(run_dir: Path) -> set[str]:
-    """Autoscaled queues (by program) an operator pinned with `scale Q N`, until `scale Q --auto`."""
-    pinned = _load(run_dir).get("pinned", [])
-    if not isinstance(pinned, list) or not all(isinstance(v, str) for v in pinned):
-        raise StackError(f"{run_dir / FILENAME}: pinned must list program names; remove the file.")
-    return set(pinned)
+    return set(load(run_dir).pinned)
 
 
 def save_counts(
@@ -101,7 +110,10 @@ def save_counts(
     numbered: Collection[str] | None = None,
     pinned: Collection[str] | None = None,
 ) -> None:
-    kept = load_numbered(run_dir) if numbered is None else set(numbered)
-    pins = load_pinned(run_dir) if pinned is None else set(pinned)
-    document = {"processes": dict(sorted(counts.items())), "numbered": sorted(kept), "pinned": sorted(pins)}
+    if numbered is None or pinned is None:  # what is not given stays as recorded
+        recorded = load(run_dir)
+        numbered = recorded.numbered if numbered is None else numbered
+        pinned = recorded.pinned if pinned is None else pinned
+    document = {"processes": dict(sorted(counts.items())), "numbered": sorted(set(numbered)),
+                "pinned": sorted(set(pinned))}  # fmt: skip
     write_atomic(run_dir / FILENAME, json.dumps(document, indent=2) + "\n")

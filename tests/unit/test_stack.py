@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from protea_supervisor.errors import StackError
+from protea_supervisor.stackfile import overrides
 from protea_supervisor.stackfile.files import builtin_stack_text, parse_toml
 from protea_supervisor.stackfile.parse_programs import queue_program_name
 from protea_supervisor.stackfile.parser import parse_stack
@@ -346,3 +347,42 @@ def test_autoscale_is_opt_in_per_queue_with_the_schemas_defaults() -> None:
 )
 def test_autoscale_refusals_name_the_file_and_the_key(text: str, message: str) -> None:
     assert refused(text) == f"/etc/protea/host.toml: {message}."
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ('{"processes": {"worker-ping": -1}}', "processes must map program names to counts"),
+        ('{"processes": {"worker-ping": true}}', "processes must map program names to counts"),
+        ('{"numbered": "worker-ping"}', "numbered must list program names"),
+        ('{"pinned": [1]}', "pinned must list program names"),
+        ("[]", "expected a JSON object"),
+        ("{", "cannot read the recorded process counts"),
+    ],
+)
+def test_a_damaged_overrides_file_is_refused_in_one_sentence_naming_it(
+    tmp_path: Path, document: str, says: str
+) -> None:
+    (tmp_path / "overrides.json").write_text(document)
+    with pytest.raises(StackError, match=says) as refused:
+        overrides.load(tmp_path)
+    assert str(tmp_path / "overrides.json") in str(refused.value) and "remove the file" in str(refused.value)
+
+
+def test_overrides_are_read_once_for_counts_numbering_and_pins(tmp_path: Path) -> None:
+    overrides.save_counts(tmp_path, {"worker-ping": 3}, ["worker-ping"], ["worker-ping"])
+    found = overrides.load(tmp_path)
+    assert (found.counts, found.numbered, found.pinned) == (
+        {"worker-ping": 3},
+        {"worker-ping"},
+        {"worker-ping"},
+    )
+    # What save_counts is not given stays as recorded.
+    overrides.save_counts(tmp_path, {"worker-ping": 2})
+    again = overrides.load(tmp_path)
+    assert (again.counts, again.numbered, again.pinned) == (
+        {"worker-ping": 2},
+        {"worker-ping"},
+        {"worker-ping"},
+    )
+    assert overrides.load(tmp_path / "nowhere") == overrides.Recorded({}, frozenset(), frozenset())
