@@ -147,7 +147,7 @@ def make_world(base: Path, queue: str, database: str = "") -> World:
         "host": {"name": "server-1", "declare_revision": True, "revision_guard": True, "heartbeat": True,
                  "stale_after": 15},
         "backup": {"dir": str(base / "backups"), "keep": 2, "min_free_gb": 0.001, "extensions": [],
-                   "check_tables": ["items"], "jobs": 2},
+                   "check_tables": ["items"], "min_tables": 1, "jobs": 2},
     } if database else {}  # fmt: skip
     if database:  # the app's own table, beside what the tool keeps in the server's Postgres
         name = database.rsplit("/", 1)[1]
@@ -819,7 +819,14 @@ def step_close_connection(world: World, rng: random.Random) -> None:
         now = {i["name"]: i for i in supervisorctl_infos(world)}.get(process)
         return now is None or (now["pid"] not in (0, before) and now["statename"] == "RUNNING")
 
-    wait_for(restarted, 60, f"{process} to be started again after its connection closed")
+    try:
+        wait_for(restarted, 60, f"{process} to be started again after its connection closed")
+    except AssertionError:
+        row = world.stack.status().get(process, {})
+        world.log.append(
+            f"  {process}: {row.get('state')} {row.get('description')}\n{world.stack.log(process)[-2500:]}"
+        )
+        raise
 
 
 def timer_idle(world: World) -> bool:
