@@ -798,33 +798,39 @@ def step_close_connection(world: World, rng: random.Random) -> None:
     if detail.status_code != 200:
         world.log.append(f"# connection {connection} not found ({detail.status_code})")
         return
-    process = detail.json().get("client_properties", {}).get("connection_name", "")
-    before = {i["name"]: i["pid"] for i in supervisorctl_infos(world)}.get(process)
-    if not process or not before:
-        world.log.append(f"# connection {connection} is no process of this stack ({process!r})")
+    client = detail.json().get("client_properties", {})
+    process, pid = client.get("connection_name", ""), client.get("process_id")
+    # Both hosts name their workers alike: the connection's process id tells whose it is.
+    owner = next((stack for stack in world.stacks() if world.supervisord_up(stack)
+                  and {i["name"]: i["pid"] for i in supervisorctl_infos(world, stack)}.get(process) == pid), None)  # fmt: skip
+    if not process or owner is None:
+        world.log.append(
+            f"# connection {connection} is no running process of these stacks ({process!r}, {pid})"
+        )
         return
 
     def journal(suffix: str) -> set[int]:
-        path = world.stack.root / f"acks.log{suffix}"
+        path = owner.root / f"acks.log{suffix}"
         lines = path.read_text().splitlines() if path.exists() else []
-        return {int(line.split()[0]) for line in lines if line.split()[1] == process}
+        return {int(line.split()[0]) for line in lines if line.split()[1:3] == [process, str(pid)]}
 
     closed = requests.delete(f"{api}/connections/{urllib.parse.quote(connection, safe='')}", auth=auth,
                              headers={"X-Reason": "test: connection closed"}, timeout=10)  # fmt: skip
-    world.log.append(f"# closed {process}'s connection ({closed.status_code})")
+    where = "the node's" if owner is world.node else "the server's"
+    world.log.append(f"# closed {where} {process}'s connection ({closed.status_code})")
     # Whatever that process had started and not acked by now is back in the queue.
     world.redone |= journal(".starts") - journal("")
 
     def restarted() -> bool:
-        now = {i["name"]: i for i in supervisorctl_infos(world)}.get(process)
-        return now is None or (now["pid"] not in (0, before) and now["statename"] == "RUNNING")
+        now = {i["name"]: i for i in supervisorctl_infos(world, owner)}.get(process)
+        return now is None or (now["pid"] not in (0, pid) and now["statename"] == "RUNNING")
 
     try:
-        wait_for(restarted, 60, f"{process} to be started again after its connection closed")
+        wait_for(restarted, 60, f"{where} {process} to be started again after its connection closed")
     except AssertionError:
-        row = world.stack.status().get(process, {})
+        row = owner.status().get(process, {})
         world.log.append(
-            f"  {process}: {row.get('state')} {row.get('description')}\n{world.stack.log(process)[-2500:]}"
+            f"  {process}: {row.get('state')} {row.get('description')}\n{owner.log(process)[-2500:]}"
         )
         raise
 
