@@ -325,7 +325,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--sequence-steps",
         default="",
-        help="steps of the generated command sequence tests (24 on one host, 12 on two)",
+        help="steps of the generated command sequence tests (16 on one host, 8 on two)",
     )
     group.addoption(
         "--sequence-seed", default="13", help="seed of the generated command sequence tests (several: 3,4,6)"
