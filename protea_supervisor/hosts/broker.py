@@ -32,8 +32,10 @@ def consumers(url: str, queue: str) -> Count:
 
     try:
         parameters = pika.URLParameters(url)
-    except ValueError as why:
-        return Count(None, f"the broker URL does not parse ({why})")
+    except (
+        Exception
+    ):  # pika raises ValueError, IndexError...; its message may quote the URL, password and all
+        return Count(None, "the broker URL does not parse")
     parameters.socket_timeout = ANSWER_WAIT
     parameters.stack_timeout = ANSWER_WAIT
     parameters.blocked_connection_timeout = ANSWER_WAIT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protea_supervisor.deploy.plan import Step, Work, deploy_plan, rollback_plan
+from protea_supervisor.hosts import broker
 from protea_supervisor.stackfile.host import (
     Checkout,
     HostSettings,
@@ -92,3 +93,18 @@ def test_the_server_declares_after_the_api_is_proved_and_a_rollback_declares_the
         "undo-declare",
     ]
     assert "declare" not in names(deploy_plan(B, work, supervisord_up=True))
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("not a url :: s3cret", "the broker URL does not parse"),
+        ("amqp://u:s3cret@127.0.0.1:1/%2F", "the broker did not answer (AMQPConnectionError)"),
+    ],
+)
+def test_a_broker_that_cannot_be_asked_is_said_without_the_url(url: str, why: str) -> None:
+    """A singleton's start goes on with the lock alone when RabbitMQ cannot be asked; what it says never
+    quotes the URL (its password)."""
+    count = broker.wait_alone(url, "protea.embeddings", 30)
+    assert (count.consumers, count.why, count.waited) == (None, why, 0.0)
+    assert "s3cret" not in count.why
