@@ -86,8 +86,8 @@ def single(
     host: str,
     environ: Mapping[str, str],
     refusals: Path | None,
-    broker_variable: str = "PROTEA_AMQP_URL",
-    wait: float = 60.0,
+    broker_variable: str,
+    wait: float,
 ) -> str:
     """The singleton queue's lock for this worker (`singleton.hold`), or its refusal recorded for status."""
     try:

@@ -43,8 +43,8 @@ def hold(
     queue: str,
     host: str,
     environ: Mapping[str, str],
-    broker_variable: str = "PROTEA_AMQP_URL",
-    wait: float = 60.0,
+    broker_variable: str,
+    wait: float,
 ) -> str:
     """Take the queue's lock for this process's lifetime, then wait (up to `wait` seconds) until RabbitMQ
     counts no consumer of the queue (`broker_variable` names it), so that a holder whose lock was lost and

@@ -136,6 +136,16 @@ class World:
     def stacks(self) -> list[Stack]:
         return [self.stack] + ([self.node] if self.node else [])
 
+    def killed(self, stack: Stack) -> bool:
+        """Whether `stack`'s supervisord was killed since its last `up` or `down` (its orphans are expected)."""
+        return self.killed_supervisord if stack is self.stack else self.node_killed
+
+    def mark_killed(self, stack: Stack, killed: bool) -> None:
+        if stack is self.stack:
+            self.killed_supervisord = killed
+        else:
+            self.node_killed = killed
+
 
 def make_world(base: Path, queue: str, database: str = "") -> World:
     """One host; with `database`, a server whose ticks declare what they deployed, beside a compute node
@@ -279,7 +289,7 @@ def check(world: World) -> None:
 
 def check_host(world: World, stack: Stack) -> None:
     run = stack.root / "run"
-    killed = world.killed_supervisord if stack is world.stack else world.node_killed
+    killed = world.killed(stack)
     status = world.ps("status", "--json", on=stack) if not world.supervisord_up(stack) else None
     if status is not None and status.code == 6:
         doc = json.loads(status.out)
@@ -402,10 +412,14 @@ def step_up(world: World, rng: random.Random) -> None:
 
 
 def step_down(world: World, rng: random.Random) -> None:
-    result = world.ps("down", "--force", bound=BOUND["down"])
+    down(world, world.stack)
+
+
+def down(world: World, stack: Stack) -> None:
+    result = world.ps("down", "--force", bound=BOUND["down"], on=stack)
     assert result.code == 0, result.both
-    world.killed_supervisord = False
-    assert not orphans.find(world.run / "supervisor.sock", None)
+    world.mark_killed(stack, False)
+    assert not orphans.find(stack.root / "run" / "supervisor.sock", None)
 
 
 def queue_count(world: World, overrides: bool = True, on: Stack | None = None) -> int:
@@ -685,12 +699,16 @@ def step_kill_listener(world: World, rng: random.Random) -> None:
 
 
 def step_kill_supervisord(world: World, rng: random.Random) -> None:
-    pidfile = world.run / "supervisord.pid"
-    if not world.supervisord_up() or not pidfile.exists():
+    kill_supervisord(world, world.stack)
+
+
+def kill_supervisord(world: World, stack: Stack) -> None:
+    pidfile = stack.root / "run" / "supervisord.pid"
+    if not world.supervisord_up(stack) or not pidfile.exists():
         return
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    world.killed_supervisord = True
-    wait_for(lambda: world.ps("status").code == 6, 20, "supervisord to be gone")
+    world.mark_killed(stack, True)
+    wait_for(lambda: world.ps("status", on=stack).code == 6, 20, "supervisord to be gone")
 
 
 def fill(directory: Path) -> Path:
@@ -880,10 +898,7 @@ def step_node_up(world: World, rng: random.Random) -> None:
 
 def step_node_down(world: World, rng: random.Random) -> None:
     assert world.node
-    result = world.ps("down", "--force", bound=BOUND["down"], on=world.node)
-    assert result.code == 0, result.both
-    world.node_killed = False
-    assert not orphans.find(world.node.root / "run" / "supervisor.sock", None)
+    down(world, world.node)
 
 
 def step_node_scale(world: World, rng: random.Random) -> None:
@@ -909,12 +924,7 @@ def step_node_scale(world: World, rng: random.Random) -> None:
 
 def step_kill_node_supervisord(world: World, rng: random.Random) -> None:
     assert world.node
-    pidfile = world.node.root / "run" / "supervisord.pid"
-    if not world.supervisord_up(world.node) or not pidfile.exists():
-        return
-    os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    world.node_killed = True
-    wait_for(lambda: world.ps("status", on=world.node).code == 6, 20, "the node's supervisord to be gone")
+    kill_supervisord(world, world.node)
 
 
 def step_end_sessions(world: World, rng: random.Random) -> None:

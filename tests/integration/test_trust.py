@@ -162,7 +162,8 @@ def test_scale_down_without_waiting_then_up_again_ends_with_exactly_the_requeste
     program = "worker-" + queue_name.replace(".", "-")
     supervisord(stack)
     assert stack.ps("up").code == 0
-    publish(queue_name, 3, seconds=8)  # long enough that the wait below outlasts several progress lines
+    # Long enough that the wait below outlasts several progress lines, even on a loaded machine.
+    publish(queue_name, 3, seconds=15)
     publish(queue_name, 3, seconds=1, first=3)
     wait_for(
         lambda: all("started" in stack.log(f"{program}-{n}") for n in (1, 2, 3)), 30, "three busy workers"
