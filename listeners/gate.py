@@ -6,6 +6,7 @@ handler through the same loop and the listener acknowledges each event at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from protea_supervisor.hosts.guard import read_refusals
 from protea_supervisor.stackfile.files import write_json
-from protea_supervisor.stackfile.host import REFUSALS
+from protea_supervisor.stackfile.host import REFUSALS, REFUSED_EXIT
 from protea_supervisor.stackfile.overrides import with_overrides
 from protea_supervisor.supervisord.gate_contract import read_state
 from protea_supervisor.supervisord.probes import parse_infra, wait_http, wait_ports
@@ -34,6 +35,7 @@ from .edge import (
 )
 from .gate_handler import (
     COMM_TYPE,
+    OWN_REFUSAL,
     STATE_FILE,
     Action,
     GatePlan,
@@ -142,12 +144,17 @@ def live_processes(rpc: Rpc, run_dir: Path) -> dict[str, Proc]:
     return snapshot((i for i in infos if i["name"] not in leaving), read_refusals(run_dir / REFUSALS))
 
 
-def with_refusal(event: Event, run_dir: Path) -> Event:
+def with_refusal(event: Event, run_dir: Path, rpc: Rpc) -> Event:
     """A process that stopped carries the reason a check refused its start (the wrapper wrote it before it
-    exited 78), so the handler takes the refusal as final."""
+    exited 78), or says it exited 78 on its own (the event carries no exit status: supervisord is asked), so
+    the handler takes the refusal as final."""
     if not event.name.startswith("PROCESS_STATE_") or event.state not in ("EXITED", "BACKOFF", "FATAL"):
         return event
     reason = read_refusals(run_dir / REFUSALS).get(event.process, "")
+    if not reason and event.state == "EXITED" and event.fields.get("expected") != "1":
+        with contextlib.suppress(Exception):  # gone since (a scale-down): nothing to take as final
+            if rpc().supervisor.getProcessInfo(event.process)["exitstatus"] == REFUSED_EXIT:
+                reason = OWN_REFUSAL
     return replace(event, fields={**event.fields, "refused": reason}) if reason else event
 
 
@@ -211,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 holder["state"] = with_live(holder["state"], procs)
                 plans["plan"] = plans["plan"].with_live_workers(procs)
             new_state, actions = handle(
-                plans["plan"], holder["state"], with_refusal(event, stack.paths.run), now
+                plans["plan"], holder["state"], with_refusal(event, stack.paths.run, rpc), now
             )
         holder["state"] = new_state
         executor.execute(actions)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from protea_supervisor.stackfile.host import REFUSED_EXIT
 from protea_supervisor.stackfile.stack import RESERVED
 from protea_supervisor.supervisord.gate_contract import CHAIN, COMM_TYPE, STATE_FILE, STEPS
 from protea_supervisor.supervisord.probes import InfraTarget
@@ -126,6 +127,10 @@ Action = Start | Probe | Publish | Log
 
 # --- the pure handler -----------------------------------------------------------------------------------
 
+# A program that exits 78 (EX_CONFIG) after its startsecs refuses its own start: final for the gate as for
+# the reviver (workers.restart_delay), though no check of the wrapper left a record of why.
+OWN_REFUSAL = "it exited 78 (its own refusal to start)"
+
 
 def snapshot(infos: Iterable[Mapping[str, Any]], refused: Mapping[str, str] | None = None) -> dict[str, Proc]:
     """Processes from getAllProcessInfo (used at start, so a restarted listener loses nothing); `refused`:
@@ -134,13 +139,14 @@ def snapshot(infos: Iterable[Mapping[str, Any]], refused: Mapping[str, str] | No
     for info in infos:
         exited_ok = info["exitstatus"] == 0 if info["statename"] == "EXITED" else None
         key = f"{info['group']}:{info['name']}"
+        own = OWN_REFUSAL if info["statename"] == "EXITED" and info["exitstatus"] == REFUSED_EXIT else ""
         proc = Proc(
             str(info["group"]),
             str(info["name"]),
             str(info["statename"]),
             exited_ok,
             float(info["stop"]),
-            (refused or {}).get(key, ""),
+            (refused or {}).get(key, "") or own,
         )
         procs[proc.key] = proc
     return procs

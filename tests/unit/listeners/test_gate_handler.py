@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from protea_supervisor.listeners.gate_handler import (
     COMM_TYPE,
+    OWN_REFUSAL,
     GatePlan,
     GateState,
     InfraTarget,
@@ -19,6 +20,7 @@ from protea_supervisor.listeners.gate_handler import (
     handle,
     refresh,
     resume,
+    snapshot,
     state_document,
     state_from_document,
 )
@@ -128,6 +130,40 @@ def test_a_worker_a_check_refused_is_final_and_the_run_finishes_without_it() -> 
                                    state_event("RUNNING", "worker-ping"),
                                    state_event("RUNNING", "worker-batch", "worker-batch-2")], start=104)  # fmt: skip
     assert state.phase == "done", (state.phase, state.reason)
+
+
+def test_a_worker_that_exited_78_on_its_own_is_final_and_not_started_again() -> None:
+    """A worker the operator started before the gate reached it, that exited 78 after its startsecs (its own
+    configuration check): the reviver takes that as final, and so does the gate, whether it reads the exit in
+    supervisord's list (a start or refresh) or the edge hands it in with the EXITED event. It was started
+    again when the gate reached the workers step late (CI, on a loaded machine)."""
+    info = {
+        "group": "worker-ping",
+        "name": "worker-ping",
+        "statename": "EXITED",
+        "exitstatus": 78,
+        "stop": 99,
+    }
+    listed = snapshot([info])["worker-ping:worker-ping"]
+    assert listed.refused == OWN_REFUSAL
+    assert not snapshot([{**info, "exitstatus": 1}])["worker-ping:worker-ping"].refused
+    fields = {
+        "processname": "worker-ping",
+        "groupname": "worker-ping",
+        "from_state": "RUNNING",
+        "expected": "0",
+    }
+    handed_in = Event("PROCESS_STATE_EXITED", fields={**fields, "refused": OWN_REFUSAL})
+    for exited in ([], [handed_in]):  # already in the list the gate started from; or told by the edge
+        state = up_to_web()
+        if not exited:
+            state = replace(state, processes={**state.processes, listed.key: listed})
+        state, steps = replay(state, [*exited, state_event("RUNNING", "web"), probe("web", True),
+                                      state_event("RUNNING", "tunnel"),
+                                      state_event("RUNNING", "worker-batch", "worker-batch-1"),
+                                      state_event("RUNNING", "worker-batch", "worker-batch-2")], start=104)  # fmt: skip
+        assert Start("worker-ping:worker-ping") not in [a for actions in steps for a in actions]
+        assert state.phase == "done", (state.phase, state.reason)
 
 
 def test_failing_migration_stops_the_gate_and_starts_nothing_after_it() -> None:
