@@ -74,9 +74,12 @@ _handed_out: set[int] = set()
 def free_port() -> int:
     """A loopback port nobody listens on, never handed out twice in this run. Ports come from a range of this
     pytest-xdist worker's own, below the kernel's ephemeral range (32768+), so neither another worker nor an
-    outgoing connection (which the kernel gives an ephemeral port) can take it before the test binds it."""
+    outgoing connection (which the kernel gives an ephemeral port) can take it before the test binds it.
+    PROTEA_TEST_PORT_BASE (default 20000) moves the ranges, for a second run beside this one (a long run of
+    the generated sequences beside the suite: `PROTEA_TEST_PORT_BASE=8000`)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    low = 20000 + (int(worker) % 8) * 1500 if worker.isdigit() else 20000
+    base = int(os.environ.get("PROTEA_TEST_PORT_BASE", "20000"))
+    low = base + (int(worker) % 8) * 1500 if worker.isdigit() else base
     candidates = list(range(low, low + 1500))
     random.shuffle(candidates)
     for port in candidates:
