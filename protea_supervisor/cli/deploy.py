@@ -23,9 +23,9 @@ from protea_supervisor.cli.common import (
     stack_lock,
     stop_deadline,
 )
-from protea_supervisor.deploy.executor import read_record, write_record
 from protea_supervisor.deploy.notify import host_name, now_iso, send_detached, tick_event
 from protea_supervisor.deploy.plan import INFRA_FAILED, MEANING, REDEPLOYED, TICK_TASK_ID, unpinned
+from protea_supervisor.deploy.record import read_record, write_record
 from protea_supervisor.deploy.releases import NoTarget, read_history, rollback_target
 from protea_supervisor.deploy.releases import table as releases_table
 from protea_supervisor.deploy.tick import finish, roll_back_to, run_tick

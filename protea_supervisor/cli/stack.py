@@ -24,8 +24,8 @@ from protea_supervisor.cli.common import (
     stop_deadline,
 )
 from protea_supervisor.deploy.apiswitch import SwitchContext, replaced
-from protea_supervisor.deploy.executor import read_record
 from protea_supervisor.deploy.plan import MEANING, REDEPLOYED
+from protea_supervisor.deploy.record import read_record
 from protea_supervisor.deploy.tick import finish, first_deploy
 from protea_supervisor.errors import StackFailed, SupervisorDown
 from protea_supervisor.humane import GATE_TIMES, gate_lines, isoified

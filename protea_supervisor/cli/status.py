@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from protea_supervisor.cli.common import load, shadow_notes, stack_lock
-from protea_supervisor.deploy.executor import read_record
 from protea_supervisor.deploy.plan import DeployRecord
+from protea_supervisor.deploy.record import read_record
 from protea_supervisor.deploy.worktree import is_worktree
 from protea_supervisor.errors import LockCorrupt, SupervisorDown, UsageError
 from protea_supervisor.hosts import declared, heartbeats

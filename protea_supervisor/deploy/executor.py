@@ -4,13 +4,9 @@ deploy record's file. Shared by the server's tick (`tick.py`) and a node's follo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 
-from protea_supervisor.deploy import plan
-from protea_supervisor.deploy.plan import DeployRecord, Step, Work
+from protea_supervisor.deploy.plan import Step, Work
 from protea_supervisor.deploy.rollout import (
     apply_revision,
     declare_revision,
@@ -34,27 +30,9 @@ from protea_supervisor.errors import (
     SupervisorDown,
     write_failed,
 )
-from protea_supervisor.stackfile.files import read_json, write_atomic
-from protea_supervisor.stackfile.stack import Stack
 
 # What a failed gate step says about the revision (see deploy.blame).
 GATE_FAILURE_KIND = {"migrate": "exit", "api": "probe", "workers": "program", "web": "probe"}
-
-
-def record_path(stack: Stack) -> Path:
-    return stack.paths.run / plan.RECORD_FILE
-
-
-def read_record(stack: Stack) -> DeployRecord:
-    return plan.record_from_doc(read_json(record_path(stack)))
-
-
-def write_record(stack: Stack, record: DeployRecord) -> None:
-    write_atomic(record_path(stack), json.dumps(record.to_doc(), indent=2) + "\n")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def failure_kind(error: Exception) -> str:

@@ -12,8 +12,9 @@ import time
 from dataclasses import replace
 
 from protea_supervisor.deploy import plan, releases
-from protea_supervisor.deploy.executor import Deployer, now_iso, read_record, write_record
+from protea_supervisor.deploy.executor import Deployer
 from protea_supervisor.deploy.plan import Step, Work
+from protea_supervisor.deploy.record import now_iso, read_record, write_record
 from protea_supervisor.deploy.rollout import off_revision
 from protea_supervisor.deploy.tickenv import TickEnv
 from protea_supervisor.deploy.worktree import StepError, changed_files, fetch, git

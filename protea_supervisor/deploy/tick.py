@@ -17,15 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from protea_supervisor.deploy import plan, releases
-from protea_supervisor.deploy.executor import (
-    Deployer,
-    failure_kind,
-    now_iso,
-    read_record,
-    write_record,
-)
+from protea_supervisor.deploy.executor import Deployer, failure_kind
 from protea_supervisor.deploy.follow import follow_tick
 from protea_supervisor.deploy.plan import DeployRecord, Step, Work
+from protea_supervisor.deploy.record import now_iso, read_record, write_record
 from protea_supervisor.deploy.rollout import healthy, wait_gate_idle
 from protea_supervisor.deploy.tickenv import TickEnv
 from protea_supervisor.deploy.webbuild import (

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from protea_supervisor.errors import LockContention, LockCorrupt, LockMismatch, LockTimeout, UsageError
 from protea_supervisor.stackfile.files import write_atomic
 from protea_supervisor.stackfile.stack import Stack
@@ -151,6 +149,8 @@ class LockFile:
         return parse_record(text, self.path)
 
     def _guarded(self, change: Callable[[LockRecord], LockRecord | None]) -> LockRecord:
+        import filelock  # here: reading the lock (status, every start of a command) does not need it
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         guard = filelock.FileLock(str(self.path) + ".lock", timeout=self.timeout)
         try:

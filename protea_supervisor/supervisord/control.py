@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -12,18 +13,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from supervisor.xmlrpc import SupervisorTransport
-
 from protea_supervisor.errors import RpcRefused, StackFailed, SupervisorDown
 
 ProcessInfo = dict[str, Any]
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's unix socket with the standard library alone: supervisor's own transport
+    loads its HTTP server (medusa) and configparser too: 0.06 s of CPU at every CLI start (of about 0.3)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return _UnixConnection(self.path)
+
+
 def xmlrpc_proxy(serverurl: str, username: str = "", password: str = "") -> Any:
     """A proxy to supervisord at `serverurl` (unix:///path/to.sock or http://host:port). Make one per call:
     supervisor's transport is unusable after a failed request."""
-    transport = SupervisorTransport(username or None, password or None, serverurl=serverurl)
+    transport: xmlrpc.client.Transport
+    if serverurl.startswith("unix://") and not (username or password):
+        transport = _UnixTransport(serverurl.removeprefix("unix://"))
+    else:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(username or None, password or None, serverurl=serverurl)
     # For a unix socket the host part is ignored.
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
 
