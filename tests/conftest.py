@@ -111,6 +111,28 @@ def wait_for(condition: Callable[[], object], deadline: float, what: str, interv
         time.sleep(max(interval, min(now - asked, 1.0)))
 
 
+SHIFT = Path(__file__).parent / "clockshift"
+
+
+class Clock:
+    """The stack's wall clock: an offset from this machine's, in seconds (tests/clockshift)."""
+
+    def __init__(self, root: Path) -> None:
+        self.file = root / "clock-offset"
+        self.offset = 0
+        self.file.write_text("0\n")
+
+    def environ(self) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(SHIFT), os.environ.get("PYTHONPATH", "")) if p)
+        return {"PYTHONPATH": path, "PROTEA_TEST_CLOCK_FILE": str(self.file)}
+
+    def step(self, seconds: int) -> None:
+        self.offset += seconds
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(f"{self.offset}\n")
+        os.replace(tmp, self.file)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short temp dir: unix socket paths must stay under ~100 bytes."""

@@ -12,7 +12,6 @@ is not restarted for either; and `status` still says what supervisorctl says."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import Stack, wait_for
+from conftest import Clock, Stack, wait_for
 from deploy_app import AppRepo, deploy_stack
 
 from protea_supervisor.supervisord.control import Supervisor
@@ -31,28 +30,6 @@ pytestmark = pytest.mark.integration
 
 POLL = 10  # the deploy timer's poll interval (s)
 PROBE = 1  # the tunnel watchdog's probe interval (s)
-
-
-SHIFT = Path(__file__).parent.parent / "clockshift"
-
-
-class Clock:
-    """The stack's wall clock: an offset from this machine's, in seconds (tests/clockshift)."""
-
-    def __init__(self, root: Path) -> None:
-        self.file = root / "clock-offset"
-        self.offset = 0
-        self.file.write_text("0\n")
-
-    def environ(self) -> dict[str, str]:
-        path = os.pathsep.join(p for p in (str(SHIFT), os.environ.get("PYTHONPATH", "")) if p)
-        return {"PYTHONPATH": path, "PROTEA_TEST_CLOCK_FILE": str(self.file)}
-
-    def step(self, seconds: int) -> None:
-        self.offset += seconds
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(f"{self.offset}\n")
-        os.replace(tmp, self.file)
 
 
 def ticks(stack: Stack) -> int:

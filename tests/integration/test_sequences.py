@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from conftest import PS, Result, Stack, free_port, psql, wait_for
+from conftest import PS, Clock, Result, Stack, free_port, psql, wait_for
 from deploy_app import APP, AppRepo, Poller, deploy_stack, git, node_stack, on_socket
 from rabbit import WORKER_COMMAND
 
@@ -108,6 +108,8 @@ class World:
     database: str = ""
     single: str = ""
     node_killed: bool = False
+    # The wall clock of every process the test starts (both hosts'), steppable (tests/clockshift).
+    clock: Clock | None = None
 
     def ps(self, *args: str, bound: float = 60, on: Stack | None = None) -> Result:
         stack = on or self.stack
@@ -791,6 +793,30 @@ def filled_during(
     return command.returncode
 
 
+CLOCK_STEPS = (-7200, -3600, -600, -30, 30, 600, 3600, 7200)
+
+
+def step_clock(world: World, rng: random.Random) -> None:
+    """The wall clock steps (NTP correcting a drift, `date -s`, a VM restored) at a seeded moment inside
+    another step, on every process of the world at once (both hosts'): back or forward by seconds to two
+    hours, kept within a day of the real time. The step inside runs as it would, and the invariants hold
+    after it: the listeners' schedules move with the clock (`listeners/clock.py`), a heartbeat's age is
+    Postgres's, not the host's."""
+    assert world.clock
+    by = rng.choice([d for d in CLOCK_STEPS if abs(world.clock.offset + d) <= 86400])
+    inner = rng.choice([step_tick, step_scale, step_trigger, step_jobs, step_reload, step_up]
+                       + ([step_node_scale, step_node_up] if world.node else []))  # fmt: skip
+    moment = rng.uniform(0.0, 3.0)
+    stepper = threading.Timer(moment, world.clock.step, (by,))
+    stepper.start()
+    try:
+        inner(world, rng)
+    finally:
+        stepper.join()
+    world.log.append(f"  fault: the wall clock stepped {by:+d} s {moment:.1f} s into {inner.__name__} "
+                     f"(now {world.clock.offset:+d} s)")  # fmt: skip
+
+
 def step_close_connection(world: World, rng: random.Random) -> None:
     """A worker's RabbitMQ connection closed through the management API (a broker restart, a network cut):
     its job in hand goes back to the queue, the worker dies at its next read, and supervisord starts it
@@ -1003,7 +1029,7 @@ STEPS = [
     (step_trigger, 2), (step_gate_retry, 1), (step_lock, 2), (step_commit, 3), (step_jobs, 3),
     (step_kill_listener, 1), (step_kill_supervisord, 1), (step_rollback, 2), (step_unpin, 1),
     (step_kill_tick, 2), (step_kill_supervisord_mid_tick, 1), (step_close_connection, 1), (step_kill_successor, 1),
-    (step_fill_run_dir, 1), (step_fill_log_dir, 1),
+    (step_fill_run_dir, 1), (step_fill_log_dir, 1), (step_clock, 2),
 ]  # fmt: skip
 
 
@@ -1019,16 +1045,27 @@ def pick(world: World, rng: random.Random) -> Any:
 
 
 @pytest.fixture
-def world(short_tmp: Path, queue_name: str) -> Iterator[World]:
+def world_clock(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Every process this test starts (the CLI, so supervisord and all it starts) reads this clock."""
+    clock = Clock(short_tmp)
+    for name, value in clock.environ().items():
+        monkeypatch.setenv(name, value)
+    return clock
+
+
+@pytest.fixture
+def world(short_tmp: Path, queue_name: str, world_clock: Clock) -> Iterator[World]:
     made = make_world(short_tmp, queue_name)
+    made.clock = world_clock
     yield made
     tear_down(made)
 
 
 @pytest.fixture
-def two_hosts(short_tmp: Path, queue_name: str, database: str) -> Iterator[World]:
+def two_hosts(short_tmp: Path, queue_name: str, database: str, world_clock: Clock) -> Iterator[World]:
     """A server and a compute node on this machine, sharing its Postgres (`database`) and RabbitMQ."""
     made = make_world(short_tmp, queue_name, database)
+    made.clock = world_clock
     yield made
     tear_down(made)
     from rabbit import delete_queue
