@@ -332,12 +332,20 @@ def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     delete_queue(name)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+DURATIONS = "protea/durations"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest tests start first, one at the head of each xdist worker's share (`--dist worksteal` splits
     the collection into equal contiguous shares and steals from their tails): started last, they would run
-    on alone at the end. Deterministic, so every worker collects the same order."""
+    on alone at the end. The slow ones go longest first by the durations the last run recorded in pytest's
+    cache (in collection order on a fresh clone). Deterministic, so every worker collects the same order."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    slow = [item for item in items if item.get_closest_marker("slow")]
+    known: dict[str, float] = config.cache.get(DURATIONS, {}) if config.cache else {}
+    slow = sorted(
+        (item for item in items if item.get_closest_marker("slow")),
+        key=lambda item: -known.get(item.nodeid, 0.0),
+    )
     rest = [item for item in items if not item.get_closest_marker("slow")]
     shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
     for n, item in enumerate(slow):
@@ -347,6 +355,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         while len(share) < size and rest:
             share.append(rest.pop(0))
     items[:] = [item for share in shares for item in share] + rest
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's duration (under xdist the controller sees every worker's reports)."""
+    if report.when == "call":
+        _durations[report.nodeid] = report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without xdist) keeps the durations for the next run's order."""
+    if _durations and session.config.cache and not hasattr(session.config, "workerinput"):
+        session.config.cache.set(DURATIONS, {**session.config.cache.get(DURATIONS, {}), **_durations})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
