@@ -1,6 +1,6 @@
 """The deploy executor: `Deployer` runs plan steps (`plan.Step`) by name and remembers which ran, so a
-rollback plan undoes exactly those; `failure_kind` gives `plan.blame` its word for what went wrong; the
-deploy record's file. Shared by the server's tick (`tick.py`) and a node's follow (`follow.py`)."""
+rollback plan undoes exactly those; `failure_kind` gives `plan.blame` its word for what went wrong (the deploy
+record's file is `record.py`). Shared by the server's tick (`tick.py`) and a node's follow (`follow.py`)."""
 
 from __future__ import annotations
 
