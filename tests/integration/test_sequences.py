@@ -344,7 +344,11 @@ def singleton_story(world: World) -> str:
 
     api, auth = "http://127.0.0.1:15672/api", ("guest", "guest")
     found = requests.get(f"{api}/consumers", auth=auth, timeout=10).json()
-    peers = [c["channel_details"]["connection_name"] for c in found if c["queue"]["name"] == world.single]
+    peers = [
+        c["channel_details"]["connection_name"]
+        for c in found
+        if c["queue"]["name"] == world.single and isinstance(c.get("channel_details"), dict)
+    ]
     names = [
         requests.get(f"{api}/connections/{urllib.parse.quote(peer, safe='')}", auth=auth, timeout=10)
         .json().get("client_properties", {}).get("connection_name", peer)
@@ -835,7 +839,12 @@ def step_close_connection(world: World, rng: random.Random) -> None:
         # The management API's consumer list lags the broker by its statistics interval (5 s).
         found = requests.get(f"{api}/consumers", auth=auth, timeout=10)
         listed = found.json() if found.status_code == 200 else []
-        return [c for c in listed if c.get("queue", {}).get("name") == world.queue]
+        # A consumer whose channel is going away is listed with `channel_details: []` (seen once).
+        return [
+            c
+            for c in listed
+            if c.get("queue", {}).get("name") == world.queue and isinstance(c.get("channel_details"), dict)
+        ]
 
     try:
         listed = wait_for(consumers, 15, "the broker to list the workers' consumers")
