@@ -89,8 +89,7 @@ def _scale(base: Stack, queue: str, ask: Ask, yes: bool, no_wait: bool, force: b
     stack = with_overrides(base, found)
     target_queue = stack.queue(queue)
     program, before = target_queue.program, target_queue.processes
-    recorded_counts, recorded_numbered = found.counts, found.numbered
-    recorded_pinned = set(found.pinned)
+    recorded_counts, recorded_numbered, recorded_pinned = found.counts, found.numbered, found.pinned
     counts, pinned = dict(recorded_counts), set(recorded_pinned)
     automatic = target_queue.autoscale is not None
     if (ask.auto or ask.autoscaler) and not automatic:

@@ -30,11 +30,11 @@ def consumers(url: str, queue: str) -> Count:
     import pika
     from pika.exceptions import AMQPError, ChannelClosedByBroker
 
+    # pika raises ValueError, IndexError... on a malformed URL; its message may quote the URL, password
+    # and all.
     try:
         parameters = pika.URLParameters(url)
-    except (
-        Exception
-    ):  # pika raises ValueError, IndexError...; its message may quote the URL, password and all
+    except Exception:
         return Count(None, "the broker URL does not parse")
     parameters.socket_timeout = ANSWER_WAIT
     parameters.stack_timeout = ANSWER_WAIT

@@ -38,7 +38,13 @@ class _UnixTransport(xmlrpc.client.Transport):
         self.path = path
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixConnection(self.path)
+        # Kept where the standard transport keeps its own, so that its close() (after a failed request, or
+        # the proxy's) closes the socket.
+        connection = self._connection[1]
+        if connection is None:
+            connection = _UnixConnection(self.path)
+            self._connection = host, connection
+        return connection
 
 
 def xmlrpc_proxy(serverurl: str, username: str = "", password: str = "") -> Any:
